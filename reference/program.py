@@ -311,7 +311,7 @@ def parse_text(text: str, source: str = "<program>") -> Program:
         except ValueError as err:
             raise ProgramError(f"line {lineno}: {err}", source=source, index=index) from None
         if len(ops) > MAX_OPS:
-            raise ProgramError(f"program has more than {MAX_OPS} ops", source=source)
+            raise ProgramError(f"program has more than {MAX_OPS} ops (the limit)", source=source)
     return validate(ops, source)
 
 

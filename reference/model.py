@@ -1,0 +1,718 @@
+"""Reference model: what a correct kernel shows in /proc for a program (Linux 6.1/6.12, fs/proc).
+
+The model keeps the kernel objects that /proc exposes -- pid namespaces, struct pid,
+tasks and thread groups, credentials, proc superblocks with their mount options -- and
+answers each op from them directly.  It has no dentry cache: a correct kernel must answer
+every lookup as if the cache were empty (pid_revalidate and proc_flush_pid exist to make
+that so), which is exactly the property procfuzz tests.
+
+Pure: no I/O, no clock.  Every op returns a result string (reference/trace.py grammar).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .profile import KernelProfile
+from .program import Op, Program, substitute
+from .trace import fnv1a64
+
+INVISIBLE_NR = 999999          # what a template resolves to for a task outside the mount's pid ns
+HELD_FD_BASE = 100             # held fd fN lives at fd number 100+N in the guest
+UNMODELLED = "*"               # any result: the model does not predict this (documented gap)
+HIDEPID_LEVEL = {"off": 0, "noaccess": 1, "invisible": 2, "ptraceable": 4}
+HIDEPID_NO_ACCESS, HIDEPID_INVISIBLE = 1, 2
+# Per-pid files whose open and content the model knows for any reader (all 0444 without an
+# extra ptrace check at open): other entries are looked up and listed, not opened.
+OPENABLE_PID_FILES = frozenset({"status", "stat", "statm", "comm", "cmdline"})
+PID_LINKS = frozenset({"cwd", "exe", "root"})
+
+
+class Errno(Exception):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+class Unmodelled(Exception):
+    """The model does not predict this result (a declared gap, not a guess)."""
+
+
+class ModelBug(Exception):
+    """An internal inconsistency of the model: our bug, never a kernel finding."""
+
+
+# ---- kernel objects ---------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class PidNamespace:
+    parent: "PidNamespace | None"
+    level: int
+    next_nr: int = 1
+    child_reaper: "Process | None" = None
+
+    def ancestors(self):
+        ns = self
+        while ns is not None:
+            yield ns
+            ns = ns.parent
+
+
+@dataclass(eq=False)
+class Pid:
+    """struct pid: one number per namespace from the task's own up to the root."""
+    numbers: dict            # PidNamespace -> nr
+    task: "Task | None" = None   # pid_task(pid, PIDTYPE_PID); None once released
+
+    def nr_in(self, ns: PidNamespace) -> int:
+        return self.numbers.get(ns, 0)
+
+
+@dataclass(eq=False)
+class Task:
+    pid: Pid
+    process: "Process"
+    comm: str
+
+    @property
+    def is_leader(self) -> bool:
+        return self.process.leader is self
+
+
+@dataclass(eq=False)
+class Process:
+    """A thread group with its shared state (signal, mm, files, fs, creds as glibc keeps them)."""
+    ns: PidNamespace
+    parent: "Process | None"
+    leader: Task = None
+    threads: list = field(default_factory=list)     # live tasks, leader first
+    state: str = "running"                          # running | zombie | released
+    uid: int = 0
+    gid: int = 0
+    dumpable: bool = True
+    fds: dict = field(default_factory=dict)         # fd handle -> Node
+    cwd: "Node | None" = None                       # None: the sandbox's / (not a proc node)
+
+    @property
+    def caps(self) -> bool:
+        # Root keeps a full capability set; setuid to non-zero clears it (cap_emulate_setxuid).
+        return self.uid == 0
+
+    @property
+    def has_mm(self) -> bool:
+        return self.state == "running"
+
+
+@dataclass(eq=False)
+class Mount:
+    ns: PidNamespace
+    hidepid: str
+    subset: str
+    state: str          # mounted | detached | unmounted | failed
+
+    @property
+    def pidonly(self) -> bool:
+        return self.subset == "pid"
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """A dentry as userspace reaches it: what it is, in which mount, bound to which struct pid."""
+    kind: str           # plain root static pid_dir pid_entry task_dir tid_dir tid_entry fd_dir fd_link self thread_self
+    mount: Mount
+    path: str           # d_path while hashed, e.g. /mnt/m1/3/status
+    ftype: str = "dir"
+    pid: Pid | None = None
+    name: str = ""
+
+    @property
+    def task(self) -> Task | None:
+        return self.pid.task if self.pid else None
+
+
+# ---- the kernel --------------------------------------------------------------------------------
+
+class Kernel:
+    """Executes ops one by one; `apply(op)` returns the op's result string."""
+
+    def __init__(self, profile: KernelProfile):
+        self.profile = profile
+        self.sandbox_ns = PidNamespace(parent=None, level=1)
+        self.handles: dict[str, object] = {}      # pN -> Process, tN -> Task, mN -> Mount
+        self.numbers: dict[str, dict] = {}         # pN/tN -> {ns: nr} as allocated
+        self.dead_threads: set[str] = set()        # thread handles gone through exit or exec
+        self.processes: list[Process] = []
+        init = self._fork(None, self.sandbox_ns, comm="p1")
+        self.sandbox_ns.child_reaper = init
+        self._bind("p1", init, init.leader)
+
+    # -- bookkeeping --
+
+    def _alloc_pid(self, ns: PidNamespace) -> Pid:
+        # alloc_pid: one number in every namespace from the task's up to the root; a fresh
+        # namespace allocates sequentially (idr_alloc_cyclic from 1), so numbers are exact.
+        numbers = {}
+        for level_ns in ns.ancestors():
+            numbers[level_ns] = level_ns.next_nr
+            level_ns.next_nr += 1
+        return Pid(numbers)
+
+    def _fork(self, parent: Process | None, ns: PidNamespace, comm: str) -> Process:
+        process = Process(ns=ns, parent=parent)
+        task = Task(self._alloc_pid(ns), process, comm)
+        task.pid.task = task
+        process.leader = task
+        process.threads = [task]
+        if parent is not None:
+            process.uid, process.gid, process.dumpable = parent.uid, parent.gid, parent.dumpable
+            process.fds = dict(parent.fds)
+            process.cwd = parent.cwd
+        self.processes.append(process)
+        return process
+
+    def _bind(self, handle: str, obj, task: Task | None = None):
+        self.handles[handle] = obj
+        if task is not None:
+            self.numbers[handle] = dict(task.pid.numbers)
+
+    def actor_task(self, handle: str) -> Task | None:
+        """The live task that performs an op for `handle`, or None when it is dead."""
+        obj = self.handles[handle]
+        if handle[0] == "p":
+            return obj.leader if obj.state == "running" else None
+        if handle in self.dead_threads or obj.process.state != "running" or obj not in obj.process.threads:
+            return None
+        return obj
+
+    def nr_for_template(self, handle: str, ns: PidNamespace) -> int:
+        return self.numbers[handle].get(ns, INVISIBLE_NR)
+
+    # -- apply --
+
+    def apply(self, op: Op) -> str:
+        if op.kind == "drop_caches":
+            return "ok"
+        actor = self.actor_task(op.actor)
+        if actor is None:
+            return "dead"
+        try:
+            return getattr(self, "op_" + op.kind)(actor, op)
+        except Errno as err:
+            return err.name
+        except Unmodelled:
+            return UNMODELLED
+
+    # -- process life --
+
+    def op_spawn(self, actor: Task, op: Op) -> str:
+        parent = actor.process
+        ns = PidNamespace(parent=parent.ns, level=parent.ns.level + 1) if op.arg("newpid") else parent.ns
+        child = self._fork(parent, ns, comm=op.ret)
+        if op.arg("newpid"):
+            ns.child_reaper = child
+        self._bind(op.ret, child, child.leader)
+        return "ok:" + self._nspid(child.leader.pid)
+
+    def op_spawn_thread(self, actor: Task, op: Op) -> str:
+        process = actor.process
+        task = Task(self._alloc_pid(process.ns), process, comm=op.ret)
+        task.pid.task = task
+        process.threads.append(task)
+        self._bind(op.ret, task, task)
+        return "ok:" + self._nspid(task.pid)
+
+    def _nspid(self, pid: Pid) -> str:
+        levels = sorted(pid.numbers.items(), key=lambda item: item[0].level)
+        return ".".join(str(nr) for _, nr in levels)
+
+    def op_exit(self, actor: Task, op: Op) -> str:
+        if op.actor[0] == "t":
+            self._release_task(actor)
+            self.dead_threads.add(op.actor)
+        else:
+            self._do_exit_group(actor.process)
+        return "ok"
+
+    def _release_task(self, task: Task):
+        """release_task for a non-leader thread: unhash its pid (then proc_flush_pid)."""
+        task.process.threads.remove(task)
+        task.pid.task = None
+
+    def _do_exit_group(self, process: Process):
+        for task in list(process.threads):
+            if task is not process.leader:
+                self._release_task(task)
+        process.threads = [process.leader]
+        process.state = "zombie"
+        process.fds = {}
+        process.cwd = None               # exit_fs / exit_files
+        if process.ns.child_reaper is process:
+            self._zap_pid_ns_processes(process.ns)
+        else:
+            # forget_original_parent: children go to the child reaper of the dead parent's ns.
+            for child in self.processes:
+                if child.parent is process and child.state != "released":
+                    child.parent = process.ns.child_reaper
+
+    def _zap_pid_ns_processes(self, ns: PidNamespace):
+        """Init of `ns` died: every other task of ns and its descendants is killed and reaped."""
+        for other in self.processes:
+            if other.state == "released" or other is ns.child_reaper:
+                continue
+            if ns in other.ns.ancestors():
+                for task in list(other.threads):
+                    task.pid.task = None
+                other.threads = []
+                other.state = "released"
+                other.fds, other.cwd = {}, None
+
+    def op_reap(self, actor: Task, op: Op) -> str:
+        waiter = actor.process
+        child = self.handles[op.arg("child")]
+        nr = self.nr_for_template(op.arg("child"), waiter.ns)
+        if nr == INVISIBLE_NR or child.parent is not waiter or child.state == "released":
+            raise Errno("ECHILD")
+        if child.state == "running":
+            return "ok:alive"
+        child.state = "released"
+        child.leader.pid.task = None
+        child.threads = []
+        return "ok"
+
+    def op_exec(self, actor: Task, op: Op) -> str:
+        process = actor.process
+        if actor is not process.leader:
+            # de_thread: the exec'ing thread takes over the leader's struct pid (exchange_tids)
+            # and the old leader is released with the thread's old pid.
+            old_leader = process.leader
+            actor.pid, old_leader.pid = old_leader.pid, actor.pid
+            actor.pid.task, old_leader.pid.task = actor, old_leader
+            process.leader = actor
+        for task in list(process.threads):
+            if task is not actor:
+                self._release_task(task)
+        for handle, obj in self.handles.items():
+            if handle[0] == "t" and obj.process is process:
+                self.dead_threads.add(handle)
+        actor.comm = "agent"             # begin_new_exec: __set_task_comm(kbasename(filename))
+        process.dumpable = True          # begin_new_exec: SUID_DUMP_USER when uid==euid, gid==egid
+        return "ok"
+
+    def op_setuid(self, actor: Task, op: Op) -> str:
+        process, uid = actor.process, op.arg("uid")
+        if not process.caps and uid != process.uid:
+            raise Errno("EPERM")
+        if uid != process.uid:
+            process.dumpable = False     # commit_creds: euid changed -> suid_dumpable (0)
+        process.uid = uid
+        return "ok"
+
+    def op_setgid(self, actor: Task, op: Op) -> str:
+        process, gid = actor.process, op.arg("gid")
+        if not process.caps and gid != process.gid:
+            raise Errno("EPERM")
+        if gid != process.gid:
+            process.dumpable = False     # commit_creds: egid changed
+        process.gid = gid
+        return "ok"
+
+    # -- mounts --
+
+    def op_mount_proc(self, actor: Task, op: Op) -> str:
+        mount = Mount(actor.process.ns, op.arg("hidepid"), op.arg("subset"), "failed")
+        self._bind(op.ret, mount)
+        if not actor.process.caps:
+            raise Errno("EPERM")
+        mount.state = "mounted"
+        return "ok"
+
+    def op_umount(self, actor: Task, op: Op) -> str:
+        mount = self.handles[op.arg("mount")]
+        if not actor.process.caps:
+            raise Errno("EPERM")
+        if mount.state != "mounted":
+            raise Errno("EINVAL")
+        if not op.arg("lazy") and self._mount_busy(mount):
+            raise Errno("EBUSY")
+        mount.state = "detached" if op.arg("lazy") else "unmounted"
+        return "ok"
+
+    def _mount_busy(self, mount: Mount) -> bool:
+        for process in self.processes:
+            if process.state != "running":
+                continue
+            nodes = list(process.fds.values()) + ([process.cwd] if process.cwd else [])
+            if any(node.mount is mount and node.kind != "plain" for node in nodes):
+                return True
+        return False
+
+    # -- credentials and visibility (fs/proc/base.c, kernel/ptrace.c) --
+
+    @staticmethod
+    def ptrace_may_access(reader: Task, target: Task) -> bool:
+        """__ptrace_may_access(PTRACE_MODE_READ_FSCREDS) plus cap_ptrace_access_check."""
+        r, t = reader.process, target.process
+        if r is t:
+            return True
+        if not (r.uid == t.uid and r.gid == t.gid):
+            return r.caps
+        if t.has_mm and not t.dumpable and not r.caps:
+            return False
+        return r.caps or not t.caps
+
+    def has_pid_permissions(self, mount: Mount, reader: Task, target: Task, hide_pid_min: int) -> bool:
+        if mount.hidepid == "ptraceable":
+            return self.ptrace_may_access(reader, target)
+        if HIDEPID_LEVEL[mount.hidepid] < hide_pid_min:
+            return True
+        if reader.process.gid == 0:      # in_group_p(fs_info->pid_gid), gid= defaults to 0
+            return True
+        return self.ptrace_may_access(reader, target)
+
+    def proc_pid_permission(self, node: Node, reader: Task):
+        task = node.task
+        if task is None:
+            raise Errno("ESRCH")
+        if not self.has_pid_permissions(node.mount, reader, task, HIDEPID_NO_ACCESS):
+            raise Errno("ENOENT" if node.mount.hidepid == "invisible" else "EPERM")
+
+    @staticmethod
+    def task_dump_owner_uid(task: Task) -> int:
+        # For modes other than 0555 dirs: non-dumpable or mm-less tasks are owned by root.
+        process = task.process
+        return process.uid if process.has_mm and process.dumpable else 0
+
+    def proc_fd_permission(self, node: Node, reader: Task):
+        task = node.task
+        if reader.process.caps:
+            return
+        if task is not None and (self.task_dump_owner_uid(task) == reader.process.uid
+                                 or task.process is reader.process):
+            return
+        raise Errno("EACCES")
+
+    def may_exec(self, node: Node, reader: Task):
+        """inode_permission(MAY_EXEC) on a directory walked through."""
+        if node.ftype != "dir":
+            raise Errno("ENOTDIR")
+        if node.kind in ("pid_dir", "task_dir"):
+            self.proc_pid_permission(node, reader)
+        elif node.kind == "fd_dir":
+            self.proc_fd_permission(node, reader)
+
+    def may_read_dir(self, node: Node, reader: Task):
+        """inode_permission(MAY_READ) at open of a directory."""
+        self.may_exec(node, reader)
+
+    # -- lookup --
+
+    def lookup_child(self, parent: Node, name: str, reader: Task) -> Node:
+        path = parent.path + "/" + name
+        kind = parent.kind
+        if kind == "plain":
+            raise Errno("ENOENT")
+        if kind == "root":
+            return self.proc_root_lookup(parent, name, reader)
+        if kind in ("pid_dir", "tid_dir"):
+            task = parent.task
+            if task is None:
+                raise Errno("ENOENT")        # proc_pident_lookup: get_proc_task() failed
+            table = self.profile.tgid if kind == "pid_dir" else self.profile.tid
+            ftype = table.get(name)
+            if ftype is None:
+                raise Errno("ENOENT")
+            if name == "task" and kind == "pid_dir":
+                return Node("task_dir", parent.mount, path, "dir", parent.pid, name)
+            if name == "fd":
+                return Node("fd_dir", parent.mount, path, "dir", parent.pid, name)
+            return Node("pid_entry", parent.mount, path, ftype, parent.pid, name)
+        if kind == "task_dir":
+            return self.proc_task_lookup(parent, name)
+        if kind == "fd_dir":
+            return self.proc_lookupfd(parent, name)
+        raise Unmodelled()
+
+    def proc_root_lookup(self, root: Node, name: str, reader: Task) -> Node:
+        nr = name_to_int(name)
+        if nr is not None:
+            task = self.find_task_by_pid_ns(nr, root.mount.ns)
+            if task is not None and not (root.mount.hidepid == "ptraceable"
+                                         and not self.has_pid_permissions(root.mount, reader, task, HIDEPID_NO_ACCESS)):
+                return Node("pid_dir", root.mount, root.path + "/" + name, "dir", task.pid, name)
+        if name == "self":
+            return Node("self", root.mount, root.path + "/self", "lnk")
+        if name == "thread-self":
+            return Node("thread_self", root.mount, root.path + "/thread-self", "lnk")
+        if root.mount.pidonly:
+            raise Errno("ENOENT")        # proc_lookup: subset=pid hides every non-pid entry
+        ftype = self.profile.root.get(name)
+        if ftype is None:
+            raise Errno("ENOENT")
+        return Node("static", root.mount, root.path + "/" + name, ftype, None, name)
+
+    def proc_task_lookup(self, task_dir: Node, name: str) -> Node:
+        leader = task_dir.task
+        nr = name_to_int(name)
+        if leader is None or nr is None:
+            raise Errno("ENOENT")
+        task = self.find_task_by_pid_ns(nr, task_dir.mount.ns)
+        if task is None or task.process is not leader.process:
+            raise Errno("ENOENT")
+        return Node("tid_dir", task_dir.mount, task_dir.path + "/" + name, "dir", task.pid, name)
+
+    def proc_lookupfd(self, fd_dir: Node, name: str) -> Node:
+        task = fd_dir.task
+        nr = name_to_int(name)
+        if task is None or nr is None or task.process.state != "running":
+            raise Errno("ENOENT")
+        held = {HELD_FD_BASE + int(handle[1:]) for handle in task.process.fds}
+        if nr in held or nr in (0, 1, 2):
+            return Node("fd_link", fd_dir.mount, fd_dir.path + "/" + name, "lnk", fd_dir.pid, name)
+        if HELD_FD_BASE < nr <= HELD_FD_BASE + 64:
+            raise Errno("ENOENT")
+        raise Unmodelled()               # the agent's own channel fds are not modelled
+
+    def find_task_by_pid_ns(self, nr: int, ns: PidNamespace) -> Task | None:
+        for process in self.processes:
+            for task in process.threads:
+                if task.pid.nr_in(ns) == nr:
+                    return task
+        return None
+
+    def getattr(self, node: Node, reader: Task) -> str:
+        if node.kind in ("pid_dir", "tid_dir"):
+            task = node.task               # pid_getattr: consistent with readdir under hidepid
+            if task is not None and not self.has_pid_permissions(node.mount, reader, task, HIDEPID_INVISIBLE):
+                raise Errno("ENOENT")
+        return "ok:" + node.ftype
+
+    # -- path walk --
+
+    def resolve(self, reader: Task, path: str, follow_last: bool, depth: int = 0) -> Node:
+        components, node = self._start(reader, path)
+        for index, name in enumerate(components):
+            last = index == len(components) - 1
+            self.may_exec(node, reader)
+            if name == ".":
+                continue
+            node = self.lookup_child(node, name, reader)
+            if node.ftype == "lnk" and (follow_last or not last):
+                node = self.follow_link(node, reader, depth)
+        return node
+
+    def _start(self, reader: Task, path: str):
+        if path.startswith("{m"):
+            handle, _, rest = path[1:].partition("}")
+            mount = self.handles[handle]
+            resolved = substitute(rest, lambda h: str(self.nr_for_template(h, mount.ns)))
+            components = [c for c in resolved.split("/") if c]
+            kind = "root" if mount.state == "mounted" else "plain"
+            return components, Node(kind, mount, "/mnt/" + handle)
+        cwd = reader.process.cwd
+        if cwd is None:
+            raise Unmodelled()           # the sandbox's / is the initramfs, not modelled
+        return [c for c in path.split("/") if c], cwd
+
+    def follow_link(self, link: Node, reader: Task, depth: int) -> Node:
+        if depth > 8:
+            raise Errno("ELOOP")
+        target = self.link_target(link, reader)
+        root = Node("root", link.mount, link.path.rsplit("/", 1)[0])
+        if link.kind in ("self", "thread_self", "static"):
+            node = root
+            for name in target.split("/"):
+                self.may_exec(node, reader)
+                node = self.lookup_child(node, name, reader)
+                if node.ftype == "lnk":
+                    node = self.follow_link(node, reader, depth + 1)
+            return node
+        raise Unmodelled()               # cwd/exe/root/fd links lead out of the modelled tree
+
+    def link_target(self, link: Node, reader: Task) -> str:
+        ns = link.mount.ns
+        if link.kind == "self":
+            tgid = reader.process.leader.pid.nr_in(ns)   # proc_self_get_link
+            if not tgid:
+                raise Errno("ENOENT")
+            return str(tgid)
+        if link.kind == "thread_self":
+            tgid, tid = reader.process.leader.pid.nr_in(ns), reader.pid.nr_in(ns)
+            if not tid:
+                raise Errno("ENOENT")                     # proc_thread_self_get_link
+            return f"{tgid}/task/{tid}"
+        if link.kind == "static":
+            if link.name not in self.profile.root_links:
+                raise Unmodelled()
+            return self.profile.root_links[link.name]
+        if link.kind in ("pid_entry", "fd_link"):
+            return self.proc_pid_readlink(link, reader)
+        raise Unmodelled()
+
+    def proc_pid_readlink(self, link: Node, reader: Task) -> str:
+        task = link.task
+        # proc_fd_access_allowed: a ptrace read check on the task behind the link
+        if task is None or not self.ptrace_may_access(reader, task):
+            raise Errno("EACCES")
+        process = task.process
+        if link.kind == "fd_link":
+            nr = int(link.name)
+            if nr < HELD_FD_BASE:
+                raise Unmodelled()
+            held = process.fds.get(f"f{nr - HELD_FD_BASE}")
+            if held is None:
+                raise Errno("ENOENT")
+            return self.d_path(held)
+        if process.state != "running":
+            raise Errno("ENOENT")          # no mm / fs once exited
+        if link.name == "exe":
+            return "/agent"
+        if link.name == "root":
+            return "/"
+        if process.cwd is None:
+            return "/"
+        return self.d_path(process.cwd)
+
+    def d_path(self, node: Node) -> str:
+        if node.mount.state == "detached":
+            raise Unmodelled()             # d_path of a lazily unmounted tree
+        if node.kind in ("pid_dir", "tid_dir") and node.task is None:
+            # proc_flush_pid d_invalidate()d the base dentry: d_path reports it unlinked.
+            return node.path + " (deleted)"
+        return node.path
+
+    # -- directory listings --
+
+    def list_dir(self, node: Node, reader: Task) -> str:
+        """getdents64 on an open directory (no permission check at this point)."""
+        kind = node.kind
+        if node.ftype != "dir":
+            raise Errno("ENOTDIR")
+        if kind == "plain":
+            return "ok:"
+        if kind == "root":
+            return "ok:" + ",".join(sorted(self.proc_root_readdir(node, reader)))
+        if kind in ("pid_dir", "tid_dir"):
+            if node.task is None:
+                raise Errno("ENOENT")       # proc_pident_readdir: get_proc_task() failed
+            table = self.profile.tgid if kind == "pid_dir" else self.profile.tid
+            return "ok:" + ",".join(sorted(table))
+        if kind == "task_dir":
+            if node.task is None:
+                raise Errno("ENOENT")       # proc_task_readdir: proc_inode_is_dead()
+            process = node.task.process
+            return "ok:" + ",".join(sorted(str(t.pid.nr_in(node.mount.ns)) for t in process.threads
+                                           if t.pid.nr_in(node.mount.ns)))
+        if kind == "fd_dir":
+            if node.task is None:
+                raise Errno("ENOENT")
+            if node.task.process.state != "running":
+                return "ok:"                # no files_struct after exit_files
+            raise Unmodelled()
+        raise Unmodelled()
+
+    def proc_root_readdir(self, root: Node, reader: Task) -> list[str]:
+        names = [] if root.mount.pidonly else list(self.profile.root)
+        names += ["self", "thread-self"]
+        for process in self.processes:
+            leader = process.leader
+            if process.state == "released" or leader is None:
+                continue
+            nr = leader.pid.nr_in(root.mount.ns)
+            if nr and self.has_pid_permissions(root.mount, reader, leader, HIDEPID_INVISIBLE):
+                names.append(str(nr))
+        return names
+
+    # -- observation ops --
+
+    def op_lookup(self, actor: Task, op: Op) -> str:
+        node = self.resolve(actor, op.arg("path"), follow_last=False)
+        return self.getattr(node, actor)
+
+    def op_readlink(self, actor: Task, op: Op) -> str:
+        node = self.resolve(actor, op.arg("path"), follow_last=False)
+        if node.ftype != "lnk":
+            raise Errno("EINVAL")
+        return "ok:" + self.link_target(node, actor)
+
+    def _open(self, actor: Task, path: str, directory: bool) -> Node:
+        node = self.resolve(actor, path, follow_last=True)
+        if node.ftype == "dir":
+            self.may_read_dir(node, actor)
+            return node
+        if directory:
+            raise Errno("ENOTDIR")
+        if node.kind == "pid_entry" and node.name in OPENABLE_PID_FILES:
+            return node
+        if node.kind == "static" and actor.process.caps:
+            return node
+        raise Unmodelled()
+
+    def op_readdir(self, actor: Task, op: Op) -> str:
+        node = self._open(actor, op.arg("path"), directory=True)
+        return self.list_dir(node, actor)
+
+    def op_open(self, actor: Task, op: Op) -> str:
+        node = self._open(actor, op.arg("path"), directory=False)
+        actor.process.fds[op.ret] = node
+        return "ok"
+
+    def op_close(self, actor: Task, op: Op) -> str:
+        if actor.process.fds.pop(op.arg("fd"), None) is None:
+            raise Errno("EBADF")
+        return "ok"
+
+    def op_chdir(self, actor: Task, op: Op) -> str:
+        node = self.resolve(actor, op.arg("path"), follow_last=True)
+        if node.ftype != "dir":
+            raise Errno("ENOTDIR")
+        self.may_exec(node, actor)
+        actor.process.cwd = node
+        return "ok"
+
+    def op_read(self, actor: Task, op: Op) -> str:
+        node = actor.process.fds.get(op.arg("fd"))
+        if node is None:
+            raise Errno("EBADF")
+        if node.ftype == "dir":
+            raise Errno("EISDIR")
+        if node.kind != "pid_entry":
+            raise Unmodelled()
+        task = node.task
+        if task is None:
+            raise Errno("ESRCH")            # proc_single_show / comm_show: get_proc_task() failed
+        if node.name == "comm":
+            return read_result((task.comm + "\n").encode())
+        if node.name == "cmdline" and task.process.state != "running":
+            return read_result(b"")         # get_cmdline: no mm after exit
+        raise Unmodelled()                  # contents (memory, times) are not modelled
+
+    def op_getdents(self, actor: Task, op: Op) -> str:
+        if op.arg("fd") == "cwd":
+            cwd = actor.process.cwd
+            if cwd is None:
+                raise Unmodelled()
+            self.may_exec(cwd, actor)        # the walk of "." checks the cwd itself
+            self.may_read_dir(cwd, actor)    # open(".", O_DIRECTORY)
+            return self.list_dir(cwd, actor)
+        node = actor.process.fds.get(op.arg("fd"))
+        if node is None:
+            raise Errno("EBADF")
+        return self.list_dir(node, actor)
+
+
+def name_to_int(name: str) -> int | None:
+    """fs/proc/util.c name_to_int: decimal, no leading zero, fits in an unsigned int."""
+    if not name.isdigit() or not name.isascii() or (len(name) > 1 and name[0] == "0"):
+        return None
+    value = int(name)
+    return value if value < 2**32 - 1 else None
+
+
+def read_result(data: bytes) -> str:
+    data = data[:4096]
+    return f"ok:{len(data)}:{fnv1a64(data)}"
+
+
+def run_program(program: Program, profile: KernelProfile) -> list[str]:
+    kernel = Kernel(profile)
+    return [kernel.apply(op) for op in program.ops]

@@ -1,0 +1,41 @@
+"""Kernel profile: the names a kernel build shows in /proc, captured from the kernel itself.
+
+The model never hard-codes entry names: /proc's static entries and the entries of
+/proc/<pid>/ and /proc/<pid>/task/<tid>/ depend on the kernel version and config (6.1 and
+6.12 differ), so each kernel pin carries a profile file captured by booting it once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FILE_TYPES = ("dir", "reg", "lnk")
+
+
+@dataclass(frozen=True)
+class KernelProfile:
+    release: str
+    root: dict[str, str]          # static /proc entries (not pids, not self/thread-self) -> type
+    root_links: dict[str, str]    # static /proc symlinks -> target (e.g. mounts -> self/mounts)
+    tgid: dict[str, str]          # entries of /proc/<pid>/ -> type
+    tid: dict[str, str]           # entries of /proc/<pid>/task/<tid>/ -> type
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "KernelProfile":
+        def table(key):
+            value = doc.get(key)
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and v in FILE_TYPES for k, v in value.items()):
+                raise ValueError(f"profile field {key!r} must map names to one of {FILE_TYPES}")
+            return dict(value)
+        links = doc.get("root_links", {})
+        if not isinstance(links, dict) or not all(isinstance(v, str) for v in links.values()):
+            raise ValueError("profile field 'root_links' must map names to link targets")
+        root = table("root")
+        root.pop("self", None)
+        root.pop("thread-self", None)
+        return cls(str(doc.get("release", "")), root, dict(links), table("tgid"), table("tid"))
+
+    def to_json(self) -> dict:
+        return {"release": self.release, "root": self.root, "root_links": self.root_links,
+                "tgid": self.tgid, "tid": self.tid}

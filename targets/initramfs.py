@@ -1,0 +1,97 @@
+"""The guest's initramfs: busybox, the agent and an /init that hands the machine to the agent.
+
+Both artefacts are cached under content keys: the agent by its source and compiler, the
+initramfs by everything that goes into it. The cpio archive is written here rather than by
+cpio(1) so that the same inputs always give the same bytes (fixed inode numbers, owners and
+mtimes, sorted entries, gzip with mtime 0): a trace can then name its exact guest image.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from targets.cache import cache_root, publish
+
+AGENT_SOURCE = Path(__file__).with_name("agent") / "agent.c"
+BUSYBOX = Path("/bin/busybox")     # Debian's busybox-static
+CC = ["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread"]
+APPLETS = ("sh", "mount")          # what /init uses; the agent itself needs none
+
+INIT = b"""#!/bin/sh
+# PID 1: the agent needs proc, sysfs and device nodes; it then becomes PID 1 itself.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec /agent serve /dev/ttyS1
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str            # relative, no leading slash
+    mode: int            # full st_mode, file type included
+    data: bytes = b""    # file contents or symlink target
+    rdev: tuple[int, int] = (0, 0)
+
+
+def build_agent(source: Path = AGENT_SOURCE, cache: Path | None = None) -> Path:
+    """Compile the agent statically; cached by the hash of source, flags and compiler version."""
+    compiler = subprocess.run([CC[0], "--version"], capture_output=True, text=True, check=True).stdout
+    key = hashlib.sha256("\0".join([source.read_text(), " ".join(CC), compiler]).encode()).hexdigest()[:16]
+    final = (cache or cache_root()) / "agent" / key
+    if not (final / "agent").is_file():
+        with publish(final) as out:
+            proc = subprocess.run(CC + ["-o", str(out / "agent"), str(source)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"building {source} failed:\n{proc.stderr}")
+    return final / "agent"
+
+
+def entries(agent: bytes, busybox: bytes) -> list[Entry]:
+    dirs = ["bin", "dev", "mnt", "proc", "sys", "tmp"]
+    out = [Entry(d, stat.S_IFDIR | 0o755) for d in dirs]
+    out += [Entry("bin/busybox", stat.S_IFREG | 0o755, busybox),
+            Entry("agent", stat.S_IFREG | 0o755, agent),
+            Entry("init", stat.S_IFREG | 0o755, INIT),
+            # The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
+            Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))]
+    out += [Entry(f"bin/{applet}", stat.S_IFLNK | 0o777, b"busybox") for applet in APPLETS]
+    return out
+
+
+def newc_archive(items: list[Entry]) -> bytes:
+    """A cpio "newc" archive with fixed metadata, entries sorted by path (parents first)."""
+    out = bytearray()
+
+    def record(ino: int, mode: int, data: bytes, name: str, rdev=(0, 0), nlink=1) -> None:
+        name_bytes = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(name_bytes), 0)
+        out.extend(b"070701" + b"".join(b"%08X" % f for f in fields) + name_bytes)
+        out.extend(b"\0" * (-len(out) % 4))
+        out.extend(data)
+        out.extend(b"\0" * (-len(out) % 4))
+
+    for ino, item in enumerate(sorted(items, key=lambda e: e.path.encode()), 1):
+        nlink = 2 if stat.S_ISDIR(item.mode) else 1
+        record(ino, item.mode, item.data, item.path, item.rdev, nlink)
+    record(0, 0, b"", "TRAILER!!!")
+    return bytes(out)
+
+
+def build_initramfs(agent: Path, busybox: Path = BUSYBOX, cache: Path | None = None) -> Path:
+    archive = newc_archive(entries(agent.read_bytes(), busybox.read_bytes()))
+    final = (cache or cache_root()) / "initramfs" / hashlib.sha256(archive).hexdigest()[:16]
+    if not (final / "initramfs.cpio.gz").is_file():
+        with publish(final) as out:
+            (out / "initramfs.cpio.gz").write_bytes(gzip.compress(archive, compresslevel=9, mtime=0))
+    return final / "initramfs.cpio.gz"
+
+
+def guest_image(source: Path = AGENT_SOURCE, cache: Path | None = None) -> Path:
+    """The initramfs for the current agent source: built on first use, then cached."""
+    return build_initramfs(build_agent(source, cache), cache=cache)

@@ -1,0 +1,37 @@
+"""The model target: runs a program on the reference model and returns its Trace.
+
+It implements the same interface as the QEMU target (`run(program) -> Trace`), so the engine
+treats both sides alike.  An exception inside the model is a procfuzz bug: it is reported as a
+Trace with outcome "error", never swallowed and never mistaken for a kernel result.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+from reference.model import Kernel
+from reference.profile import KernelProfile
+from reference.program import Program
+from reference.trace import Trace
+
+
+class ModelTarget:
+    name = "model"
+
+    def __init__(self, profile: KernelProfile):
+        self.profile = profile
+
+    def run(self, program: Program) -> Trace:
+        kernel = Kernel(self.profile)
+        results = []
+        for index, op in enumerate(program.ops):
+            try:
+                results.append(kernel.apply(op))
+            except Exception as err:  # noqa: BLE001 - any model exception is our bug, reported as such
+                return Trace(tuple(results), outcome="error", kernel="model",
+                             title=f"model bug at op {index} ({op.to_text()}): {type(err).__name__}: {err}",
+                             extra={"traceback": traceback.format_exc()})
+        return Trace(tuple(results), kernel="model")
+
+    def close(self):
+        pass
