@@ -185,6 +185,8 @@ class Kernel:
         return obj
 
     def nr_for_template(self, handle: str, ns: PidNamespace) -> int:
+        if handle[0] == "f":
+            return HELD_FD_BASE + int(handle[1:])
         return self.numbers[handle].get(ns, INVISIBLE_NR)
 
     # -- apply --

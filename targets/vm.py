@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qemu.qmp import QMPClient
+from qemu.qmp import QMPClient, QMPError
 
 from targets.cache import cache_root
 from targets.protocol import Channel, ChannelClosed, ChannelTimeout, ProtocolError, parse_hello
@@ -115,7 +115,7 @@ class Vm:
             return parse_hello(frame.payload)
         except ChannelTimeout:
             raise VmError(f"no hello from the agent within {timeout:.0f} s{self._tail()}") from None
-        except (ChannelClosed, ProtocolError, OSError) as err:
+        except (ChannelClosed, ProtocolError, OSError, QMPError) as err:
             raise VmError(f"guest start failed: {err}{self._tail()}") from None
         finally:
             for sock in listeners.values():
