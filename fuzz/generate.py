@@ -1,0 +1,242 @@
+"""Program generation: a Hypothesis strategy that simulates the model while it draws, plus
+mutation of corpus programs.
+
+Generation only *draws choices*; Hypothesis owns the byte stream, so shrinking, replay and
+atheris-driven decoding (`fuzz_one_input`) all work on the same strategy.  The strategy is
+biased toward what breaks dentry caches: observe a name, remove or change the object behind
+it, observe again from the same or another actor, mount or credential; hold fds and cwds
+across removals; remove many objects at once (init death, exec from a thread).
+"""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import strategies as st
+
+from reference.model import Kernel
+from reference.profile import KernelProfile
+from reference.program import (HIDEPID_VALUES, MAX_HANDLES_PER_KIND, Op, Program, ProgramError,
+                               make_op, validate)
+
+# Per-pid entries worth aiming at: the ones with modelled children or contents.
+FAVOURITE_TGID = ("status", "comm", "cmdline", "task", "fd", "cwd", "exe", "stat")
+FAVOURITE_TID = ("status", "comm", "fd", "stat")
+
+
+class _Draft:
+    """The program under construction, with the model run alongside it."""
+
+    def __init__(self, profile: KernelProfile):
+        self.kernel = Kernel(profile)
+        self.profile = profile
+        self.ops: list[Op] = []
+        self.count = {"p": 1, "t": 0, "m": 0, "f": 0}
+
+    def new_handle(self, kind: str) -> str | None:
+        if self.count[kind] >= MAX_HANDLES_PER_KIND:
+            return None
+        self.count[kind] += 1
+        return f"{kind}{self.count[kind]}"
+
+    def handles(self, kinds: str) -> list[str]:
+        return [h for h in self.kernel.handles if h[0] in kinds] + \
+               [f"f{i}" for i in range(1, self.count["f"] + 1) if "f" in kinds]
+
+    def live_actors(self) -> list[str]:
+        return [h for h in self.handles("pt") if self.kernel.actor_task(h) is not None]
+
+    def add(self, kind: str, ret: str | None = None, **args):
+        op = make_op(kind, ret, **args)
+        self.ops.append(op)
+        self.kernel.apply(op)
+        return op
+
+
+def _actor(draw, draft: _Draft) -> str:
+    live = draft.live_actors()
+    # Mostly live actors; sometimes a dead one, whose `dead` result must match too.
+    if live and draw(st.integers(0, 9)) < 9:
+        return draw(st.sampled_from(live))
+    return draw(st.sampled_from(draft.handles("pt")))
+
+
+def _path(draw, draft: _Draft) -> str:
+    mounts = draft.handles("m")
+    if not mounts:
+        return "."
+    mount = "{" + draw(st.sampled_from(mounts)) + "}"
+    tasks = draft.handles("pt")
+    task = "{" + draw(st.sampled_from(tasks)) + "}"
+    thread = "{" + draw(st.sampled_from(tasks)) + "}"
+    shape = draw(st.integers(0, 11))
+    if shape == 0:
+        return mount
+    if shape == 1:
+        return f"{mount}/{draw(st.sampled_from(('self', 'thread-self', 'self/status', 'thread-self/comm')))}"
+    if shape == 2 and draft.profile.root:
+        return f"{mount}/{draw(st.sampled_from(sorted(draft.profile.root)))}"
+    if shape in (3, 4):
+        return f"{mount}/{task}"
+    if shape == 5:
+        return f"{mount}/{task}/{draw(st.sampled_from(FAVOURITE_TGID))}"
+    if shape == 6:
+        return f"{mount}/{task}/{draw(st.sampled_from(sorted(draft.profile.tgid)))}"
+    if shape == 7:
+        return f"{mount}/{task}/task"
+    if shape == 8:
+        return f"{mount}/{task}/task/{thread}"
+    if shape == 9:
+        return f"{mount}/{task}/task/{thread}/{draw(st.sampled_from(FAVOURITE_TID))}"
+    fds = draft.handles("f")
+    if shape == 10 and fds:
+        return f"{mount}/{task}/fd/{{{draw(st.sampled_from(fds))}}}"
+    return draw(st.sampled_from((".", "status", "task", "comm", "fd")))
+
+
+def _observe(draw, draft: _Draft, path: str | None = None, actor: str | None = None):
+    actor = actor or _actor(draw, draft)
+    kind = draw(st.sampled_from(("lookup", "lookup", "readdir", "readdir", "readlink", "read",
+                                 "getdents", "open")))
+    fds = draft.handles("f")
+    if kind == "read" and fds:
+        draft.add("read", actor=actor, fd=draw(st.sampled_from(fds)))
+    elif kind == "getdents":
+        draft.add("getdents", actor=actor, fd=draw(st.sampled_from(fds + ["cwd"])))
+    elif kind == "open":
+        handle = draft.new_handle("f")
+        if handle:
+            draft.add("open", handle, actor=actor, path=path or _path(draw, draft))
+    else:
+        draft.add(kind if kind != "read" else "lookup", actor=actor, path=path or _path(draw, draft))
+
+
+def _mutate(draw, draft: _Draft):
+    actor = _actor(draw, draft)
+    choice = draw(st.sampled_from(("spawn", "spawn", "spawn_thread", "spawn_thread", "exit", "exit",
+                                   "reap", "exec", "setuid", "mount_proc", "umount", "close",
+                                   "chdir", "chdir", "drop_caches")))
+    if choice in ("spawn", "spawn_thread", "mount_proc"):
+        handle = draft.new_handle({"spawn": "p", "spawn_thread": "t", "mount_proc": "m"}[choice])
+        if handle is None:
+            return
+        if choice == "spawn":
+            draft.add("spawn", handle, actor=actor, newpid=draw(st.sampled_from((0, 0, 0, 1))))
+        elif choice == "spawn_thread":
+            draft.add("spawn_thread", handle, actor=actor)
+        else:
+            draft.add("mount_proc", handle, actor=actor,
+                      hidepid=draw(st.sampled_from(HIDEPID_VALUES + ("off", "off"))),
+                      subset=draw(st.sampled_from(("none", "none", "pid"))))
+    elif choice == "exit":
+        victims = [h for h in draft.live_actors() if h != "p1"]
+        if victims:
+            draft.add("exit", actor=draw(st.sampled_from(victims)))
+    elif choice == "reap":
+        draft.add("reap", actor=actor, child=draw(st.sampled_from(draft.handles("p"))))
+    elif choice == "exec":
+        draft.add("exec", actor=actor)
+    elif choice == "setuid":
+        ident = draw(st.sampled_from((1000, 1000, 2000, 0)))
+        draft.add("setgid", actor=actor, gid=ident)
+        draft.add("setuid", actor=actor, uid=ident)
+    elif choice == "umount" and draft.handles("m"):
+        draft.add("umount", actor=actor, mount=draw(st.sampled_from(draft.handles("m"))),
+                  lazy=draw(st.sampled_from((0, 1))))
+    elif choice == "close" and draft.handles("f"):
+        draft.add("close", actor=actor, fd=draw(st.sampled_from(draft.handles("f"))))
+    elif choice == "chdir":
+        draft.add("chdir", actor=actor, path=_path(draw, draft))
+    elif choice == "drop_caches":
+        draft.add("drop_caches")
+
+
+def _episode(draw, draft: _Draft):
+    """Observe a name, change the world, observe the same name again (maybe as someone else)."""
+    path = _path(draw, draft)
+    first = _actor(draw, draft)
+    draft.add(draw(st.sampled_from(("lookup", "readdir"))), actor=first, path=path)
+    for _ in range(draw(st.integers(1, 3))):
+        _mutate(draw, draft)
+    again = draw(st.sampled_from((first, _actor(draw, draft))))
+    draft.add(draw(st.sampled_from(("lookup", "readdir"))), actor=again, path=path)
+
+
+@st.composite
+def programs(draw, profile: KernelProfile, max_ops: int = 40) -> Program:
+    draft = _Draft(profile)
+    if draw(st.integers(0, 9)) < 9:
+        draft.add("mount_proc", draft.new_handle("m"), actor="p1",
+                  hidepid=draw(st.sampled_from(HIDEPID_VALUES + ("off",) * 4)))
+    while len(draft.ops) < max_ops and draw(st.integers(0, 15)) > 0:
+        step = draw(st.integers(0, 9))
+        if step < 4:
+            _mutate(draw, draft)
+        elif step < 7:
+            _observe(draw, draft)
+        else:
+            _episode(draw, draft)
+    return Program(tuple(draft.ops[:max_ops]))
+
+
+# ---- mutation of saved programs -----------------------------------------------------------------
+
+def mutate(program: Program, donor: Program, rng: random.Random, tries: int = 20) -> Program | None:
+    """Insert, delete, splice or change an argument; returns a valid program or None."""
+    for _ in range(tries):
+        ops = list(program.ops)
+        how = rng.choice(("insert", "delete", "splice", "argument"))
+        if how == "delete" and ops:
+            del ops[rng.randrange(len(ops))]
+        elif how == "insert" and donor.ops:
+            ops.insert(rng.randrange(len(ops) + 1), rng.choice(donor.ops))
+        elif how == "splice" and donor.ops:
+            cut = rng.randrange(len(ops) + 1)
+            ops = ops[:cut] + list(donor.ops[rng.randrange(len(donor.ops)):])
+        elif how == "argument" and ops:
+            index = rng.randrange(len(ops))
+            ops[index] = _change_argument(ops[index], program, rng) or ops[index]
+        candidate = _renumber(ops)
+        if candidate is None or candidate == program:
+            continue
+        try:
+            return validate(candidate.ops)
+        except ProgramError:
+            continue
+    return None
+
+
+def _change_argument(op: Op, program: Program, rng: random.Random) -> Op | None:
+    args = dict(op.args)
+    handles = sorted({h for o in program.ops for h in o.handles_used()} | {o.ret for o in program.ops if o.ret})
+    name = rng.choice(list(args)) if args else None
+    if name is None:
+        return None
+    value = args[name]
+    if name in ("actor", "child") and handles:
+        candidates = [h for h in handles if h[0] in ("pt" if name == "actor" else "p")]
+        args[name] = rng.choice(candidates) if candidates else value
+    elif name == "hidepid":
+        args[name] = rng.choice(HIDEPID_VALUES)
+    elif name in ("newpid", "lazy"):
+        args[name] = 1 - value
+    elif name == "path" and "/" in value:
+        args[name] = value.rsplit("/", 1)[0]
+    else:
+        return None
+    try:
+        return make_op(op.kind, op.ret, **args)
+    except ValueError:
+        return None
+
+
+def _renumber(ops: list[Op]) -> Program | None:
+    """Splices can create a handle twice: keep the first creation, drop later duplicates."""
+    created, kept = {"p1"}, []
+    for op in ops:
+        if op.ret and op.ret in created:
+            continue
+        if op.ret:
+            created.add(op.ret)
+        kept.append(op)
+    return Program(tuple(kept)) if kept else None
