@@ -1,0 +1,306 @@
+"""`procfuzz`: the command line.
+
+Exit codes (CI relies on them): 0 nothing new / no divergence, 1 new findings / the case
+reproduces, 2 procfuzz itself failed (bad input, model bug, harness error, no kernel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+from reference.program import Program, ProgramError
+from reference.trace import Trace, result_matches
+
+EXIT_OK, EXIT_FOUND, EXIT_TOOL = 0, 1, 2
+DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "seeds"
+KNOWN_ISSUES = Path(__file__).resolve().parent.parent / "corpus" / "known-issues.toml"
+
+
+class ToolError(Exception):
+    """A clear message for the user; exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_TOOL
+    try:
+        return args.func(args)
+    except (ToolError, ProgramError) as err:
+        print(f"procfuzz: {err}", file=sys.stderr)
+        return EXIT_TOOL
+    except KeyboardInterrupt:
+        print("procfuzz: interrupted", file=sys.stderr)
+        return EXIT_TOOL
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+def _load_case(path: str) -> tuple[Program, Path | None]:
+    """A program file, or a finding directory (its program)."""
+    from .findings import load as load_finding
+    from .storage import load_program
+    target = Path(path)
+    if target.is_dir():
+        return load_finding(target).program, target
+    return load_program(target), None
+
+
+def _profile(kernel: str | None):
+    from targets.kernels import KernelError, load_profile
+    try:
+        return load_profile(kernel)
+    except KernelError as err:
+        raise ToolError(str(err)) from None
+
+
+def _qemu(kernel: str | None):
+    from targets.kernels import KernelError
+    from targets.qemu import QemuTarget
+    try:
+        return QemuTarget(kernel)
+    except KernelError as err:
+        raise ToolError(str(err)) from None
+
+
+def _known(path: Path | None) -> dict[str, str]:
+    from .known import load_known
+    return load_known(path or KNOWN_ISSUES)
+
+
+def print_trace(program: Program, trace: Trace) -> None:
+    for index, (op, result) in enumerate(zip(program.ops, trace.results)):
+        print(f"{index:3}  {op.to_text():55}  {result}")
+    if trace.outcome != "ok":
+        print(f"-- {trace.outcome}: {trace.title}")
+
+
+def print_side_by_side(program: Program, expected: Trace, actual: Trace, first: int | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(show_lines=False, title=f"program {program.id}  model vs {actual.kernel}")
+    for column in ("#", "op", "model", "kernel", ""):
+        table.add_column(column, overflow="fold")
+    for index, op in enumerate(program.ops):
+        want = expected.results[index] if index < len(expected.results) else ""
+        got = actual.results[index] if index < len(actual.results) else ""
+        same = index < len(actual.results) and result_matches(want, got)
+        style = "bold red" if index == first else ("" if same else "yellow")
+        table.add_row(str(index), op.to_text(), want, got, "" if same else "<<", style=style)
+    Console().print(table)
+    if actual.outcome != "ok":
+        print(f"kernel outcome: {actual.outcome}: {actual.title}")
+
+
+# ---- commands ------------------------------------------------------------------------------------
+
+def cmd_show(args) -> int:
+    program, _ = _load_case(args.case)
+    print(f"# program {program.id}, {len(program)} ops")
+    sys.stdout.write(program.to_json() + "\n" if args.json else program.to_text())
+    return EXIT_OK
+
+
+def cmd_model(args) -> int:
+    from targets.model import ModelTarget
+    program, _ = _load_case(args.case)
+    trace = ModelTarget(_profile(args.kernel)).run(program)
+    print_trace(program, trace)
+    return EXIT_OK if trace.outcome == "ok" else EXIT_TOOL
+
+
+def cmd_exec(args) -> int:
+    program, _ = _load_case(args.case)
+    with _qemu(args.kernel) as target:
+        trace = target.run(program)
+    print_trace(program, trace)
+    return {"ok": EXIT_OK, "crash": EXIT_FOUND, "hang": EXIT_FOUND}.get(trace.outcome, EXIT_TOOL)
+
+
+def cmd_repro(args) -> int:
+    from targets.model import ModelTarget
+    from .oracle import compare
+    program, _ = _load_case(args.case)
+    expected = ModelTarget(_profile(args.kernel)).run(program)
+    if expected.outcome != "ok":
+        raise ToolError(f"the model failed on this program (a procfuzz bug): {expected.title}")
+    with _qemu(args.kernel) as target:
+        actual = target.run(program)
+    divergence = compare(program, expected, actual)
+    print_side_by_side(program, expected, actual, divergence.index if divergence else None)
+    if divergence is None:
+        print("not reproduced: the kernel agrees with the model")
+        return EXIT_OK
+    print(f"reproduced: {divergence.summary()}")
+    return EXIT_TOOL if divergence.cls in ("model-bug", "harness-error") else EXIT_FOUND
+
+
+def cmd_replay(args) -> int:
+    from targets.model import ModelTarget
+    from .oracle import compare
+    from .storage import load_directory
+    programs, errors = load_directory(Path(args.dir))
+    for err in errors:
+        print(f"skipped: {err}", file=sys.stderr)
+    model = ModelTarget(_profile(args.kernel))
+    failures = 0
+    with _qemu(args.kernel) as target:
+        for path, program in programs:
+            expected = model.run(program)
+            actual = target.run(program) if expected.outcome == "ok" else expected
+            divergence = compare(program, expected, actual)
+            failures += divergence is not None
+            print(f"{'DIVERGES' if divergence else 'ok':9} {path}" + (f"  {divergence.summary()}" if divergence else ""))
+    print(f"{len(programs)} programs, {failures} divergent, {len(errors)} unreadable")
+    return EXIT_FOUND if failures else (EXIT_TOOL if errors else EXIT_OK)
+
+
+def parse_budget(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", text.strip())
+    if not match:
+        raise ToolError(f"bad budget {text!r}: use e.g. 90s, 10m or 2h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def cmd_run(args) -> int:
+    from targets.kernels import KernelError, resolve
+    from .campaign import WorkerConfig, run_campaign, write_summary
+    from .status import StatusDisplay
+    budget = parse_budget(args.budget)
+    out, corpus = Path(args.out), Path(args.corpus)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus.mkdir(parents=True, exist_ok=True)
+    profile = _profile(args.kernel)
+    try:
+        label = resolve(args.kernel).label
+    except KernelError as err:
+        raise ToolError(str(err)) from None
+    known = frozenset(_known(Path(args.known) if args.known else None))
+    seed = args.seed if args.seed is not None else int(time.time())
+    deadline = time.monotonic() + budget
+    configs = [WorkerConfig(i, seed, profile, label, out, corpus, deadline, args.max_ops, known=known)
+               for i in range(args.workers)]
+    stop = multiprocessing.get_context("spawn").Event()
+
+    def request_stop(signum, _frame):
+        print(f"\nprocfuzz: {signal.Signals(signum).name}: stopping workers, keeping everything",
+              file=sys.stderr)
+        stop.set()
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    display = StatusDisplay(label, args.workers, budget)
+    started = time.monotonic()
+    try:
+        with display:
+            stats = run_campaign(configs, args.kernel, display.update, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    elapsed = time.monotonic() - started
+    summary = write_summary(out, stats, {"kernel": label, "seed": seed, "workers": args.workers,
+                                         "seconds": round(elapsed, 1),
+                                         "programs_per_second": round(stats.programs / max(elapsed, 1e-9), 2),
+                                         "interrupted": stop.is_set()})
+    print(json.dumps(json.loads(summary.read_text()), indent=1, sort_keys=True))
+    tool_failed = stats.errors or any(stats.findings.get(c) for c in ("model-bug", "harness-error"))
+    if tool_failed:
+        return EXIT_TOOL
+    return EXIT_FOUND if sum(stats.findings.values()) else EXIT_OK
+
+
+def cmd_kernels(args) -> int:
+    from targets.kernels import KernelError, load_pins, resolve
+    try:
+        if args.action == "list":
+            default, pins = load_pins()
+            for name, pin in pins.items():
+                mark = "*" if name == default else " "
+                print(f"{mark} {name:14} {pin.package}={pin.version}")
+            return EXIT_OK
+        image = resolve(args.name)
+        print(f"{image.label}  {image.vmlinuz}")
+        if args.action == "profile":
+            from targets.profile_capture import capture_and_store
+            print(f"profile written to {capture_and_store(args.name)}")
+        return EXIT_OK
+    except KernelError as err:
+        raise ToolError(str(err)) from None
+
+
+def cmd_atheris(args) -> int:
+    from .atheris_driver import grow_corpus
+    added = grow_corpus(_profile(args.kernel), Path(args.corpus), args.runs, args.max_ops)
+    print(f"{added} programs with new model coverage saved to {args.corpus}")
+    return EXIT_OK
+
+
+def cmd_bench(args) -> int:
+    import runpy
+    bench = Path(__file__).resolve().parent.parent / "bench" / f"bench_{args.what}.py"
+    if not bench.exists():
+        raise ToolError(f"no benchmark {args.what!r} ({bench})")
+    sys.argv = [str(bench)] + args.rest
+    runpy.run_path(str(bench), run_name="__main__")
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="procfuzz", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers()
+
+    def command(name, func, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    def kernel_option(p):
+        p.add_argument("--kernel", default=None, help="kernel pin name (default: the pins file's default)")
+
+    p = command("show", cmd_show, "pretty-print a program or finding")
+    p.add_argument("case")
+    p.add_argument("--json", action="store_true", help="canonical JSON instead of text")
+    p = command("model", cmd_model, "print the reference model's trace for a program")
+    p.add_argument("case")
+    kernel_option(p)
+    p = command("exec", cmd_exec, "run one program on the real kernel and print its trace")
+    p.add_argument("case")
+    kernel_option(p)
+    p = command("repro", cmd_repro, "run a finding or program on model and kernel, side by side")
+    p.add_argument("case")
+    kernel_option(p)
+    p = command("replay", cmd_replay, "run every program of a directory on both targets")
+    p.add_argument("dir")
+    kernel_option(p)
+    p = command("run", cmd_run, "a fuzzing campaign")
+    kernel_option(p)
+    p.add_argument("--budget", default="10m")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    p.add_argument("--out", default="out")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-ops", type=int, default=40)
+    p.add_argument("--known", default=None, help="known-issues file (default corpus/known-issues.toml)")
+    p = command("kernels", cmd_kernels, "list, fetch or profile pinned kernels")
+    p.add_argument("action", choices=("list", "fetch", "profile"))
+    p.add_argument("name", nargs="?", default=None)
+    p = command("atheris", cmd_atheris, "grow the corpus with atheris over the instrumented model")
+    kernel_option(p)
+    p.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    p.add_argument("--runs", type=int, default=20000)
+    p.add_argument("--max-ops", type=int, default=40)
+    p = command("bench", cmd_bench, "benchmarks: model or target")
+    p.add_argument("what", choices=("model", "target"))
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
