@@ -104,9 +104,10 @@ def _observe(draw, draft: _Draft, path: str | None = None, actor: str | None = N
     elif kind == "getdents":
         draft.add("getdents", actor=actor, fd=draw(st.sampled_from(fds + ["cwd"])))
     elif kind == "open":
+        path = path or _path(draw, draft)      # drawn first: it must not name the new handle
         handle = draft.new_handle("f")
         if handle:
-            draft.add("open", handle, actor=actor, path=path or _path(draw, draft))
+            draft.add("open", handle, actor=actor, path=path)
     else:
         draft.add(kind if kind != "read" else "lookup", actor=actor, path=path or _path(draw, draft))
 
@@ -176,7 +177,7 @@ def programs(draw, profile: KernelProfile, max_ops: int = 40) -> Program:
             _observe(draw, draft)
         else:
             _episode(draw, draft)
-    return Program(tuple(draft.ops[:max_ops]))
+    return validate(draft.ops[:max_ops])
 
 
 # ---- mutation of saved programs -----------------------------------------------------------------

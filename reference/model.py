@@ -176,8 +176,11 @@ class Kernel:
             self.numbers[handle] = dict(task.pid.numbers)
 
     def actor_task(self, handle: str) -> Task | None:
-        """The live task that performs an op for `handle`, or None when it is dead."""
-        obj = self.handles[handle]
+        """The live task that performs an op for `handle`, or None when it is dead (or was
+        never born: the op that should have created it had a dead actor)."""
+        obj = self.handles.get(handle)
+        if obj is None:
+            return None
         if handle[0] == "p":
             return obj.leader if obj.state == "running" else None
         if handle in self.dead_threads or obj.process.state != "running" or obj not in obj.process.threads:
@@ -187,7 +190,7 @@ class Kernel:
     def nr_for_template(self, handle: str, ns: PidNamespace) -> int:
         if handle[0] == "f":
             return HELD_FD_BASE + int(handle[1:])
-        return self.numbers[handle].get(ns, INVISIBLE_NR)
+        return self.numbers.get(handle, {}).get(ns, INVISIBLE_NR)
 
     # -- apply --
 
@@ -196,6 +199,8 @@ class Kernel:
             return "ok"
         actor = self.actor_task(op.actor)
         if actor is None:
+            if op.kind == "mount_proc":     # the mount point stays a plain directory
+                self._bind(op.ret, Mount(self.sandbox_ns, op.arg("hidepid"), op.arg("subset"), "failed"))
             return "dead"
         try:
             return getattr(self, "op_" + op.kind)(actor, op)
@@ -270,7 +275,7 @@ class Kernel:
 
     def op_reap(self, actor: Task, op: Op) -> str:
         waiter = actor.process
-        child = self.handles[op.arg("child")]
+        child = self.handles.get(op.arg("child"))
         nr = self.nr_for_template(op.arg("child"), waiter.ns)
         if nr == INVISIBLE_NR or child.parent is not waiter or child.state == "released":
             raise Errno("ECHILD")

@@ -1,0 +1,171 @@
+"""The differential engine without a VM: oracle classes, findings storage, generation,
+mutation, and a campaign against a planted model mistake."""
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from fuzz import findings
+from fuzz.campaign import ProgramSource, WorkerConfig, run_worker
+from fuzz.generate import mutate, programs
+from fuzz.oracle import compare, find_inconsistency
+from fuzz.storage import load_directory
+from reference.model import Errno, Kernel
+from reference.program import parse_text, validate
+from reference.trace import Trace
+from targets.model import ModelTarget
+from test_model import PROFILE
+
+ZOMBIE = parse_text("m1 = mount_proc p1\np2 = spawn p1\nexit p2\nreap p1 p2\nlookup p1 {m1}/{p2}\n"
+                    "readdir p1 {m1}\n")
+
+
+class ForgetfulKernel(Kernel):
+    """A planted bug: reaping does not release the task, so /proc keeps showing it (stale)."""
+
+    def op_reap(self, actor, op):
+        child = self.handles[op.arg("child")]
+        if child.parent is not actor.process:
+            raise Errno("ECHILD")
+        return "ok"
+
+
+class BuggyTarget(ModelTarget):
+    name = "buggy"
+    restarts = 0
+
+    def run(self, program):
+        kernel = ForgetfulKernel(self.profile)
+        return Trace(tuple(kernel.apply(op) for op in program.ops), kernel="buggy-kernel")
+
+
+def test_identical_traces_do_not_diverge():
+    trace = ModelTarget(PROFILE).run(ZOMBIE)
+    assert compare(ZOMBIE, trace, trace) is None
+
+
+def test_stale_entry_is_classified_stale():
+    expected = ModelTarget(PROFILE).run(ZOMBIE)
+    actual = BuggyTarget(PROFILE).run(ZOMBIE)
+    divergence = compare(ZOMBIE, expected, actual)
+    assert (divergence.cls, divergence.index, divergence.expected, divergence.actual) == \
+        ("stale", 4, "ENOENT", "ok:dir")
+
+
+@pytest.mark.parametrize("want, got, cls", [
+    ("ok:dir", "ENOENT", "missing"),
+    ("EPERM", "ENOENT", "errno"),
+    ("ok:1,2", "ok:1,2,3", "stale"),
+    ("ok:1,2,3", "ok:1,2", "missing"),
+])
+def test_classes(want, got, cls):
+    program = parse_text("m1 = mount_proc p1\nreaddir p1 {m1}\n")
+    divergence = compare(program, Trace(("ok", want)), Trace(("ok", got)))
+    assert divergence.cls == cls
+
+
+def test_visibility_when_credentials_are_involved():
+    program = parse_text("m1 = mount_proc p1 hidepid=invisible\nlookup p1 {m1}\n")
+    assert compare(program, Trace(("ok", "ENOENT")), Trace(("ok", "ok:dir"))).cls == "visibility"
+
+
+def test_crash_hang_model_bug_and_harness_error():
+    program = parse_text("m1 = mount_proc p1\nlookup p1 {m1}\n")
+    ok = Trace(("ok", "ok:dir"))
+    assert compare(program, ok, Trace(("ok",), outcome="crash", title="BUG: x")).cls == "crash"
+    assert compare(program, ok, Trace((), outcome="hang", title="silent")).cls == "hang"
+    assert compare(program, Trace((), outcome="error", title="model"), ok).cls == "model-bug"
+    assert compare(program, ok, Trace(("ok",))).cls == "harness-error"
+
+
+def test_wildcard_and_alternatives_match():
+    program = parse_text("m1 = mount_proc p1\nlookup p1 {m1}\n")
+    assert compare(program, Trace(("ok", "*")), Trace(("ok", "EIO"))) is None
+    assert compare(program, Trace(("ok", "ENOENT | ok:dir")), Trace(("ok", "ok:dir"))) is None
+
+
+def test_inconsistency_inside_one_kernel_trace():
+    program = parse_text("m1 = mount_proc p1\np2 = spawn p1\nreaddir p1 {m1}/{p2}/task\n"
+                         "lookup p1 {m1}/{p2}/task/{p2}\n")
+    consistent = Trace(("ok", "ok:2", "ok:2", "ok:dir"))
+    assert find_inconsistency(program, consistent) is None
+    broken = Trace(("ok", "ok:2", "ok:2", "ENOENT"))
+    assert find_inconsistency(program, broken).cls == "inconsistent"
+
+
+def test_finding_round_trip_and_signature(tmp_path):
+    expected, actual = ModelTarget(PROFILE).run(ZOMBIE), BuggyTarget(PROFILE).run(ZOMBIE)
+    finding = findings.Finding(ZOMBIE, expected, actual, compare(ZOMBIE, expected, actual), "k=1", "log")
+    assert finding.signature == "stale lookup /proc/<pid>"
+    directory, new = findings.record(tmp_path, finding)
+    assert new and directory.name == ZOMBIE.id
+    assert findings.record(tmp_path, finding) == (directory, False)
+    loaded = findings.load(directory)
+    assert loaded.program == ZOMBIE and loaded.divergence == finding.divergence
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        ["program.prog", "program.json", "model.json", "kernel.json", "divergence.json", "console.log", "meta.json"])
+
+
+def test_sigkill_while_recording_leaves_no_partial_finding(tmp_path):
+    expected, actual = ModelTarget(PROFILE).run(ZOMBIE), BuggyTarget(PROFILE).run(ZOMBIE)
+    divergence = compare(ZOMBIE, expected, actual)
+    pid = os.fork()
+    if pid == 0:                                  # child: record findings as fast as it can
+        for i in range(100000):
+            program = validate(ZOMBIE.ops + tuple(parse_text("drop_caches\n" * (1 + i % 200)).ops))
+            findings.record(tmp_path, findings.Finding(program, expected, actual, divergence, "k"))
+        os._exit(0)
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    recorded = findings.list_findings(tmp_path)
+    assert recorded
+    for directory in recorded:
+        findings.load(directory)                  # every visible finding is complete
+
+
+@settings(max_examples=150, suppress_health_check=list(HealthCheck), deadline=None)
+@given(programs(PROFILE))
+def test_generated_programs_are_valid_and_the_model_never_fails(program):
+    assert validate(program.ops) == program
+    assert parse_text(program.to_text()) == program
+    assert ModelTarget(PROFILE).run(program).outcome == "ok"
+
+
+def test_mutation_keeps_programs_valid():
+    rng = random.Random(7)
+    source = ProgramSource(PROFILE, [], rng, max_ops=30)
+    pool = [source.next() for _ in range(20)]
+    made = 0
+    for _ in range(200):
+        mutant = mutate(rng.choice(pool), rng.choice(pool), rng)
+        if mutant is not None:
+            made += 1
+            assert validate(mutant.ops) == mutant
+            assert ModelTarget(PROFILE).run(mutant).outcome == "ok"
+    assert made > 150
+
+
+def test_same_seed_same_programs():
+    first = ProgramSource(PROFILE, [], random.Random("s"), 30)
+    second = ProgramSource(PROFILE, [], random.Random("s"), 30)
+    assert [first.next() for _ in range(10)] == [second.next() for _ in range(10)]
+
+
+def test_campaign_finds_stores_and_grows_corpus(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "zombie.prog").write_text(ZOMBIE.to_text())
+    config = WorkerConfig(0, 1, PROFILE, "buggy-kernel", tmp_path / "out", corpus,
+                          deadline=time.monotonic() + 60, max_programs=150)
+    stats = run_worker(config, BuggyTarget(PROFILE), lambda s: None, lambda: False)
+    assert stats.programs == 150
+    assert stats.findings["stale"] >= 1
+    recorded = [findings.load(d) for d in findings.list_findings(tmp_path / "out")]
+    assert ZOMBIE.id in {f.program.id for f in recorded}
+    assert stats.corpus_added > 5 and len(load_directory(corpus)[0]) == 1 + stats.corpus_added
