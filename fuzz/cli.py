@@ -237,7 +237,7 @@ def cmd_kernels(args) -> int:
 
 def cmd_atheris(args) -> int:
     from .atheris_driver import grow_corpus
-    added = grow_corpus(_profile(args.kernel), Path(args.corpus), args.runs, args.max_ops)
+    added = grow_corpus(_profile(args.kernel), Path(args.corpus), args.runs, args.max_ops, args.kernel)
     print(f"{added} programs with new model coverage saved to {args.corpus}")
     return EXIT_OK
 
