@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from reference.profile import KernelProfile
 from targets.cache import cache_root, publish
 
 log = logging.getLogger("procfuzz.kernels")
 
-PINS_FILE = Path(__file__).with_name("kernels") / "pins.toml"
+KERNELS_DIR = Path(__file__).with_name("kernels")
+PINS_FILE = KERNELS_DIR / "pins.toml"
 MODULES = ("dummy", "veth")
 MANIFEST_FORMAT = 1
 
@@ -181,6 +183,24 @@ def resolve(name: str | None = None, *, apt: Apt | None = None, cache: Path | No
     raise KernelError(f"no kernel for {pin.package}={pin.version}: "
                       + ("; ".join(failures) or "neither it nor any package of its family is on the mirror"
                          " (run apt-get update?)"))
+
+
+# ---- profiles --------------------------------------------------------------------------------
+
+def profile_path(label_or_package: str) -> Path:
+    return KERNELS_DIR / f"{label_or_package.split('=', 1)[0]}.profile.json"
+
+
+def load_profile(kernel: str | None = None) -> KernelProfile:
+    """The stored /proc profile of a kernel: a pin name, a package, a label (package=version),
+    or None for the default pin. Captured by targets/profile_capture.py."""
+    path = profile_path(kernel) if kernel else None
+    if not (path and path.is_file()):
+        path = profile_path(find_pin(kernel).package)
+    if not path.is_file():
+        raise KernelError(f"no profile {path.name} for kernel {kernel or 'default'}; capture it with "
+                          f"python -m targets.profile_capture {kernel or ''}".rstrip())
+    return KernelProfile.from_json(json.loads(path.read_text()))
 
 
 # ---- cache entries --------------------------------------------------------------------------

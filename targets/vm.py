@@ -10,10 +10,12 @@ The console (ttyS0) goes to a file that the caller scans for kernel failures.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -34,6 +36,7 @@ ACCEL_ARGS = {"kvm": ["-accel", "kvm", "-cpu", "host"],
               "tcg": ["-accel", "tcg,thread=multi", "-cpu", "max"]}
 KVM_PROBE_SECONDS = 6.0
 CONSOLE_READ_LIMIT = 1 << 20
+PR_SET_PDEATHSIG = 1
 
 
 class VmError(RuntimeError):
@@ -47,7 +50,11 @@ class Qmp:
         self._loop = asyncio.new_event_loop()
         self._client = QMPClient("procfuzz")
         self._timeout = timeout
-        self._run(self._client.connect(sock))
+        try:
+            self._run(self._client.connect(sock))
+        except BaseException:
+            self._loop.close()
+            raise
 
     def _run(self, coro):
         return self._loop.run_until_complete(asyncio.wait_for(coro, self._timeout))
@@ -105,7 +112,7 @@ class Vm:
         try:
             with open(self.workdir / "qemu.log", "wb") as log:
                 self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+                                             stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
             self.channel = Channel(self._accept(listeners["agent"], deadline))
             self.qmp = Qmp(self._accept(listeners["qmp"], deadline))
             frame = self.channel.recv(deadline)
@@ -163,7 +170,7 @@ class Vm:
             return None
 
     def stop(self) -> None:
-        """Ask QEMU to quit over QMP; kill it if that does not work promptly."""
+        """Ask QEMU to quit over QMP; kill it if that does not work promptly. Idempotent."""
         if self.qmp:
             try:
                 if self.proc.poll() is None:
@@ -171,12 +178,21 @@ class Vm:
             except Exception:  # QEMU may be dead or wedged; the kill below handles both
                 pass
             self.qmp.close()
+            self.qmp = None
         if self.proc and self.wait_exit(5.0) is None:
             self.proc.kill()
             self.proc.wait()
         if self.channel:
             self.channel.close()
+            self.channel = None
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: a host process killed outright must not leave a TCG guest
+    # burning both cores. (The signal follows the thread that started QEMU: start VMs from a
+    # thread that lives as long as they do.)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _listen(path: Path) -> socket.socket:
