@@ -109,6 +109,7 @@ class WorkerConfig:
     max_ops: int = 40
     max_programs: int | None = None
     known: frozenset = frozenset()
+    reruns: int = 1                 # re-runs of a divergent program, to tell flaky from reliable
 
 
 def run_worker(config: WorkerConfig, target, report: Callable[[Stats], None],
@@ -132,7 +133,8 @@ def run_worker(config: WorkerConfig, target, report: Callable[[Stats], None],
         divergence = compare(program, expected, actual)
         if divergence is not None:
             finding = findings_store.Finding(program, expected, actual, divergence, config.kernel_label,
-                                             actual.extra.get("console", ""))
+                                             actual.extra.get("console", ""),
+                                             confirm(program, expected, divergence, target, config.reruns))
             _, new = findings_store.record(config.out, finding)
             if new and finding.signature not in config.known:
                 stats.findings[divergence.cls] += 1
@@ -152,6 +154,17 @@ def run_worker(config: WorkerConfig, target, report: Callable[[Stats], None],
             last_report = time.monotonic()
     report(stats)
     return stats
+
+
+def confirm(program: Program, expected, divergence, target, reruns: int) -> tuple[int, int]:
+    """Re-run a divergent program; count the runs that diverge the same way (class and op)."""
+    if divergence.cls in ("model-bug", "harness-error"):
+        return (0, 0)
+    same = 0
+    for _ in range(reruns):
+        again = compare(program, expected, target.run(program))
+        same += again is not None and (again.cls, again.index) == (divergence.cls, divergence.index)
+    return (same, reruns)
 
 
 # ---- multi-process orchestration ----------------------------------------------------------------

@@ -35,6 +35,7 @@ class Finding:
     divergence: Divergence
     kernel: str
     console: str = ""
+    reruns: tuple[int, int] = (0, 0)     # (runs that diverged the same way, re-runs done)
 
     @property
     def signature(self) -> str:
@@ -72,7 +73,8 @@ def record(out: Path, finding: Finding) -> tuple[Path, bool]:
             "divergence.json": json.dumps(finding.divergence.to_json(), indent=1, sort_keys=True),
             "console.log": finding.console,
             "meta.json": json.dumps({"kernel": finding.kernel, "signature": finding.signature,
-                                     "class": finding.divergence.cls, "recorded": int(time.time())},
+                                     "class": finding.divergence.cls, "recorded": int(time.time()),
+                                     "reruns": {"diverged": finding.reruns[0], "runs": finding.reruns[1]}},
                                     indent=1, sort_keys=True),
         }
         for name, text in files.items():
@@ -102,7 +104,8 @@ def load(directory: Path) -> Finding:
                        Trace.from_json(json.loads((directory / "kernel.json").read_text())),
                        Divergence.from_json(json.loads((directory / "divergence.json").read_text())),
                        meta.get("kernel", ""),
-                       (directory / "console.log").read_text(errors="replace"))
+                       (directory / "console.log").read_text(errors="replace"),
+                       (meta.get("reruns", {}).get("diverged", 0), meta.get("reruns", {}).get("runs", 0)))
     except (OSError, ValueError, KeyError) as err:
         raise ProgramError(f"not a readable finding: {err}", source=str(directory)) from None
 

@@ -14,7 +14,7 @@ import random
 
 from hypothesis import strategies as st
 
-from reference.model import Kernel
+from reference.model import UNKNOWN, Kernel
 from reference.profile import KernelProfile
 from reference.program import (HIDEPID_VALUES, MAX_HANDLES_PER_KIND, Op, Program, ProgramError,
                                make_op, validate)
@@ -61,10 +61,17 @@ def _actor(draw, draft: _Draft) -> str:
     return draw(st.sampled_from(draft.handles("pt")))
 
 
-def _path(draw, draft: _Draft) -> str:
+def _has_cwd(draft: _Draft, actor: str | None) -> bool:
+    task = draft.kernel.actor_task(actor) if actor else None
+    return task is not None and task.process.cwd not in (None, UNKNOWN)
+
+
+def _path(draw, draft: _Draft, actor: str | None = None) -> str:
+    """A path template; relative only for an actor whose cwd the model knows."""
     mounts = draft.handles("m")
+    relative = ("." , "status", "task", "comm", "fd")
     if not mounts:
-        return "."
+        return draw(st.sampled_from(relative)) if _has_cwd(draft, actor) else "."
     mount = "{" + draw(st.sampled_from(mounts)) + "}"
     tasks = draft.handles("pt")
     task = "{" + draw(st.sampled_from(tasks)) + "}"
@@ -91,7 +98,9 @@ def _path(draw, draft: _Draft) -> str:
     fds = draft.handles("f")
     if shape == 10 and fds:
         return f"{mount}/{task}/fd/{{{draw(st.sampled_from(fds))}}}"
-    return draw(st.sampled_from((".", "status", "task", "comm", "fd")))
+    if _has_cwd(draft, actor):
+        return draw(st.sampled_from(relative))
+    return f"{mount}/{task}"
 
 
 def _observe(draw, draft: _Draft, path: str | None = None, actor: str | None = None):
@@ -104,12 +113,12 @@ def _observe(draw, draft: _Draft, path: str | None = None, actor: str | None = N
     elif kind == "getdents":
         draft.add("getdents", actor=actor, fd=draw(st.sampled_from(fds + ["cwd"])))
     elif kind == "open":
-        path = path or _path(draw, draft)      # drawn first: it must not name the new handle
+        path = path or _path(draw, draft, actor)   # drawn first: it must not name the new handle
         handle = draft.new_handle("f")
         if handle:
             draft.add("open", handle, actor=actor, path=path)
     else:
-        draft.add(kind if kind != "read" else "lookup", actor=actor, path=path or _path(draw, draft))
+        draft.add(kind if kind != "read" else "lookup", actor=actor, path=path or _path(draw, draft, actor))
 
 
 def _mutate(draw, draft: _Draft):
@@ -147,15 +156,15 @@ def _mutate(draw, draft: _Draft):
     elif choice == "close" and draft.handles("f"):
         draft.add("close", actor=actor, fd=draw(st.sampled_from(draft.handles("f"))))
     elif choice == "chdir":
-        draft.add("chdir", actor=actor, path=_path(draw, draft))
+        draft.add("chdir", actor=actor, path=_path(draw, draft, actor))
     elif choice == "drop_caches":
         draft.add("drop_caches")
 
 
 def _episode(draw, draft: _Draft):
     """Observe a name, change the world, observe the same name again (maybe as someone else)."""
-    path = _path(draw, draft)
     first = _actor(draw, draft)
+    path = _path(draw, draft, first)
     draft.add(draw(st.sampled_from(("lookup", "readdir"))), actor=first, path=path)
     for _ in range(draw(st.integers(1, 3))):
         _mutate(draw, draft)

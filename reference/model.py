@@ -25,7 +25,6 @@ HIDEPID_NO_ACCESS, HIDEPID_INVISIBLE = 1, 2
 # Per-pid files whose open and content the model knows for any reader (all 0444 without an
 # extra ptrace check at open): other entries are looked up and listed, not opened.
 OPENABLE_PID_FILES = frozenset({"status", "stat", "statm", "comm", "cmdline"})
-PID_LINKS = frozenset({"cwd", "exe", "root"})
 
 
 class Errno(Exception):
@@ -36,10 +35,6 @@ class Errno(Exception):
 
 class Unmodelled(Exception):
     """The model does not predict this result (a declared gap, not a guess)."""
-
-
-class ModelBug(Exception):
-    """An internal inconsistency of the model: our bug, never a kernel finding."""
 
 
 # ---- kernel objects ---------------------------------------------------------------------------
@@ -118,16 +113,23 @@ class Mount:
 @dataclass(frozen=True, eq=False)
 class Node:
     """A dentry as userspace reaches it: what it is, in which mount, bound to which struct pid."""
-    kind: str           # plain root static pid_dir pid_entry task_dir tid_dir tid_entry fd_dir fd_link self thread_self
-    mount: Mount
+    kind: str           # plain root static pid_dir pid_entry task_dir tid_dir fd_dir fd_link self thread_self unknown
+    mount: Mount | None
     path: str           # d_path while hashed, e.g. /mnt/m1/3/status
     ftype: str = "dir"
     pid: Pid | None = None
     name: str = ""
+    # proc_pid_lookup refused it under hidepid=ptraceable; only a cached dentry reaches it
+    hidden: bool = False
 
     @property
     def task(self) -> Task | None:
         return self.pid.task if self.pid else None
+
+
+# What an fd or cwd refers to after an op whose outcome the model does not predict: every
+# later use of it is unmodelled too, instead of a guess.
+UNKNOWN = Node("unknown", None, "?", "?")
 
 
 # ---- the kernel --------------------------------------------------------------------------------
@@ -213,6 +215,8 @@ class Kernel:
 
     def op_spawn(self, actor: Task, op: Op) -> str:
         parent = actor.process
+        if op.arg("newpid") and not parent.caps:
+            raise Errno("EPERM")            # copy_namespaces: CLONE_NEWPID needs CAP_SYS_ADMIN
         ns = PidNamespace(parent=parent.ns, level=parent.ns.level + 1) if op.arg("newpid") else parent.ns
         child = self._fork(parent, ns, comm=op.ret)
         if op.arg("newpid"):
@@ -341,8 +345,15 @@ class Kernel:
             raise Errno("EINVAL")
         if not op.arg("lazy") and self._mount_busy(mount):
             raise Errno("EBUSY")
+        if not op.arg("lazy") and self._maybe_busy():
+            mount.state = "unknown"
+            raise Unmodelled()
         mount.state = "detached" if op.arg("lazy") else "unmounted"
         return "ok"
+
+    def _maybe_busy(self) -> bool:
+        return any(process.state == "running" and (UNKNOWN in process.fds.values() or process.cwd is UNKNOWN)
+                   for process in self.processes)
 
     def _mount_busy(self, mount: Mount) -> bool:
         for process in self.processes:
@@ -363,7 +374,9 @@ class Kernel:
             return True
         if not (r.uid == t.uid and r.gid == t.gid):
             return r.caps
-        if t.has_mm and not t.dumpable and not r.caps:
+        # task_still_dumpable: the mm's dumpability, or for an exited task the
+        # task->user_dumpable that exit_mm recorded (a 6.1.y stable backport).
+        if not t.dumpable and not r.caps:
             return False
         return r.caps or not t.caps
 
@@ -378,6 +391,8 @@ class Kernel:
 
     def proc_pid_permission(self, node: Node, reader: Task):
         task = node.task
+        if node.hidden:
+            raise Errno("ENOENT | EPERM")    # uncached: proc_pid_lookup; cached: proc_pid_permission
         if task is None:
             raise Errno("ESRCH")
         if not self.has_pid_permissions(node.mount, reader, task, HIDEPID_NO_ACCESS):
@@ -443,9 +458,14 @@ class Kernel:
         nr = name_to_int(name)
         if nr is not None:
             task = self.find_task_by_pid_ns(nr, root.mount.ns)
-            if task is not None and not (root.mount.hidepid == "ptraceable"
-                                         and not self.has_pid_permissions(root.mount, reader, task, HIDEPID_NO_ACCESS)):
-                return Node("pid_dir", root.mount, root.path + "/" + name, "dir", task.pid, name)
+            if task is not None:
+                # hidepid=ptraceable: proc_pid_lookup refuses a task the reader may not ptrace,
+                # but a dentry already cached by an earlier lookup passes pid_revalidate (which
+                # has no hidepid check) and then proc_pid_permission refuses with EPERM.  The
+                # answer depends on the dcache: a kernel inconsistency, see docs/model-gaps.md.
+                hidden = (root.mount.hidepid == "ptraceable"
+                          and not self.has_pid_permissions(root.mount, reader, task, HIDEPID_NO_ACCESS))
+                return Node("pid_dir", root.mount, root.path + "/" + name, "dir", task.pid, name, hidden)
         if name == "self":
             return Node("self", root.mount, root.path + "/self", "lnk")
         if name == "thread-self":
@@ -472,7 +492,9 @@ class Kernel:
         nr = name_to_int(name)
         if task is None or nr is None or task.process.state != "running":
             raise Errno("ENOENT")
-        held = {HELD_FD_BASE + int(handle[1:]) for handle in task.process.fds}
+        held = {HELD_FD_BASE + int(h[1:]): node for h, node in task.process.fds.items()}
+        if held.get(nr) is UNKNOWN:
+            raise Unmodelled()
         if nr in held or nr in (0, 1, 2):
             return Node("fd_link", fd_dir.mount, fd_dir.path + "/" + name, "lnk", fd_dir.pid, name)
         if HELD_FD_BASE < nr <= HELD_FD_BASE + 64:
@@ -487,6 +509,8 @@ class Kernel:
         return None
 
     def getattr(self, node: Node, reader: Task) -> str:
+        if node.hidden:
+            raise Errno("ENOENT")            # proc_pid_lookup, or pid_getattr on a cached dentry
         if node.kind in ("pid_dir", "tid_dir"):
             task = node.task               # pid_getattr: consistent with readdir under hidepid
             if task is not None and not self.has_pid_permissions(node.mount, reader, task, HIDEPID_INVISIBLE):
@@ -513,10 +537,12 @@ class Kernel:
             mount = self.handles[handle]
             resolved = substitute(rest, lambda h: str(self.nr_for_template(h, mount.ns)))
             components = [c for c in resolved.split("/") if c]
+            if mount.state == "unknown":
+                raise Unmodelled()
             kind = "root" if mount.state == "mounted" else "plain"
             return components, Node(kind, mount, "/mnt/" + handle)
         cwd = reader.process.cwd
-        if cwd is None:
+        if cwd is None or cwd is UNKNOWN:
             raise Unmodelled()           # the sandbox's / is the initramfs, not modelled
         return [c for c in path.split("/") if c], cwd
 
@@ -580,7 +606,7 @@ class Kernel:
         return self.d_path(process.cwd)
 
     def d_path(self, node: Node) -> str:
-        if node.mount.state == "detached":
+        if node is UNKNOWN or node.mount.state == "detached":
             raise Unmodelled()             # d_path of a lazily unmounted tree
         if node.kind in ("pid_dir", "tid_dir") and node.task is None:
             # proc_flush_pid d_invalidate()d the base dentry: d_path reports it unlinked.
@@ -637,6 +663,8 @@ class Kernel:
 
     def op_readlink(self, actor: Task, op: Op) -> str:
         node = self.resolve(actor, op.arg("path"), follow_last=False)
+        if node.hidden:
+            raise Errno("ENOENT | EINVAL")
         if node.ftype != "lnk":
             raise Errno("EINVAL")
         return "ok:" + self.link_target(node, actor)
@@ -659,27 +687,44 @@ class Kernel:
         return self.list_dir(node, actor)
 
     def op_open(self, actor: Task, op: Op) -> str:
-        node = self._open(actor, op.arg("path"), directory=False)
+        try:
+            node = self._open(actor, op.arg("path"), directory=False)
+        except Unmodelled:
+            actor.process.fds[op.ret] = UNKNOWN
+            raise
         actor.process.fds[op.ret] = node
         return "ok"
 
     def op_close(self, actor: Task, op: Op) -> str:
-        if actor.process.fds.pop(op.arg("fd"), None) is None:
+        node = actor.process.fds.pop(op.arg("fd"), None)
+        if node is None:
             raise Errno("EBADF")
+        if node is UNKNOWN:
+            raise Unmodelled()
         return "ok"
 
     def op_chdir(self, actor: Task, op: Op) -> str:
-        node = self.resolve(actor, op.arg("path"), follow_last=True)
+        try:
+            node = self.resolve(actor, op.arg("path"), follow_last=True)
+        except Unmodelled:
+            actor.process.cwd = UNKNOWN
+            raise
         if node.ftype != "dir":
             raise Errno("ENOTDIR")
         self.may_exec(node, actor)
         actor.process.cwd = node
         return "ok"
 
-    def op_read(self, actor: Task, op: Op) -> str:
-        node = actor.process.fds.get(op.arg("fd"))
+    def _held(self, actor: Task, fd: str) -> Node:
+        node = actor.process.fds.get(fd)
         if node is None:
             raise Errno("EBADF")
+        if node is UNKNOWN:
+            raise Unmodelled()
+        return node
+
+    def op_read(self, actor: Task, op: Op) -> str:
+        node = self._held(actor, op.arg("fd"))
         if node.ftype == "dir":
             raise Errno("EISDIR")
         if node.kind != "pid_entry":
@@ -696,15 +741,12 @@ class Kernel:
     def op_getdents(self, actor: Task, op: Op) -> str:
         if op.arg("fd") == "cwd":
             cwd = actor.process.cwd
-            if cwd is None:
+            if cwd is None or cwd is UNKNOWN:
                 raise Unmodelled()
             self.may_exec(cwd, actor)        # the walk of "." checks the cwd itself
             self.may_read_dir(cwd, actor)    # open(".", O_DIRECTORY)
             return self.list_dir(cwd, actor)
-        node = actor.process.fds.get(op.arg("fd"))
-        if node is None:
-            raise Errno("EBADF")
-        return self.list_dir(node, actor)
+        return self.list_dir(self._held(actor, op.arg("fd")), actor)
 
 
 def name_to_int(name: str) -> int | None:

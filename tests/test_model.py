@@ -184,3 +184,28 @@ def test_model_bug_is_reported_not_raised(monkeypatch):
     monkeypatch.setattr(model.Kernel, "op_lookup", lambda *a: 1 / 0)
     trace = ModelTarget(PROFILE).run(parse_text("lookup p1 x\n"))
     assert trace.outcome == "error" and "ZeroDivisionError" in trace.title
+
+
+def test_hidepid_ptraceable_walk_depends_on_the_dcache():
+    # Uncached: proc_pid_lookup hides the task (ENOENT); cached: pid_revalidate keeps the
+    # dentry and proc_pid_permission says EPERM.  Both are allowed; lstat is ENOENT either way.
+    results = run("m1 = mount_proc p1 hidepid=ptraceable\np2 = spawn p1\nsetgid p2 1000\nsetuid p2 1000\n"
+                  "lookup p2 {m1}/{p1}\nlookup p2 {m1}/{p1}/status\nreaddir p2 {m1}/{p1}\n")
+    assert results[4:] == ["ENOENT", "ENOENT | EPERM", "ENOENT | EPERM"]
+
+
+def test_zombie_keeps_its_dumpability():
+    # task_still_dumpable: an exited task answers with the user_dumpable exit_mm recorded.
+    results = run("m1 = mount_proc p1 hidepid=invisible\nsetgid p1 1000\nsetuid p1 1000\np2 = spawn p1\n"
+                  "lookup p1 {m1}/{p2}\nexit p2\nlookup p1 {m1}/{p2}\n")
+    assert results[4:] == ["ENOENT", "ok", "ENOENT"]
+
+
+def test_new_pid_namespace_needs_cap_sys_admin():
+    results = run("p2 = spawn p1\nsetuid p2 1000\np3 = spawn p2 newpid=1\nlookup p3 .\n")
+    assert results[2:] == ["EPERM", "dead"]
+
+
+def test_an_unmodelled_open_makes_the_fd_unknown_not_guessed():
+    results = run("m1 = mount_proc p1\nf1 = open p1 {m1}/{p1}/mounts\nread p1 f1\nclose p1 f1\nclose p1 f1\n")
+    assert results[1:] == [UNMODELLED, UNMODELLED, UNMODELLED, "EBADF"]
