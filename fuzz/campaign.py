@@ -110,13 +110,15 @@ class WorkerConfig:
     max_programs: int | None = None
     known: frozenset = frozenset()
     reruns: int = 1                 # re-runs of a divergent program, to tell flaky from reliable
+    seed_dirs: tuple = ()           # read-only program directories replayed first (corpus/seeds)
 
 
 def run_worker(config: WorkerConfig, target, report: Callable[[Stats], None],
                should_stop: Callable[[], bool]) -> Stats:
     """The differential loop for one worker; returns its final counters."""
     rng = random.Random(f"{config.seed}-{config.index}")
-    seeds = [program for _, program in load_directory(config.corpus)[0]] if config.corpus.is_dir() else []
+    seeds = [program for directory in (*config.seed_dirs, config.corpus) if Path(directory).is_dir()
+             for _, program in load_directory(directory)[0]]
     source = ProgramSource(config.profile, seeds, rng, config.max_ops)
     model = ModelTarget(config.profile)
     seen_features: set = set()

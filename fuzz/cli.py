@@ -19,7 +19,7 @@ from reference.program import Program, ProgramError
 from reference.trace import Trace, result_matches
 
 EXIT_OK, EXIT_FOUND, EXIT_TOOL = 0, 1, 2
-DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "seeds"
+SEED_DIRS = tuple(Path(__file__).resolve().parent.parent / "corpus" / d for d in ("seeds", "regressions"))
 KNOWN_ISSUES = Path(__file__).resolve().parent.parent / "corpus" / "known-issues.toml"
 
 
@@ -176,7 +176,8 @@ def cmd_run(args) -> int:
     from .campaign import WorkerConfig, run_campaign, write_summary
     from .status import StatusDisplay
     budget = parse_budget(args.budget)
-    out, corpus = Path(args.out), Path(args.corpus)
+    out = Path(args.out)
+    corpus = Path(args.corpus) if args.corpus else out / "corpus"
     out.mkdir(parents=True, exist_ok=True)
     corpus.mkdir(parents=True, exist_ok=True)
     profile = _profile(args.kernel)
@@ -187,8 +188,8 @@ def cmd_run(args) -> int:
     known = frozenset(_known(Path(args.known) if args.known else None))
     seed = args.seed if args.seed is not None else int(time.time())
     deadline = time.monotonic() + budget
-    configs = [WorkerConfig(i, seed, profile, label, out, corpus, deadline, args.max_ops, known=known)
-               for i in range(args.workers)]
+    configs = [WorkerConfig(i, seed, profile, label, out, corpus, deadline, args.max_ops, known=known,
+                            seed_dirs=SEED_DIRS) for i in range(args.workers)]
     stop = multiprocessing.get_context("spawn").Event()
 
     def request_stop(signum, _frame):
@@ -283,7 +284,9 @@ def _parser() -> argparse.ArgumentParser:
     kernel_option(p)
     p.add_argument("--budget", default="10m")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    p.add_argument("--corpus", default=None,
+                   help="working corpus, grown by the run (default OUT/corpus); corpus/seeds and "
+                        "corpus/regressions are always replayed first")
     p.add_argument("--out", default="out")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--max-ops", type=int, default=40)
@@ -293,7 +296,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", default=None)
     p = command("atheris", cmd_atheris, "grow the corpus with atheris over the instrumented model")
     kernel_option(p)
-    p.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    p.add_argument("--corpus", default="out/corpus", help="working corpus to grow")
     p.add_argument("--runs", type=int, default=20000)
     p.add_argument("--max-ops", type=int, default=40)
     p = command("bench", cmd_bench, "benchmarks: model or target")

@@ -143,6 +143,7 @@ class Kernel:
         self.handles: dict[str, object] = {}      # pN -> Process, tN -> Task, mN -> Mount
         self.numbers: dict[str, dict] = {}         # pN/tN -> {ns: nr} as allocated
         self.dead_threads: set[str] = set()        # thread handles gone through exit or exec
+        self.fd_dir_owner: dict = {}               # (mount, path) -> i_uid of that fd dir inode
         self.processes: list[Process] = []
         init = self._fork(None, self.sandbox_ns, comm="p1")
         self.sandbox_ns.child_reaper = init
@@ -341,6 +342,10 @@ class Kernel:
         mount = self.handles[op.arg("mount")]
         if not actor.process.caps:
             raise Errno("EPERM")
+        if mount.state == "unknown":
+            if op.arg("lazy"):
+                mount.state = "detached"     # whatever it was, it is no longer mounted now
+            raise Unmodelled()
         if mount.state != "mounted":
             raise Errno("EINVAL")
         if not op.arg("lazy") and self._mount_busy(mount):
@@ -404,27 +409,36 @@ class Kernel:
         process = task.process
         return process.uid if process.has_mm and process.dumpable else 0
 
-    def proc_fd_permission(self, node: Node, reader: Task):
+    def proc_fd_permission(self, node: Node, reader: Task, fresh: bool):
+        """generic_permission on the 0500 fd directory, then the same-thread-group escape.
+
+        The inode's owner is rewritten only when a walk revalidates the dentry
+        (pid_revalidate -> pid_update_inode): a walk that starts at a cwd inside the fd
+        directory checks the owner recorded at the last revalidation, not the current one."""
         task = node.task
         if reader.process.caps:
             return
-        if task is not None and (self.task_dump_owner_uid(task) == reader.process.uid
-                                 or task.process is reader.process):
+        key = (id(node.mount), node.path)
+        if fresh and task is not None:
+            self.fd_dir_owner[key] = self.task_dump_owner_uid(task)
+        owner = self.fd_dir_owner.get(key, 0)
+        if owner == reader.process.uid or (task is not None and task.process is reader.process):
             return
         raise Errno("EACCES")
 
-    def may_exec(self, node: Node, reader: Task):
-        """inode_permission(MAY_EXEC) on a directory walked through."""
+    def may_exec(self, node: Node, reader: Task, fresh: bool = True):
+        """inode_permission(MAY_EXEC) on a directory walked through; `fresh` when the walk
+        just looked it up (revalidated) rather than starting from it."""
         if node.ftype != "dir":
             raise Errno("ENOTDIR")
         if node.kind in ("pid_dir", "task_dir"):
             self.proc_pid_permission(node, reader)
         elif node.kind == "fd_dir":
-            self.proc_fd_permission(node, reader)
+            self.proc_fd_permission(node, reader, fresh)
 
-    def may_read_dir(self, node: Node, reader: Task):
+    def may_read_dir(self, node: Node, reader: Task, fresh: bool = True):
         """inode_permission(MAY_READ) at open of a directory."""
-        self.may_exec(node, reader)
+        self.may_exec(node, reader, fresh)
 
     # -- lookup --
 
@@ -523,7 +537,7 @@ class Kernel:
         components, node = self._start(reader, path)
         for index, name in enumerate(components):
             last = index == len(components) - 1
-            self.may_exec(node, reader)
+            self.may_exec(node, reader, fresh=index > 0 or path.startswith("{m"))
             if name == ".":
                 continue
             node = self.lookup_child(node, name, reader)
@@ -559,7 +573,21 @@ class Kernel:
                 if node.ftype == "lnk":
                     node = self.follow_link(node, reader, depth + 1)
             return node
-        raise Unmodelled()               # cwd/exe/root/fd links lead out of the modelled tree
+        if link.kind == "pid_entry" and link.name == "cwd":
+            return self.proc_cwd_link(link, reader)
+        raise Unmodelled()               # exe/root/fd links lead out of the modelled tree
+
+    def proc_cwd_link(self, link: Node, reader: Task) -> Node:
+        """proc_pid_get_link (a ptrace read check) then proc_cwd_link: the cwd's own dentry."""
+        task = link.task
+        if task is None or not self.ptrace_may_access(reader, task):
+            raise Errno("EACCES")
+        cwd = task.process.cwd
+        if task.process.state != "running":
+            raise Errno("ENOENT")            # no fs_struct after exit_fs
+        if cwd is None or cwd is UNKNOWN:
+            raise Unmodelled()
+        return cwd
 
     def link_target(self, link: Node, reader: Task) -> str:
         ns = link.mount.ns
@@ -743,8 +771,8 @@ class Kernel:
             cwd = actor.process.cwd
             if cwd is None or cwd is UNKNOWN:
                 raise Unmodelled()
-            self.may_exec(cwd, actor)        # the walk of "." checks the cwd itself
-            self.may_read_dir(cwd, actor)    # open(".", O_DIRECTORY)
+            self.may_exec(cwd, actor, fresh=False)       # the walk of "." checks the cwd itself
+            self.may_read_dir(cwd, actor, fresh=False)   # open(".") does not revalidate it
             return self.list_dir(cwd, actor)
         return self.list_dir(self._held(actor, op.arg("fd")), actor)
 

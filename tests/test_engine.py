@@ -169,3 +169,14 @@ def test_campaign_finds_stores_and_grows_corpus(tmp_path):
     recorded = [findings.load(d) for d in findings.list_findings(tmp_path / "out")]
     assert ZOMBIE.id in {f.program.id for f in recorded}
     assert stats.corpus_added > 5 and len(load_directory(corpus)[0]) == 1 + stats.corpus_added
+
+
+def test_next_campaign_starts_from_the_saved_corpus(tmp_path):
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    corpus.mkdir()
+    first = WorkerConfig(0, 5, PROFILE, "k", out, corpus, deadline=time.monotonic() + 60, max_programs=40)
+    run_worker(first, ModelTarget(PROFILE), lambda s: None, lambda: False)
+    saved = {program for _, program in load_directory(corpus)[0]}
+    assert saved
+    second = ProgramSource(PROFILE, [p for _, p in load_directory(corpus)[0]], random.Random(0), 30)
+    assert {second.next() for _ in range(len(saved))} == saved      # seeds are replayed first
