@@ -1,0 +1,1727 @@
+/*
+ * procfuzz guest agent: runs procfuzz programs inside the guest kernel.
+ *
+ *   agent serve <device>|-   the controller: answers frames on the serial channel (fd 0/1 for
+ *                            "-"), one fresh sandbox per program (docs/agent-protocol.md)
+ *   agent actor <fd>         an actor process re-entering after the `exec` op
+ *
+ * Build: gcc -static -O2 -Wall -Wextra -Werror -pthread -o agent targets/agent/agent.c
+ *
+ * The reference model predicts exact pid numbers inside the sandbox, so nothing here ever
+ * creates a task in the sandbox other than the actors themselves.
+ *
+ * File descriptors of every actor process (fixed, so that /proc/<pid>/fd is predictable):
+ *   0-2 /dev/null, 3 the process channel, 101..164 held fds f1..f64,
+ *   201..264 the channels of threads t1..t64 (close-on-exec).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+enum {
+	MAX_OPS = 256,
+	MAX_HANDLES = 64,          /* per kind: p1..p64, t1..t64, m1..m64, f1..f64 */
+	MAX_PATH_TEXT = 200,       /* a path template (reference/program.py MAX_PATH) */
+	MAX_TEXT = 64 * 1024,      /* program text */
+	MAX_LINE = 512,
+	MAX_WORDS = 8,
+	MAX_PAYLOAD = 1 << 20,     /* frame payload */
+	RESULT_CAP = 60 * 1024,    /* one op's result string, terminator included */
+	PATH_CAP = 1024,           /* a resolved path */
+	DATA_CAP = 64,             /* mount options */
+	MAX_NAMES = 8192,          /* directory entries in one listing */
+	MAX_LEVELS = 40,           /* NSpid entries (the kernel nests at most 32 pid namespaces) */
+	CHAN_FD = 3,
+	HELD_FD_BASE = 100,
+	THREAD_CHAN_BASE = 200,
+	INVISIBLE_PID = 999999,
+	READ_SIZE = 4096,
+};
+
+static const long long OP_DEADLINE_NS = 5000000000LL;
+static const long long TEARDOWN_DEADLINE_NS = 10000000000LL;
+
+#define SANDBOX_FLAGS (CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
+
+/* The agent binary, re-executed by the `exec` op ("/agent" in the guest). */
+static char self_exe[PATH_CAP] = "/agent";
+
+/* ---- small helpers ------------------------------------------------------------------------ */
+
+#define ERRNO_NAME(e) { e, #e }
+static const struct { int num; const char *name; } errno_names[] = {
+	ERRNO_NAME(EPERM), ERRNO_NAME(ENOENT), ERRNO_NAME(ESRCH), ERRNO_NAME(EINTR),
+	ERRNO_NAME(EIO), ERRNO_NAME(ENXIO), ERRNO_NAME(E2BIG), ERRNO_NAME(ENOEXEC),
+	ERRNO_NAME(EBADF), ERRNO_NAME(ECHILD), ERRNO_NAME(EAGAIN), ERRNO_NAME(ENOMEM),
+	ERRNO_NAME(EACCES), ERRNO_NAME(EFAULT), ERRNO_NAME(ENOTBLK), ERRNO_NAME(EBUSY),
+	ERRNO_NAME(EEXIST), ERRNO_NAME(EXDEV), ERRNO_NAME(ENODEV), ERRNO_NAME(ENOTDIR),
+	ERRNO_NAME(EISDIR), ERRNO_NAME(EINVAL), ERRNO_NAME(ENFILE), ERRNO_NAME(EMFILE),
+	ERRNO_NAME(ENOTTY), ERRNO_NAME(ETXTBSY), ERRNO_NAME(EFBIG), ERRNO_NAME(ENOSPC),
+	ERRNO_NAME(ESPIPE), ERRNO_NAME(EROFS), ERRNO_NAME(EMLINK), ERRNO_NAME(EPIPE),
+	ERRNO_NAME(EDOM), ERRNO_NAME(ERANGE), ERRNO_NAME(EDEADLK), ERRNO_NAME(ENAMETOOLONG),
+	ERRNO_NAME(ENOLCK), ERRNO_NAME(ENOSYS), ERRNO_NAME(ENOTEMPTY), ERRNO_NAME(ELOOP),
+	ERRNO_NAME(ENOMSG), ERRNO_NAME(EIDRM), ERRNO_NAME(ENODATA), ERRNO_NAME(ETIME),
+	ERRNO_NAME(ENOLINK), ERRNO_NAME(EPROTO), ERRNO_NAME(EBADMSG), ERRNO_NAME(EOVERFLOW),
+	ERRNO_NAME(EBADFD), ERRNO_NAME(EILSEQ), ERRNO_NAME(EUSERS), ERRNO_NAME(ENOTSOCK),
+	ERRNO_NAME(EDESTADDRREQ), ERRNO_NAME(EMSGSIZE), ERRNO_NAME(EPROTOTYPE),
+	ERRNO_NAME(ENOPROTOOPT), ERRNO_NAME(EPROTONOSUPPORT), ERRNO_NAME(EOPNOTSUPP),
+	ERRNO_NAME(EAFNOSUPPORT), ERRNO_NAME(EADDRINUSE), ERRNO_NAME(EADDRNOTAVAIL),
+	ERRNO_NAME(ENETDOWN), ERRNO_NAME(ENETUNREACH), ERRNO_NAME(ECONNABORTED),
+	ERRNO_NAME(ECONNRESET), ERRNO_NAME(ENOBUFS), ERRNO_NAME(EISCONN), ERRNO_NAME(ENOTCONN),
+	ERRNO_NAME(ETIMEDOUT), ERRNO_NAME(ECONNREFUSED), ERRNO_NAME(EHOSTUNREACH),
+	ERRNO_NAME(EALREADY), ERRNO_NAME(EINPROGRESS), ERRNO_NAME(ESTALE), ERRNO_NAME(EUCLEAN),
+	ERRNO_NAME(EREMOTEIO), ERRNO_NAME(EDQUOT), ERRNO_NAME(ENOMEDIUM), ERRNO_NAME(ECANCELED),
+	ERRNO_NAME(ENOKEY), ERRNO_NAME(EKEYEXPIRED), ERRNO_NAME(EKEYREVOKED),
+	ERRNO_NAME(EKEYREJECTED), ERRNO_NAME(EOWNERDEAD), ERRNO_NAME(ENOTRECOVERABLE),
+};
+
+/* Writes the C macro name of errno value e ("E<number>" when unknown) to out. */
+static void put_errno(char *out, int e)
+{
+	for (size_t i = 0; i < sizeof errno_names / sizeof errno_names[0]; i++) {
+		if (errno_names[i].num == e) {
+			strcpy(out, errno_names[i].name);
+			return;
+		}
+	}
+	sprintf(out, "E%d", e);
+}
+
+/* "ok" or the errno name, for a libc call returning -1 on failure. */
+static void put_status(char *out, int rc)
+{
+	if (rc < 0)
+		put_errno(out, errno);
+	else
+		strcpy(out, "ok");
+}
+
+static long long now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* The pause between two polls of a condition (never a wait for the condition itself). */
+static void pause_briefly(void)
+{
+	struct timespec ts = { 0, 100000 };
+	nanosleep(&ts, NULL);
+}
+
+/* Content digest of `read` results: reference/trace.py fnv1a64. */
+static unsigned long long fnv1a64(const unsigned char *data, size_t len)
+{
+	unsigned long long h = 0xCBF29CE484222325ULL;
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ data[i]) * 0x100000001B3ULL;
+	return h;
+}
+
+/* A bounded string being built; `full` records that something did not fit. */
+struct text {
+	char *buf;
+	size_t len, cap;
+	int full;
+};
+
+static void text_add(struct text *t, const char *s, size_t n)
+{
+	if (t->full || t->len + n + 1 > t->cap) {
+		t->full = 1;
+		return;
+	}
+	memcpy(t->buf + t->len, s, n);
+	t->len += n;
+	t->buf[t->len] = '\0';
+}
+
+static void text_str(struct text *t, const char *s)
+{
+	text_add(t, s, strlen(s));
+}
+
+__attribute__((format(printf, 2, 3)))
+static void text_printf(struct text *t, const char *fmt, ...)
+{
+	char buf[256];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	text_add(t, buf, n < (int)sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+
+/*
+ * Result payloads from the kernel (names, link targets) go into a line-based reply: bytes
+ * outside printable ASCII and the backslash become \xHH, and so does `sep` (',' in lists).
+ */
+static void text_escaped(struct text *t, const char *s, char sep)
+{
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c < 0x20 || c > 0x7e || c == '\\' || c == (unsigned char)sep)
+			text_printf(t, "\\x%02x", c);
+		else
+			text_add(t, s, 1);
+	}
+}
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* Reads a whole (small) file; returns its length or -1 with errno set. */
+static ssize_t read_file(const char *path, char *buf, size_t cap)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	size_t len = 0;
+	while (len + 1 < cap) {
+		ssize_t n = read(fd, buf + len, cap - 1 - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += n;
+	}
+	buf[len] = '\0';
+	close(fd);
+	return len;
+}
+
+/* Puts `from` at fd number `to`, inheritable across exec. */
+static void move_fd(int from, int to)
+{
+	if (from == to) {
+		fcntl(to, F_SETFD, 0);
+		return;
+	}
+	dup2(from, to);
+	close(from);
+}
+
+/* ---- channel messages (SOCK_SEQPACKET, one message per command or answer) ---------------- */
+
+union fd_cmsg {
+	char buf[CMSG_SPACE(sizeof(int))];
+	struct cmsghdr align;
+};
+
+/* Sends one message, with passfd attached when it is >= 0; 0 on success. */
+static int send_msg(int sock, const void *buf, size_t len, int passfd)
+{
+	union fd_cmsg ctrl;
+	struct iovec iov = { (void *)buf, len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	if (passfd >= 0) {
+		memset(&ctrl, 0, sizeof ctrl);
+		mh.msg_control = ctrl.buf;
+		mh.msg_controllen = sizeof ctrl.buf;
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &passfd, sizeof(int));
+	}
+	ssize_t n;
+	do
+		n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	return n == (ssize_t)len ? 0 : -1;
+}
+
+/*
+ * Receives one message (0: the peer is gone).  A passed fd arrives close-on-exec in *passfd
+ * (-1 when none); callers that pass NULL get it closed.  A truncated message is an error.
+ */
+static ssize_t recv_msg(int sock, void *buf, size_t cap, int *passfd)
+{
+	union fd_cmsg ctrl;
+	struct iovec iov = { buf, cap };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = ctrl.buf, .msg_controllen = sizeof ctrl.buf };
+	ssize_t n;
+	do
+		n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	int fd = -1;
+	if (n >= 0) {
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+				memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+		}
+	}
+	if (passfd)
+		*passfd = fd;
+	else if (fd >= 0)
+		close(fd);
+	if (n >= 0 && (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+		errno = EMSGSIZE;
+		return -1;
+	}
+	return n;
+}
+
+/* ---- programs: canonical text (reference/program.py) ------------------------------------- */
+
+enum op_kind {
+	OP_SPAWN, OP_SPAWN_THREAD, OP_EXIT, OP_REAP, OP_EXEC, OP_SETUID, OP_SETGID,
+	OP_MOUNT_PROC, OP_UMOUNT, OP_OPEN, OP_CLOSE, OP_CHDIR, OP_DROP_CACHES, OP_LOOKUP,
+	OP_READDIR, OP_READLINK, OP_READ, OP_GETDENTS, OP_KINDS
+};
+
+struct handle {
+	char kind;          /* 'p', 't', 'm', 'f'; 0: none */
+	int n;              /* 1..64 (0 with kind 'f': the cwd of `getdents A cwd`) */
+};
+
+struct option_spec {
+	const char *name;
+	const char *choices[5];     /* index 0 is the default */
+};
+
+static const struct option_spec OPT_NEWPID = { "newpid", { "0", "1" } };
+static const struct option_spec OPT_LAZY = { "lazy", { "0", "1" } };
+static const struct option_spec OPT_HIDEPID = { "hidepid", { "off", "noaccess", "invisible", "ptraceable" } };
+static const struct option_spec OPT_SUBSET = { "subset", { "none", "pid" } };
+
+/*
+ * Positional argument letters: A actor (pN or tN), p process, m mount, f held fd,
+ * F held fd or "cwd", P path template, I uid/gid.
+ */
+struct op_spec {
+	const char *name;
+	char creates;                        /* kind of the handle the op creates, or 0 */
+	const char *args;
+	const struct option_spec *opts[2];
+};
+
+static const struct op_spec op_specs[OP_KINDS] = {
+	[OP_SPAWN] = { "spawn", 'p', "A", { &OPT_NEWPID } },
+	[OP_SPAWN_THREAD] = { "spawn_thread", 't', "A", { 0 } },
+	[OP_EXIT] = { "exit", 0, "A", { 0 } },
+	[OP_REAP] = { "reap", 0, "Ap", { 0 } },
+	[OP_EXEC] = { "exec", 0, "A", { 0 } },
+	[OP_SETUID] = { "setuid", 0, "AI", { 0 } },
+	[OP_SETGID] = { "setgid", 0, "AI", { 0 } },
+	[OP_MOUNT_PROC] = { "mount_proc", 'm', "A", { &OPT_HIDEPID, &OPT_SUBSET } },
+	[OP_UMOUNT] = { "umount", 0, "Am", { &OPT_LAZY } },
+	[OP_OPEN] = { "open", 'f', "AP", { 0 } },
+	[OP_CLOSE] = { "close", 0, "Af", { 0 } },
+	[OP_CHDIR] = { "chdir", 0, "AP", { 0 } },
+	[OP_DROP_CACHES] = { "drop_caches", 0, "", { 0 } },
+	[OP_LOOKUP] = { "lookup", 0, "AP", { 0 } },
+	[OP_READDIR] = { "readdir", 0, "AP", { 0 } },
+	[OP_READLINK] = { "readlink", 0, "AP", { 0 } },
+	[OP_READ] = { "read", 0, "Af", { 0 } },
+	[OP_GETDENTS] = { "getdents", 0, "AF", { 0 } },
+};
+
+struct op {
+	enum op_kind kind;
+	struct handle ret, actor, target;   /* target: reap's child, umount's mount, an fd */
+	int id;                             /* setuid/setgid */
+	int opt[2];                         /* index of each option's value in its choices */
+	char path[MAX_PATH_TEXT + 1];
+};
+
+struct program {
+	int nops;
+	struct op ops[MAX_OPS];
+};
+
+/* Which handles exist so far while checking a program. */
+struct defined {
+	unsigned char seen[4][MAX_HANDLES + 1];
+};
+
+static int kind_index(char kind)
+{
+	return (int)(strchr("ptmf", kind) - "ptmf");
+}
+
+/* Parses [ptmf][1-9][0-9]{0,2} from s[0..len); the caller checks the limit of 64. */
+static int parse_handle(const char *s, size_t len, struct handle *h)
+{
+	if (len < 2 || len > 4 || !memchr("ptmf", s[0], 4) || s[1] < '1' || s[1] > '9')
+		return -1;
+	h->kind = s[0];
+	h->n = 0;
+	for (size_t i = 1; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		h->n = h->n * 10 + (s[i] - '0');
+	}
+	return 0;
+}
+
+static int is_defined(const struct defined *d, struct handle h)
+{
+	return h.n >= 1 && h.n <= MAX_HANDLES && d->seen[kind_index(h.kind)][h.n];
+}
+
+/* For a '{' at p: parses the {handle} template and returns the text after it, or NULL. */
+static const char *parse_template(const char *p, struct handle *h)
+{
+	const char *end = strchr(p, '}');
+	if (!end || parse_handle(p + 1, end - p - 1, h) < 0)
+		return NULL;
+	return end + 1;
+}
+
+static int path_char_ok(char c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+	       (c && strchr("_.-/{}+:", c));
+}
+
+/* The rules of reference/program.py _path; returns the problem or NULL. */
+static const char *path_problem(const char *s)
+{
+	size_t len = strlen(s);
+	if (len == 0 || len > MAX_PATH_TEXT)
+		return "a path has 1 to 200 characters";
+	for (const char *p = s; *p; p++) {
+		if (!path_char_ok(*p))
+			return "path has characters outside [A-Za-z0-9_.-/{}+:]";
+	}
+	int mounts = 0, tasks = 0;
+	for (const char *p = s; *p;) {
+		struct handle h;
+		if (*p == '}')
+			return "path has a malformed {handle} template";
+		if (*p != '{') {
+			p++;
+			continue;
+		}
+		const char *next = parse_template(p, &h);
+		if (!next)
+			return "path has a malformed {handle} template";
+		if (h.kind == 'm' && (mounts++ > 0 || p != s))
+			return "a mount handle may only be the first component";
+		tasks += h.kind == 'p' || h.kind == 't';
+		p = next;
+	}
+	if (tasks && !mounts)
+		return "pid/tid templates need a {mN} prefix to pick a pid namespace";
+	if (s[0] == '/')
+		return "absolute paths are not allowed; start with {mN}";
+	return NULL;
+}
+
+/* Canonical decimal uid/gid 0..65534, as reference/program.py _id_number accepts. */
+static int parse_id(const char *s, int *id)
+{
+	size_t len = strlen(s);
+	if (len == 0 || len > 5 || (s[0] == '0' && len > 1) || strspn(s, "0123456789") != len)
+		return -1;
+	*id = atoi(s);
+	return *id <= 65534 ? 0 : -1;
+}
+
+struct parse_error {
+	char msg[200];
+};
+
+__attribute__((format(printf, 2, 3)))
+static int fail(struct parse_error *e, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+static int parse_handle_arg(const char *w, const char *kinds, struct handle *h, struct parse_error *e)
+{
+	if (parse_handle(w, strlen(w), h) < 0 || !strchr(kinds, h->kind))
+		return fail(e, "expected a %s handle, got '%s'", kinds, w);
+	if (h->n > MAX_HANDLES)
+		return fail(e, "handle %s exceeds the limit of %d per kind", w, MAX_HANDLES);
+	return 0;
+}
+
+static int parse_positional(char type, const char *w, struct op *op, struct parse_error *e)
+{
+	const char *problem;
+	switch (type) {
+	case 'A':
+		return parse_handle_arg(w, "pt", &op->actor, e);
+	case 'p':
+	case 'm':
+	case 'f':
+		return parse_handle_arg(w, (char[]){ type, 0 }, &op->target, e);
+	case 'F':
+		if (strcmp(w, "cwd") == 0) {
+			op->target = (struct handle){ 'f', 0 };
+			return 0;
+		}
+		return parse_handle_arg(w, "f", &op->target, e);
+	case 'P':
+		if ((problem = path_problem(w)))
+			return fail(e, "%s: '%.*s'", problem, MAX_PATH_TEXT, w);
+		strcpy(op->path, w);
+		return 0;
+	case 'I':
+		return parse_id(w, &op->id) < 0 ? fail(e, "expected a uid/gid in 0..65534, got '%s'", w) : 0;
+	}
+	return fail(e, "internal: bad argument type");
+}
+
+static int parse_option(const struct op_spec *spec, const char *w, struct op *op,
+			int seen[2], struct parse_error *e)
+{
+	const char *eq = strchr(w, '=');
+	for (int i = 0; i < 2 && spec->opts[i]; i++) {
+		const struct option_spec *o = spec->opts[i];
+		if (strlen(o->name) != (size_t)(eq - w) || strncmp(w, o->name, eq - w) != 0)
+			continue;
+		if (seen[i]++)
+			return fail(e, "%s: %s given twice", spec->name, o->name);
+		for (int c = 0; c < 5 && o->choices[c]; c++) {
+			if (strcmp(eq + 1, o->choices[c]) == 0) {
+				op->opt[i] = c;
+				return 0;
+			}
+		}
+		return fail(e, "%s %s: bad value '%s'", spec->name, o->name, eq + 1);
+	}
+	return fail(e, "%s: unknown option '%s'", spec->name, w);
+}
+
+static int split_words(char *line, char *words[MAX_WORDS])
+{
+	int n = 0;
+	for (char *w = strtok(line, " \t\r"); w; w = strtok(NULL, " \t\r")) {
+		if (n == MAX_WORDS)
+			return -1;
+		words[n++] = w;
+	}
+	return n;
+}
+
+/* Parses one non-blank line `[ret =] kind positional... key=value...`. */
+static int parse_line(char *line, struct op *op, struct parse_error *e)
+{
+	char *words[MAX_WORDS], *ret = NULL;
+	int n = split_words(line, words), first = 0, npos = 0, seen[2] = { 0, 0 };
+	memset(op, 0, sizeof *op);
+	if (n < 0)
+		return fail(e, "too many words");
+	if (n >= 1 && strchr(words[0], '=')) {     /* "p2=spawn", "p2= spawn", as program.py */
+		ret = words[0];
+		words[0] = strchr(words[0], '=');
+		*words[0]++ = '\0';
+		first = *words[0] ? 0 : 1;
+	} else if (n >= 2 && strcmp(words[1], "=") == 0) {
+		ret = words[0];
+		first = 2;
+	}
+	if (ret && parse_handle_arg(ret, "ptmf", &op->ret, e) < 0)
+		return -1;
+	if (first >= n)
+		return fail(e, "missing op name");
+	for (op->kind = 0; op->kind < OP_KINDS; op->kind++) {
+		if (strcmp(words[first], op_specs[op->kind].name) == 0)
+			break;
+	}
+	if (op->kind == OP_KINDS)
+		return fail(e, "unknown op '%.40s'", words[first]);
+	const struct op_spec *spec = &op_specs[op->kind];
+	for (int i = first + 1; i < n; i++) {
+		int rc;
+		if (strchr(words[i], '='))
+			rc = parse_option(spec, words[i], op, seen, e);
+		else if (npos < (int)strlen(spec->args))
+			rc = parse_positional(spec->args[npos++], words[i], op, e);
+		else
+			rc = fail(e, "%s takes %zu positional argument(s)", spec->name, strlen(spec->args));
+		if (rc < 0)
+			return rc;
+	}
+	if (npos != (int)strlen(spec->args))
+		return fail(e, "%s takes %zu positional argument(s)", spec->name, strlen(spec->args));
+	if (op->ret.kind && !spec->creates)
+		return fail(e, "%s does not create a handle", spec->name);
+	if (op->ret.kind != spec->creates)
+		return fail(e, "%s creates a handle: write '%cN = %s ...'", spec->name, spec->creates, spec->name);
+	return 0;
+}
+
+/* Handles must be created before use and only once; p1 exists from the start. */
+static int check_handles(const struct op *op, struct defined *d, struct parse_error *e)
+{
+	const struct handle *used[] = { &op->actor, &op->target };
+	for (size_t i = 0; i < 2; i++) {
+		if (used[i]->kind && used[i]->n && !is_defined(d, *used[i]))
+			return fail(e, "handle %c%d is used before it is created", used[i]->kind, used[i]->n);
+	}
+	for (const char *p = strchr(op->path, '{'); p; p = strchr(p + 1, '{')) {
+		struct handle h;
+		parse_template(p, &h);
+		if (!is_defined(d, h))
+			return fail(e, "handle %c%d is used before it is created", h.kind, h.n);
+	}
+	if (op->kind == OP_EXIT && op->actor.kind == 'p' && op->actor.n == 1)
+		return fail(e, "p1 is the sandbox init and cannot exit");
+	if (op->ret.kind) {
+		if (is_defined(d, op->ret))
+			return fail(e, "handle %c%d is created twice", op->ret.kind, op->ret.n);
+		d->seen[kind_index(op->ret.kind)][op->ret.n] = 1;
+	}
+	return 0;
+}
+
+static int parse_program(const char *text, size_t len, struct program *prog, struct parse_error *e)
+{
+	struct defined d;
+	memset(&d, 0, sizeof d);
+	d.seen[0][1] = 1;
+	prog->nops = 0;
+	if (len > MAX_TEXT)
+		return fail(e, "program text exceeds %d bytes", MAX_TEXT);
+	if (memchr(text, '\0', len))
+		return fail(e, "program text contains a NUL byte");
+	for (size_t pos = 0, lineno = 1; pos < len; lineno++) {
+		const char *nl = memchr(text + pos, '\n', len - pos);
+		size_t n = (nl ? (size_t)(nl - text) : len) - pos;
+		char line[MAX_LINE + 1];
+		if (n > MAX_LINE)
+			return fail(e, "line %zu: longer than %d bytes", lineno, MAX_LINE);
+		memcpy(line, text + pos, n);
+		line[n] = '\0';
+		pos += n + 1;
+		char *comment = strchr(line, '#');
+		if (comment)
+			*comment = '\0';
+		if (line[strspn(line, " \t\r")] == '\0')
+			continue;
+		if (prog->nops == MAX_OPS)
+			return fail(e, "program has more than %d ops", MAX_OPS);
+		struct op *op = &prog->ops[prog->nops];
+		struct parse_error why;
+		if (parse_line(line, op, &why) < 0 || check_handles(op, &d, &why) < 0)
+			return fail(e, "line %zu: %s", lineno, why.msg);
+		prog->nops++;
+	}
+	return 0;
+}
+
+/* ---- actors ------------------------------------------------------------------------------ */
+
+/* A command from the controller to an actor (both sides are this binary). */
+struct cmd {
+	enum op_kind kind;
+	int num;                  /* fd number, pid, uid/gid, the new task's handle number, lazy */
+	int flag;                 /* spawn: newpid */
+	char path[PATH_CAP];
+	char data[DATA_CAP];
+};
+
+/* The calling task's view of itself: its channel, and whether it is a thread handle. */
+struct actor {
+	int ch;
+	int is_thread;
+};
+
+/* Sends the actor's hello: its NSpid list from the root-namespace /proc, space separated. */
+static void send_hello(int ch)
+{
+	char status[4096], out[512];
+	struct text t = { out, 0, sizeof out, 0 };
+	out[0] = '\0';
+	if (read_file("/proc/thread-self/status", status, sizeof status) >= 0) {
+		const char *line = strstr(status, "\nNSpid:");
+		for (const char *p = line ? line + 7 : ""; *p && *p != '\n';) {
+			size_t skip = strspn(p, " \t"), digits = strspn(p + skip, "0123456789");
+			if (digits == 0)
+				break;
+			if (t.len)
+				text_str(&t, " ");
+			text_add(&t, p + skip, digits);
+			p += skip + digits;
+		}
+	}
+	send_msg(ch, out, t.len, -1);
+}
+
+static void set_comm(char kind, int n)
+{
+	char name[16];
+	snprintf(name, sizeof name, "%c%d", kind, n);
+	prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+
+/* Ends the actor: a thread closes its channel and exits alone, a process exits whole. */
+__attribute__((noreturn))
+static void leave(const struct actor *self)
+{
+	if (self->is_thread) {
+		close(self->ch);
+		syscall(SYS_exit, 0);
+	}
+	_exit(0);
+}
+
+static void perform(struct actor *self, const struct cmd *c, int passfd, char *out, int *answer);
+
+/* The command loop of every actor; it ends only when the task exits. */
+__attribute__((noreturn))
+static void serve_actor(struct actor *self)
+{
+	static __thread struct cmd c;
+	static __thread char out[RESULT_CAP];
+	for (;;) {
+		int passfd, answer = 1;
+		ssize_t n = recv_msg(self->ch, &c, sizeof c, &passfd);
+		if (n == 0 || (n < 0 && errno != EMSGSIZE))
+			leave(self);            /* the controller gave up on this actor */
+		if (n != sizeof c) {
+			if (passfd >= 0)
+				close(passfd);
+			put_errno(out, EPROTO);
+		} else {
+			c.path[PATH_CAP - 1] = c.data[DATA_CAP - 1] = '\0';
+			perform(self, &c, passfd, out, &answer);
+		}
+		if (answer)
+			send_msg(self->ch, out, strlen(out), -1);
+	}
+}
+
+/* The new process of a spawn: keeps stdio, its channel and the held fds, nothing else. */
+static void become_child(struct actor *self, int chan, int n)
+{
+	move_fd(chan, CHAN_FD);
+	close_range(CHAN_FD + 1, HELD_FD_BASE, 0);
+	close_range(HELD_FD_BASE + MAX_HANDLES + 1, ~0U, 0);
+	self->ch = CHAN_FD;
+	self->is_thread = 0;
+	set_comm('p', n);
+	send_hello(CHAN_FD);
+}
+
+/*
+ * Makes the calling thread's next fork land in a new pid namespace; returns a pidfd of its
+ * own process to restore that afterwards, or -1 with errno set.
+ *
+ * Why not a raw clone(CLONE_NEWPID): it bypasses glibc's fork, so the child keeps glibc's
+ * list of the parent's threads; their stale tids collide with the child's own threads in the
+ * new namespace and setuid's broadcast to all threads then loops forever.  Seen with a raw
+ * clone: p1 with threads t1 t2 spawns p2 newpid=1, p2 spawns threads t3 t4, setuid p2 hangs.
+ * unshare(CLONE_NEWPID) + fork() gives the kernel-side result of clone(CLONE_NEWPID).
+ */
+static int new_pid_ns_for_children(void)
+{
+	int self_fd = syscall(SYS_pidfd_open, getpid(), 0);
+	if (self_fd < 0)
+		return -1;
+	if (unshare(CLONE_NEWPID) < 0) {
+		int err = errno;
+		close(self_fd);
+		errno = err;
+		return -1;
+	}
+	return self_fd;
+}
+
+static void act_spawn(struct actor *self, const struct cmd *c, int chan, char *out, int *answer)
+{
+	int restore = -1;
+	if (chan < 0) {
+		put_errno(out, EPROTO);
+		return;
+	}
+	if (c->flag && (restore = new_pid_ns_for_children()) < 0) {
+		put_errno(out, errno);
+		close(chan);
+		return;
+	}
+	pid_t pid = fork();
+	int err = errno;
+	if (pid == 0) {
+		become_child(self, chan, c->num);
+		*answer = 0;            /* the hello was the child's answer */
+		return;
+	}
+	if (restore >= 0) {
+		setns(restore, CLONE_NEWPID);
+		close(restore);
+	}
+	close(chan);
+	if (pid < 0)
+		put_errno(out, err);
+	else
+		strcpy(out, "ok");
+}
+
+static void *thread_main(void *arg)
+{
+	int n = (int)(intptr_t)arg;
+	struct actor self = { THREAD_CHAN_BASE + n, 1 };
+	set_comm('t', n);
+	send_hello(self.ch);
+	serve_actor(&self);
+}
+
+static void act_spawn_thread(const struct cmd *c, int chan, char *out)
+{
+	int fd = THREAD_CHAN_BASE + c->num;
+	pthread_attr_t attr;
+	pthread_t thread;
+	if (chan < 0) {
+		put_errno(out, EPROTO);
+		return;
+	}
+	if (dup3(chan, fd, O_CLOEXEC) < 0) {
+		put_errno(out, errno);
+		close(chan);
+		return;
+	}
+	close(chan);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	int err = pthread_create(&thread, &attr, thread_main, (void *)(intptr_t)c->num);
+	pthread_attr_destroy(&attr);
+	if (err) {
+		close(fd);
+		put_errno(out, err);
+	} else {
+		strcpy(out, "ok");
+	}
+}
+
+static void act_reap(pid_t pid, char *out)
+{
+	int status;
+	pid_t r = waitpid(pid, &status, WNOHANG);
+	if (r < 0)
+		put_errno(out, errno);
+	else
+		strcpy(out, r == 0 ? "ok:alive" : "ok");
+}
+
+/* On success the new image answers on the process channel (see actor_main). */
+static void act_exec(char *out)
+{
+	char *argv[] = { self_exe, "actor", "3", NULL };
+	char *envp[] = { NULL };
+	execve(self_exe, argv, envp);
+	put_errno(out, errno);
+}
+
+static void act_open(const char *path, int target, char *out)
+{
+	int fd = open(path, O_RDONLY);
+	if (fd < 0) {
+		put_errno(out, errno);
+		return;
+	}
+	if (fd != target && dup2(fd, target) < 0) {
+		int err = errno;
+		close(fd);
+		put_errno(out, err);
+		return;
+	}
+	if (fd != target)
+		close(fd);
+	strcpy(out, "ok");
+}
+
+static void act_lookup(const char *path, char *out)
+{
+	struct stat st;
+	if (lstat(path, &st) < 0)
+		put_errno(out, errno);
+	else
+		strcpy(out, S_ISDIR(st.st_mode) ? "ok:dir" : S_ISREG(st.st_mode) ? "ok:reg"
+			    : S_ISLNK(st.st_mode) ? "ok:lnk" : "ok:other");
+}
+
+static void act_readlink(const char *path, char *out)
+{
+	char target[PATH_MAX + 1];
+	ssize_t n = readlink(path, target, PATH_MAX);
+	if (n < 0) {
+		put_errno(out, errno);
+		return;
+	}
+	target[n] = '\0';
+	struct text t = { out, 0, RESULT_CAP, 0 };
+	text_str(&t, "ok:");
+	text_escaped(&t, target, 0);
+	if (t.full)
+		put_errno(out, E2BIG);
+}
+
+static void act_read(int fd, char *out)
+{
+	unsigned char buf[READ_SIZE];
+	ssize_t n = pread(fd, buf, sizeof buf, 0);
+	if (n < 0)
+		put_errno(out, errno);
+	else
+		sprintf(out, "ok:%zd:%016llx", n, fnv1a64(buf, n));
+}
+
+static int compare_names(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Joins the sorted names as "ok:a,b,c"; a listing that does not fit is E2BIG. */
+static void put_names(const char **names, int count, char *out)
+{
+	struct text t = { out, 0, RESULT_CAP, 0 };
+	qsort(names, count, sizeof *names, compare_names);
+	text_str(&t, "ok:");
+	for (int i = 0; i < count; i++) {
+		if (i)
+			text_str(&t, ",");
+		text_escaped(&t, names[i], ',');
+	}
+	if (t.full)
+		put_errno(out, E2BIG);
+}
+
+/* getdents64 from the current offset to the end; `.` and `..` are left out. */
+static void list_dir(int fd, char *out)
+{
+	static __thread char buf[16384], arena[RESULT_CAP];
+	static __thread const char *names[MAX_NAMES];
+	size_t used = 0;
+	int count = 0;
+	for (;;) {
+		ssize_t n = getdents64(fd, buf, sizeof buf);
+		if (n < 0) {
+			put_errno(out, errno);
+			return;
+		}
+		if (n == 0)
+			break;
+		for (ssize_t off = 0; off < n;) {
+			struct dirent64 *d = (struct dirent64 *)(buf + off);
+			size_t len = strlen(d->d_name) + 1;
+			off += d->d_reclen;
+			if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
+				continue;
+			if (count == MAX_NAMES || used + len > sizeof arena) {
+				put_errno(out, E2BIG);
+				return;
+			}
+			names[count++] = memcpy(arena + used, d->d_name, len);
+			used += len;
+		}
+	}
+	put_names(names, count, out);
+}
+
+static void act_readdir(const char *path, char *out)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY);
+	if (fd < 0) {
+		put_errno(out, errno);
+		return;
+	}
+	list_dir(fd, out);
+	close(fd);
+}
+
+/* fd < 0: a fresh open of the cwd. */
+static void act_getdents(int fd, char *out)
+{
+	int own = fd < 0 ? open(".", O_RDONLY | O_DIRECTORY) : -1;
+	if (fd < 0 && own < 0) {
+		put_errno(out, errno);
+		return;
+	}
+	if (own >= 0)
+		fd = own;
+	if (lseek(fd, 0, SEEK_SET) < 0)
+		put_errno(out, errno);
+	else
+		list_dir(fd, out);
+	if (own >= 0)
+		close(own);
+}
+
+/* Executes one command; *answer = 0 when the caller must not reply (a spawn's child). */
+static void perform(struct actor *self, const struct cmd *c, int passfd, char *out, int *answer)
+{
+	if (passfd >= 0 && c->kind != OP_SPAWN && c->kind != OP_SPAWN_THREAD) {
+		close(passfd);
+		passfd = -1;
+	}
+	switch (c->kind) {
+	case OP_SPAWN: act_spawn(self, c, passfd, out, answer); break;
+	case OP_SPAWN_THREAD: act_spawn_thread(c, passfd, out); break;
+	case OP_EXIT: leave(self);
+	case OP_REAP: act_reap(c->num, out); break;
+	case OP_EXEC: act_exec(out); break;
+	case OP_SETUID: put_status(out, setuid(c->num)); break;
+	case OP_SETGID: put_status(out, setgid(c->num)); break;
+	case OP_MOUNT_PROC: put_status(out, mount("proc", c->path, "proc", 0, c->data)); break;
+	case OP_UMOUNT: put_status(out, umount2(c->path, c->num ? MNT_DETACH : 0)); break;
+	case OP_OPEN: act_open(c->path, c->num, out); break;
+	case OP_CLOSE: put_status(out, close(c->num)); break;
+	case OP_CHDIR: put_status(out, chdir(c->path)); break;
+	case OP_LOOKUP: act_lookup(c->path, out); break;
+	case OP_READDIR: act_readdir(c->path, out); break;
+	case OP_READLINK: act_readlink(c->path, out); break;
+	case OP_READ: act_read(c->num, out); break;
+	case OP_GETDENTS: act_getdents(c->num, out); break;
+	default: put_errno(out, EPROTO); break;
+	}
+}
+
+static void redirect_stdio(void)
+{
+	int fd = open("/dev/null", O_RDWR);
+	for (int i = 0; i < 3 && fd >= 0; i++)
+		dup2(fd, i);
+	if (fd > 2)
+		close(fd);
+}
+
+/* p1, the clone() child of the controller: init of the sandbox's fresh namespaces. */
+__attribute__((noreturn))
+static void become_sandbox_init(int chan)
+{
+	struct actor self = { CHAN_FD, 0 };
+	/* Keep the program's mounts from propagating into the controller's namespace. */
+	mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
+	redirect_stdio();
+	move_fd(chan, CHAN_FD);
+	close_range(CHAN_FD + 1, ~0U, 0);
+	set_comm('p', 1);
+	send_hello(CHAN_FD);
+	serve_actor(&self);
+}
+
+/* `agent actor <fd>`: the new image after the exec op; comm is what exec made it. */
+static int actor_main(const char *exe, const char *fd)
+{
+	struct actor self = { atoi(fd), 0 };
+	snprintf(self_exe, sizeof self_exe, "%s", exe);
+	send_msg(self.ch, "ok", 2, -1);
+	serve_actor(&self);
+}
+
+/* ---- controller: one sandbox per program ------------------------------------------------- */
+
+struct task {
+	int created;                /* its hello arrived: nspid is valid */
+	int chan;                   /* the controller's end; -1: dead or never created */
+	int ns;                     /* index into sandbox.ns_* */
+	int proc;                   /* number of the process handle the task belongs to */
+	int nlevels;
+	long nspid[MAX_LEVELS];     /* [0] controller's namespace, [1] sandbox's, ... */
+};
+
+struct sandbox {
+	pid_t init;
+	struct task p[MAX_HANDLES + 1], t[MAX_HANDLES + 1];
+	int nns, ns_parent[MAX_HANDLES + 2], ns_depth[MAX_HANDLES + 2];
+	int mount_ns[MAX_HANDLES + 1];
+};
+
+static struct task *task_of(struct sandbox *sb, struct handle h)
+{
+	return h.kind == 't' ? &sb->t[h.n] : &sb->p[h.n];
+}
+
+static void drop_channel(struct task *t)
+{
+	if (t->chan >= 0)
+		close(t->chan);
+	t->chan = -1;
+}
+
+/* The task's pid in namespace ns, INVISIBLE_PID when ns is not its own or an ancestor. */
+static long pid_in_ns(const struct sandbox *sb, const struct task *t, int ns)
+{
+	if (!t->created)
+		return INVISIBLE_PID;
+	for (int x = t->ns; x >= 0; x = sb->ns_parent[x]) {
+		if (x == ns)
+			return sb->ns_depth[ns] < t->nlevels ? t->nspid[sb->ns_depth[ns]] : INVISIBLE_PID;
+	}
+	return INVISIBLE_PID;
+}
+
+/* Replaces the templates of a (validated) path; -1 when the result does not fit. */
+static int resolve_path(struct sandbox *sb, const char *tmpl, char *out)
+{
+	struct text t = { out, 0, PATH_CAP, 0 };
+	int ns = 0;
+	out[0] = '\0';
+	for (const char *p = tmpl; *p;) {
+		struct handle h;
+		const char *next = *p == '{' ? parse_template(p, &h) : NULL;
+		if (!next) {
+			text_add(&t, p++, 1);
+			continue;
+		}
+		if (h.kind == 'm') {
+			text_printf(&t, "/mnt/m%d", h.n);
+			ns = sb->mount_ns[h.n];
+		} else if (h.kind == 'f') {
+			text_printf(&t, "%d", HELD_FD_BASE + h.n);
+		} else {
+			text_printf(&t, "%ld", pid_in_ns(sb, task_of(sb, h), ns));
+		}
+		p = next;
+	}
+	return t.full ? -1 : 0;
+}
+
+/*
+ * Waits for the next message on any of the channels in chans[] (-1 entries are skipped) until
+ * the deadline.  Returns its length with *which set, 0 with *which set when that channel hit
+ * EOF, -1 on timeout or when no channel is left.
+ */
+static ssize_t await_msg(const int *chans, int n, int *which, char *buf, size_t cap, long long deadline)
+{
+	struct pollfd pfd[2];
+	for (;;) {
+		int live = 0;
+		for (int i = 0; i < n; i++) {
+			pfd[i] = (struct pollfd){ chans[i], POLLIN, 0 };
+			live += chans[i] >= 0;
+		}
+		long long left = (deadline - now_ns()) / 1000000;
+		if (!live || left < 0)
+			return -1;
+		if (poll(pfd, n, left + 1) <= 0)
+			continue;
+		for (int i = 0; i < n; i++) {
+			if (chans[i] < 0 || !pfd[i].revents)
+				continue;
+			*which = i;
+			ssize_t len = recv_msg(chans[i], buf, cap - 1, NULL);
+			if (len < 0)
+				len = 0;        /* a broken channel is as dead as a closed one */
+			buf[len] = '\0';
+			return len;
+		}
+	}
+}
+
+/* Sends a command to an actor and waits for its answer, the op's result. */
+static void request(struct task *a, const struct cmd *c, int passfd, char *result)
+{
+	int which;
+	if (a->chan < 0 || send_msg(a->chan, c, sizeof *c, passfd) < 0) {
+		drop_channel(a);
+		strcpy(result, "dead");
+		return;
+	}
+	ssize_t n = await_msg(&a->chan, 1, &which, result, RESULT_CAP, now_ns() + OP_DEADLINE_NS);
+	if (n <= 0) {
+		drop_channel(a);        /* gone, or stuck: later ops on it answer `dead` */
+		strcpy(result, n == 0 ? "dead" : "ETIMEDOUT");
+	}
+}
+
+/* Reads a new task's hello (its NSpid); returns 0, or -1 with the op's result set. */
+static int await_hello(struct task *t, char *result)
+{
+	char buf[512];
+	int which;
+	ssize_t n = await_msg(&t->chan, 1, &which, buf, sizeof buf, now_ns() + OP_DEADLINE_NS);
+	if (n <= 0) {
+		strcpy(result, n == 0 ? "dead" : "ETIMEDOUT");
+		return -1;
+	}
+	t->nlevels = 0;
+	for (char *p = buf, *end; *p && t->nlevels < MAX_LEVELS; p = end) {
+		t->nspid[t->nlevels++] = strtol(p, &end, 10);
+		if (end == p)
+			break;
+	}
+	if (t->nlevels < 2) {
+		put_errno(result, EPROTO);
+		return -1;
+	}
+	t->created = 1;
+	return 0;
+}
+
+/* "ok:" and the task's NSpid without the controller's namespace, '.'-joined. */
+static void put_spawned(const struct task *t, char *result)
+{
+	struct text txt = { result, 0, RESULT_CAP, 0 };
+	text_str(&txt, "ok:");
+	for (int i = 1; i < t->nlevels; i++)
+		text_printf(&txt, i > 1 ? ".%ld" : "%ld", t->nspid[i]);
+}
+
+/* Gives actor a the new task's channel end with the command, then waits for the hello. */
+static void start_task(struct task *a, struct task *child, const struct cmd *c, char *result)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+		put_errno(result, errno);
+		return;
+	}
+	request(a, c, sv[1], result);
+	close(sv[1]);
+	if (strcmp(result, "ok") != 0) {
+		close(sv[0]);
+		return;
+	}
+	child->chan = sv[0];
+	if (await_hello(child, result) < 0)
+		drop_channel(child);
+	else
+		put_spawned(child, result);
+}
+
+static void ctl_spawn(struct sandbox *sb, const struct op *op, char *result)
+{
+	struct task *a = task_of(sb, op->actor), *child = &sb->p[op->ret.n];
+	struct cmd c = { .kind = OP_SPAWN, .num = op->ret.n, .flag = op->opt[0] };
+	child->proc = op->ret.n;
+	child->ns = a->ns;
+	if (c.flag) {               /* the namespace tree follows the program, even on failure */
+		child->ns = sb->nns++;
+		sb->ns_parent[child->ns] = a->ns;
+		sb->ns_depth[child->ns] = sb->ns_depth[a->ns] + 1;
+	}
+	start_task(a, child, &c, result);
+}
+
+static void ctl_spawn_thread(struct sandbox *sb, const struct op *op, char *result)
+{
+	struct task *a = task_of(sb, op->actor), *child = &sb->t[op->ret.n];
+	struct cmd c = { .kind = OP_SPAWN_THREAD, .num = op->ret.n };
+	child->proc = a->proc;
+	child->ns = a->ns;
+	start_task(a, child, &c, result);
+}
+
+/* Polls cond(arg) until it holds or the deadline passes; 0 when it held. */
+static int poll_until(int (*cond)(const void *), const void *arg, long long deadline)
+{
+	while (!cond(arg)) {
+		if (now_ns() > deadline)
+			return -1;
+		pause_briefly();
+	}
+	return 0;
+}
+
+/* A process is done exiting: gone, or a zombie whose task list holds only the leader. */
+static int process_exited(const void *arg)
+{
+	pid_t pid = *(const pid_t *)arg;
+	char path[64], buf[1024], leader[16];
+	snprintf(path, sizeof path, "/proc/%d/stat", pid);
+	if (read_file(path, buf, sizeof buf) < 0)
+		return errno == ENOENT || errno == ESRCH;
+	const char *paren = strrchr(buf, ')');
+	if (!paren || (paren[2] != 'Z' && paren[2] != 'X'))
+		return 0;
+	snprintf(path, sizeof path, "/proc/%d/task", pid);
+	DIR *dir = opendir(path);
+	if (!dir)
+		return errno == ENOENT || errno == ESRCH;
+	int others = 0;
+	snprintf(leader, sizeof leader, "%d", pid);
+	for (struct dirent *d; (d = readdir(dir));)
+		others += d->d_name[0] != '.' && strcmp(d->d_name, leader) != 0;
+	closedir(dir);
+	return others == 0;
+}
+
+static int thread_exited(const void *arg)
+{
+	const char *path = arg;
+	struct stat st;
+	return lstat(path, &st) < 0 && errno == ENOENT;
+}
+
+/* Every thread of process pn is gone with it (exit_group or exec). */
+static void drop_threads_of(struct sandbox *sb, int pn)
+{
+	for (int i = 1; i <= MAX_HANDLES; i++) {
+		if (sb->t[i].proc == pn)
+			drop_channel(&sb->t[i]);
+	}
+}
+
+static void ctl_exit(struct sandbox *sb, const struct op *op, char *result)
+{
+	struct task *a = task_of(sb, op->actor);
+	struct cmd c = { .kind = OP_EXIT };
+	char path[96];
+	int done;
+	if (a->chan < 0 || send_msg(a->chan, &c, sizeof c, -1) < 0) {
+		drop_channel(a);
+		strcpy(result, "dead");
+		return;
+	}
+	pid_t tgid = sb->p[a->proc].nspid[0];
+	if (op->actor.kind == 'p') {
+		done = poll_until(process_exited, &tgid, now_ns() + OP_DEADLINE_NS);
+		drop_threads_of(sb, a->proc);
+	} else {
+		snprintf(path, sizeof path, "/proc/%d/task/%ld", tgid, a->nspid[0]);
+		done = poll_until(thread_exited, path, now_ns() + OP_DEADLINE_NS);
+	}
+	drop_channel(a);
+	strcpy(result, done == 0 ? "ok" : "ETIMEDOUT");
+}
+
+/*
+ * exec from a thread answers twice over: an errno from the thread on its own channel when
+ * execve fails, or `ok` from the new image on the process channel.
+ */
+static void ctl_exec(struct sandbox *sb, const struct op *op, char *result)
+{
+	struct task *a = task_of(sb, op->actor), *proc = &sb->p[a->proc];
+	struct cmd c = { .kind = OP_EXEC };
+	struct task *from[2] = { a, proc };
+	int chans[2] = { a->chan, a == proc ? -1 : proc->chan }, which;
+	long long deadline = now_ns() + OP_DEADLINE_NS;
+	if (a->chan < 0 || send_msg(a->chan, &c, sizeof c, -1) < 0) {
+		drop_channel(a);
+		strcpy(result, "dead");
+		return;
+	}
+	for (;;) {
+		ssize_t n = await_msg(chans, 2, &which, result, RESULT_CAP, deadline);
+		if (n < 0) {
+			strcpy(result, chans[0] < 0 && chans[1] < 0 ? "dead" : "ETIMEDOUT");
+			drop_channel(a);
+			return;
+		}
+		if (n > 0)
+			break;
+		drop_channel(from[which]);
+		chans[which] = -1;
+	}
+	if (strcmp(result, "ok") == 0)
+		drop_threads_of(sb, a->proc);   /* de_thread killed them; a thread actor is gone too */
+}
+
+static void ctl_drop_caches(char *result)
+{
+	int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
+	if (fd < 0) {
+		put_errno(result, errno);
+		return;
+	}
+	put_status(result, write(fd, "2", 1) < 0 ? -1 : 0);
+	close(fd);
+}
+
+/* The ops that are one command to one actor. */
+static void ctl_simple(struct sandbox *sb, const struct op *op, char *result)
+{
+	struct task *a = task_of(sb, op->actor);
+	struct cmd c = { .kind = op->kind };
+	switch (op->kind) {
+	case OP_REAP:
+		c.num = pid_in_ns(sb, task_of(sb, op->target), a->ns);
+		break;
+	case OP_SETUID:
+	case OP_SETGID:
+		c.num = op->id;
+		break;
+	case OP_MOUNT_PROC:
+		sb->mount_ns[op->ret.n] = a->ns;
+		snprintf(c.path, sizeof c.path, "/mnt/m%d", op->ret.n);
+		snprintf(c.data, sizeof c.data, "hidepid=%s%s", OPT_HIDEPID.choices[op->opt[0]],
+			 op->opt[1] ? ",subset=pid" : "");
+		break;
+	case OP_UMOUNT:
+		snprintf(c.path, sizeof c.path, "/mnt/m%d", op->target.n);
+		c.num = op->opt[0];
+		break;
+	case OP_OPEN:
+		c.num = HELD_FD_BASE + op->ret.n;
+		break;
+	case OP_CLOSE:
+	case OP_READ:
+	case OP_GETDENTS:
+		c.num = op->target.n ? HELD_FD_BASE + op->target.n : -1;
+		break;
+	default:
+		break;
+	}
+	if (op->path[0] && resolve_path(sb, op->path, c.path) < 0) {
+		put_errno(result, ENAMETOOLONG);
+		return;
+	}
+	request(a, &c, -1, result);
+}
+
+static void run_op(struct sandbox *sb, const struct op *op, char *result)
+{
+	switch (op->kind) {
+	case OP_SPAWN: ctl_spawn(sb, op, result); break;
+	case OP_SPAWN_THREAD: ctl_spawn_thread(sb, op, result); break;
+	case OP_EXIT: ctl_exit(sb, op, result); break;
+	case OP_EXEC: ctl_exec(sb, op, result); break;
+	case OP_DROP_CACHES: ctl_drop_caches(result); break;
+	default: ctl_simple(sb, op, result); break;
+	}
+}
+
+static void init_sandbox(struct sandbox *sb)
+{
+	memset(sb, 0, sizeof *sb);
+	for (int i = 0; i <= MAX_HANDLES; i++)
+		sb->p[i].chan = sb->t[i].chan = -1;
+	sb->init = -1;
+	sb->nns = 1;                    /* namespace 0: the sandbox's, one level below ours */
+	sb->ns_parent[0] = -1;
+	sb->ns_depth[0] = 1;
+}
+
+/* Clones p1 into fresh namespaces and waits for its hello; -1 with err set on failure. */
+static int start_sandbox(struct sandbox *sb, char *err)
+{
+	int sv[2];
+	init_sandbox(sb);
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+		snprintf(err, RESULT_CAP, "sandbox: socketpair: %s", strerror(errno));
+		return -1;
+	}
+	/* The controller is single-threaded, so a raw fork-like clone is safe here. */
+	pid_t pid = syscall(SYS_clone, SANDBOX_FLAGS | SIGCHLD, 0, 0, 0, 0);
+	if (pid == 0)
+		become_sandbox_init(sv[1]);
+	close(sv[1]);
+	if (pid < 0) {
+		snprintf(err, RESULT_CAP, "sandbox: clone: %s", strerror(errno));
+		close(sv[0]);
+		return -1;
+	}
+	sb->init = pid;
+	sb->p[1].chan = sv[0];
+	sb->p[1].proc = 1;
+	if (await_hello(&sb->p[1], err) < 0) {
+		snprintf(err, RESULT_CAP, "sandbox: p1 sent no hello");
+		return -1;
+	}
+	return 0;
+}
+
+static int init_reaped(const void *arg)
+{
+	pid_t pid = *(const pid_t *)arg;
+	return waitpid(pid, NULL, WNOHANG) == pid;
+}
+
+/* Kills p1 (its pid namespace dies with it) and closes every channel; -1 on timeout. */
+static int teardown(struct sandbox *sb)
+{
+	int rc = 0;
+	if (sb->init > 0) {
+		kill(sb->init, SIGKILL);
+		rc = poll_until(init_reaped, &sb->init, now_ns() + TEARDOWN_DEADLINE_NS);
+	}
+	for (int i = 0; i <= MAX_HANDLES; i++) {
+		drop_channel(&sb->p[i]);
+		drop_channel(&sb->t[i]);
+	}
+	return rc;
+}
+
+/* ---- controller: frames ------------------------------------------------------------------ */
+
+struct link {
+	int in, out;
+	int stdio;                  /* `serve -`: EOF on input ends the agent */
+	int in_garbage;             /* skipping bytes; reported once per run of garbage */
+	unsigned char *buf;
+	size_t len, cap;
+};
+
+static void send_frame(struct link *l, char type, const void *payload, size_t len)
+{
+	unsigned char head[8] = { 'P', 'F', 'Z', (unsigned char)type,
+				  len & 0xff, (len >> 8) & 0xff, (len >> 16) & 0xff, (len >> 24) & 0xff };
+	if (write_all(l->out, head, sizeof head) == 0)
+		write_all(l->out, payload, len);
+}
+
+__attribute__((format(printf, 2, 3)))
+static void send_error(struct link *l, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	for (char *p = msg; *p; p++) {
+		if (*p < 0x20 || *p > 0x7e)
+			*p = '?';       /* the message may quote program text; the host wants ASCII */
+	}
+	send_frame(l, 'E', msg, strlen(msg));
+}
+
+static void consume(struct link *l, size_t n)
+{
+	memmove(l->buf, l->buf + n, l->len - n);
+	l->len -= n;
+}
+
+/* Drops bytes up to the next "PFZ" (keeping a possible partial "P"/"PF" at the end). */
+static void skip_garbage(struct link *l)
+{
+	if (!l->in_garbage)
+		send_error(l, "bad frame magic; resynchronising");
+	l->in_garbage = 1;
+	size_t i = 1;
+	for (; i < l->len; i++) {
+		size_t n = l->len - i < 3 ? l->len - i : 3;
+		if (memcmp(l->buf + i, "PFZ", n) == 0)
+			break;
+	}
+	consume(l, i);
+}
+
+/* Reads more input; -1 when the input is over for good. */
+static int fill(struct link *l)
+{
+	ssize_t n = read(l->in, l->buf + l->len, l->cap - l->len);
+	if (n > 0) {
+		l->len += n;
+		return 0;
+	}
+	if (n < 0 && errno == EINTR)
+		return 0;
+	if (l->stdio)
+		return -1;
+	/* A serial device should never end; as pid 1 the agent must not exit, so retry. */
+	struct timespec ts = { 0, 10000000 };
+	nanosleep(&ts, NULL);
+	return 0;
+}
+
+/* Waits until the buffer starts with a whole valid frame; -1 at the end of input. */
+static int next_frame(struct link *l, char *type, uint32_t *len)
+{
+	for (;;) {
+		if (l->len >= 3 && memcmp(l->buf, "PFZ", 3) != 0) {
+			skip_garbage(l);
+			continue;
+		}
+		if (l->len >= 8) {
+			char t = l->buf[3];
+			uint32_t n = l->buf[4] | l->buf[5] << 8 | l->buf[6] << 16 | (uint32_t)l->buf[7] << 24;
+			if ((t != 'H' && t != 'P' && t != 'C') || n > MAX_PAYLOAD) {
+				send_error(l, n > MAX_PAYLOAD ? "frame payload of %u bytes exceeds 1 MiB"
+							     : "unknown frame type (payload %u bytes)", n);
+				l->in_garbage = 1;
+				consume(l, 1);
+				continue;
+			}
+			if (l->len >= 8 + (size_t)n) {
+				*type = t;
+				*len = n;
+				l->in_garbage = 0;
+				return 0;
+			}
+		}
+		if (fill(l) < 0)
+			return -1;
+	}
+}
+
+static void send_hello_frame(struct link *l)
+{
+	struct utsname u;
+	char msg[512];
+	if (uname(&u) < 0)
+		strcpy(u.release, "unknown");
+	snprintf(msg, sizeof msg, "procfuzz-agent 1 %s", u.release);
+	send_frame(l, 'H', msg, strlen(msg));
+}
+
+static long long elapsed_us(long long from, long long to)
+{
+	return (to - from) / 1000;
+}
+
+/* The results buffer is static: the controller runs one program at a time. */
+static void run_program(struct link *l, const char *text, size_t len)
+{
+	static struct program prog;
+	static struct sandbox sb;
+	static char payload[MAX_PAYLOAD], result[RESULT_CAP];
+	struct parse_error e;
+	if (parse_program(text, len, &prog, &e) < 0) {
+		send_error(l, "program: %s", e.msg);
+		return;
+	}
+	long long t0 = now_ns();
+	if (start_sandbox(&sb, result) < 0) {
+		teardown(&sb);
+		send_error(l, "%s", result);
+		return;
+	}
+	struct text out = { payload, 0, sizeof payload, 0 };
+	char *lines = payload + 64;     /* room for the T line, written last */
+	struct text ops = { lines, 0, sizeof payload - 64, 0 };
+	long long t1 = now_ns();
+	for (int i = 0; i < prog.nops; i++) {
+		run_op(&sb, &prog.ops[i], result);
+		if (ops.len + strlen(result) + 2 > ops.cap - 16)
+			put_errno(result, E2BIG);   /* keeps the frame within 1 MiB */
+		text_str(&ops, result);
+		text_str(&ops, "\n");
+	}
+	long long t2 = now_ns();
+	if (teardown(&sb) < 0) {
+		send_error(l, "teardown: sandbox init %d did not die within 10 s", sb.init);
+		return;
+	}
+	text_printf(&out, "T %lld %lld\n", elapsed_us(t1, t2), elapsed_us(t0, now_ns()));
+	memmove(payload + out.len, lines, ops.len);
+	send_frame(l, 'R', payload, out.len + ops.len);
+}
+
+static void control(struct link *l, const char *what, size_t len)
+{
+	if (len == 4 && memcmp(what, "hang", 4) == 0) {
+		for (;;)
+			pause();
+	}
+	if (len == 5 && memcmp(what, "panic", 5) == 0) {
+		int fd = open("/proc/sysrq-trigger", O_WRONLY | O_CLOEXEC);
+		if (fd >= 0 && write(fd, "c", 1) == 1)
+			return;             /* not reached: the kernel panics */
+		send_error(l, "panic: /proc/sysrq-trigger: %s", strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	send_error(l, "unknown control '%.*s'", (int)(len > 32 ? 32 : len), what);
+}
+
+/* Orphans reparented to us (pid 1) are ours to reap, but only between programs. */
+static void reap_strays(void)
+{
+	while (waitpid(-1, NULL, WNOHANG | __WALL) > 0)
+		;
+}
+
+static void prepare_mount_points(void)
+{
+	char path[32];
+	mkdir("/mnt", 0755);
+	for (int i = 1; i <= MAX_HANDLES; i++) {
+		snprintf(path, sizeof path, "/mnt/m%d", i);
+		mkdir(path, 0755);
+	}
+}
+
+/* fds 0-2 must exist, so that no channel or device takes their numbers. */
+static void ensure_stdio(void)
+{
+	while (fcntl(0, F_GETFD) < 0 || fcntl(1, F_GETFD) < 0 || fcntl(2, F_GETFD) < 0) {
+		int fd = open("/dev/null", O_RDWR);
+		if (fd < 0 || fd > 2)
+			break;
+	}
+}
+
+static int open_device(const char *dev, struct link *l)
+{
+	if (strcmp(dev, "-") == 0) {
+		l->in = 0;
+		l->out = 1;
+		l->stdio = 1;
+		return 0;
+	}
+	int fd;
+	while ((fd = open(dev, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0) {
+		fprintf(stderr, "agent: %s: %s; retrying\n", dev, strerror(errno));
+		sleep(1);
+	}
+	struct termios tio;
+	if (isatty(fd) && tcgetattr(fd, &tio) == 0) {
+		cfmakeraw(&tio);
+		tcsetattr(fd, TCSANOW, &tio);
+	}
+	l->in = l->out = fd;
+	return 0;
+}
+
+static int serve(const char *dev)
+{
+	static unsigned char buf[8 + MAX_PAYLOAD];
+	struct link l = { .buf = buf, .cap = sizeof buf };
+	ssize_t n = readlink("/proc/self/exe", self_exe, sizeof self_exe - 1);
+	if (n > 0)
+		self_exe[n] = '\0';
+	ensure_stdio();
+	open_device(dev, &l);
+	prepare_mount_points();
+	if (chdir("/") < 0)
+		fprintf(stderr, "agent: chdir /: %s\n", strerror(errno));
+	send_hello_frame(&l);
+	for (;;) {
+		char type;
+		uint32_t len;
+		if (next_frame(&l, &type, &len) < 0)
+			return 0;
+		const char *payload = (const char *)l.buf + 8;
+		if (type == 'H')
+			send_hello_frame(&l);
+		else if (type == 'P')
+			run_program(&l, payload, len);
+		else
+			control(&l, payload, len);
+		consume(&l, 8 + len);
+		reap_strays();
+	}
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 3 && strcmp(argv[1], "serve") == 0)
+		return serve(argv[2]);
+	if (argc == 3 && strcmp(argv[1], "actor") == 0)
+		return actor_main(argv[0], argv[2]);
+	fprintf(stderr, "usage: agent serve <device>|-\n       agent actor <fd>\n");
+	return 2;
+}
