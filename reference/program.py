@@ -119,6 +119,32 @@ def _path(value):
     return value
 
 
+_DEVICE_RE = re.compile(r"^[a-z][a-z0-9]{0,14}$")
+_SYSCTL_VALUE_RE = re.compile(r"^-?[0-9]{1,10}$")
+LINK_KINDS = ("dummy", "veth")
+
+
+def _device(value):
+    if not isinstance(value, str) or not _DEVICE_RE.match(value) or _HANDLE_RE.match(value):
+        raise ValueError(f"expected a device name [a-z][a-z0-9]{{0,14}} that is not a handle, got {value!r}")
+    return value
+
+
+def _optional_device(value):
+    return "" if value in ("", None) else _device(value)
+
+
+def _optional_task(value):
+    return "" if value in ("", None) else _handle_of("pt")(value)
+
+
+def _sysctl_value(value):
+    text = str(value)
+    if isinstance(value, bool) or not _SYSCTL_VALUE_RE.match(text):
+        raise ValueError(f"expected an integer sysctl value, got {value!r}")
+    return text
+
+
 def _fd_or_cwd(value):
     if value == "cwd":
         return value
@@ -175,10 +201,30 @@ OP_SPECS: dict[str, OpSpec] = {s.kind: s for s in (
            "pread(fd, 4096, 0): ok:<length>:<sha256 prefix> or an errno"),
     OpSpec("getdents", None, (("actor", ANY_TASK), ("fd", _fd_or_cwd)), (),
            "getdents64 from offset 0 on a held fd, or on the cwd"),
+    OpSpec("write", None, (("actor", ANY_TASK), ("fd", FD), ("value", _sysctl_value)), (),
+           "pwrite(fd, value + newline, 0) on a held fd"),
+    # network namespaces and devices (the sysctl side)
+    OpSpec("unshare_net", None, (("actor", ANY_TASK),), (),
+           "unshare(CLONE_NEWNET) by actor's thread"),
+    OpSpec("setns_net", None, (("actor", ANY_TASK), ("target", ANY_TASK)), (),
+           "actor's thread joins target's network namespace"),
+    OpSpec("link_add", None, (("actor", ANY_TASK), ("name", _device)),
+           (("kind", _choice(LINK_KINDS), "dummy"), ("peer", _optional_device, ""),
+            ("peer_in", _optional_task, "")),
+           "RTM_NEWLINK in actor's netns; a veth's peer may go to peer_in's netns"),
+    OpSpec("link_del", None, (("actor", ANY_TASK), ("name", _device)), (), "RTM_DELLINK"),
+    OpSpec("link_rename", None, (("actor", ANY_TASK), ("name", _device), ("new", _device)), (),
+           "RTM_NEWLINK with IFLA_IFNAME"),
+    OpSpec("link_set_netns", None, (("actor", ANY_TASK), ("name", _device), ("target", ANY_TASK)), (),
+           "move a device to target's network namespace (IFLA_NET_NS_FD)"),
+    OpSpec("link_up", None, (("actor", ANY_TASK), ("name", _device)), (), "set IFF_UP"),
+    OpSpec("link_down", None, (("actor", ANY_TASK), ("name", _device)), (), "clear IFF_UP"),
 )}
 
 MUTATING_KINDS = frozenset({"spawn", "spawn_thread", "exit", "reap", "exec", "setuid", "setgid",
-                            "mount_proc", "umount", "open", "close", "chdir", "drop_caches"})
+                            "mount_proc", "umount", "open", "close", "chdir", "drop_caches", "write",
+                            "unshare_net", "setns_net", "link_add", "link_del", "link_rename",
+                            "link_set_netns", "link_up", "link_down"})
 OBSERVING_KINDS = frozenset(OP_SPECS) - MUTATING_KINDS
 
 
@@ -287,6 +333,8 @@ def validate(ops: Iterable[Op], source: str = "<program>") -> Program:
         for handle in op.handles_used():
             if handle not in defined:
                 raise ProgramError(f"handle {handle} is used before it is created", source=source, index=index)
+        if op.kind == "link_add" and (op.arg("kind") == "veth") != bool(op.arg("peer")):
+            raise ProgramError("a veth needs peer=NAME, and only a veth has a peer", source=source, index=index)
         if op.kind == "exit" and op.actor == "p1":
             raise ProgramError("p1 is the sandbox init and cannot exit (spawn newpid=1 to test init death)",
                                source=source, index=index)
