@@ -409,36 +409,32 @@ class Kernel:
         process = task.process
         return process.uid if process.has_mm and process.dumpable else 0
 
-    def proc_fd_permission(self, node: Node, reader: Task, fresh: bool):
+    def proc_fd_permission(self, node: Node, reader: Task):
         """generic_permission on the 0500 fd directory, then the same-thread-group escape.
 
-        The inode's owner is rewritten only when a walk revalidates the dentry
-        (pid_revalidate -> pid_update_inode): a walk that starts at a cwd inside the fd
-        directory checks the owner recorded at the last revalidation, not the current one."""
+        The inode's owner is rewritten only when a lookup instantiates or revalidates the
+        dentry (pid_revalidate -> pid_update_inode): a walk that starts at a cwd inside the fd
+        directory checks the owner of the last lookup, not the task's current one."""
         task = node.task
         if reader.process.caps:
             return
-        key = (id(node.mount), node.path)
-        if fresh and task is not None:
-            self.fd_dir_owner[key] = self.task_dump_owner_uid(task)
-        owner = self.fd_dir_owner.get(key, 0)
+        owner = self.fd_dir_owner.get((id(node.mount), node.path), 0)
         if owner == reader.process.uid or (task is not None and task.process is reader.process):
             return
         raise Errno("EACCES")
 
-    def may_exec(self, node: Node, reader: Task, fresh: bool = True):
-        """inode_permission(MAY_EXEC) on a directory walked through; `fresh` when the walk
-        just looked it up (revalidated) rather than starting from it."""
+    def may_exec(self, node: Node, reader: Task):
+        """inode_permission(MAY_EXEC) on a directory walked through."""
         if node.ftype != "dir":
             raise Errno("ENOTDIR")
         if node.kind in ("pid_dir", "task_dir"):
             self.proc_pid_permission(node, reader)
         elif node.kind == "fd_dir":
-            self.proc_fd_permission(node, reader, fresh)
+            self.proc_fd_permission(node, reader)
 
-    def may_read_dir(self, node: Node, reader: Task, fresh: bool = True):
+    def may_read_dir(self, node: Node, reader: Task):
         """inode_permission(MAY_READ) at open of a directory."""
-        self.may_exec(node, reader, fresh)
+        self.may_exec(node, reader)
 
     # -- lookup --
 
@@ -460,6 +456,7 @@ class Kernel:
             if name == "task" and kind == "pid_dir":
                 return Node("task_dir", parent.mount, path, "dir", parent.pid, name)
             if name == "fd":
+                self.fd_dir_owner[(id(parent.mount), path)] = self.task_dump_owner_uid(task)
                 return Node("fd_dir", parent.mount, path, "dir", parent.pid, name)
             return Node("pid_entry", parent.mount, path, ftype, parent.pid, name)
         if kind == "task_dir":
@@ -537,7 +534,7 @@ class Kernel:
         components, node = self._start(reader, path)
         for index, name in enumerate(components):
             last = index == len(components) - 1
-            self.may_exec(node, reader, fresh=index > 0 or path.startswith("{m"))
+            self.may_exec(node, reader)
             if name == ".":
                 continue
             node = self.lookup_child(node, name, reader)
@@ -771,8 +768,8 @@ class Kernel:
             cwd = actor.process.cwd
             if cwd is None or cwd is UNKNOWN:
                 raise Unmodelled()
-            self.may_exec(cwd, actor, fresh=False)       # the walk of "." checks the cwd itself
-            self.may_read_dir(cwd, actor, fresh=False)   # open(".") does not revalidate it
+            self.may_exec(cwd, actor)        # the walk of "." checks the cwd itself
+            self.may_read_dir(cwd, actor)    # open(".") does not revalidate it
             return self.list_dir(cwd, actor)
         return self.list_dir(self._held(actor, op.arg("fd")), actor)
 
