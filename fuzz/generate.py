@@ -22,6 +22,10 @@ from reference.program import (HIDEPID_VALUES, MAX_HANDLES_PER_KIND, Op, Program
 # Per-pid entries worth aiming at: the ones with modelled children or contents.
 FAVOURITE_TGID = ("status", "comm", "cmdline", "task", "fd", "cwd", "exe", "stat")
 FAVOURITE_TID = ("status", "comm", "fd", "stat")
+# A small pool of device names, so that programs reuse, rename and move the same names across
+# namespaces (two namespaces with a device of the same name are the interesting case).
+DEVICES = ("d0", "d1", "v0", "v1", "lo")
+SYSCTL_TABLES = ("ipv4/conf", "ipv4/neigh", "ipv6/conf", "ipv6/neigh")
 
 
 class _Draft:
@@ -46,8 +50,8 @@ class _Draft:
     def live_actors(self) -> list[str]:
         return [h for h in self.handles("pt") if self.kernel.actor_task(h) is not None]
 
-    def add(self, kind: str, ret: str | None = None, **args):
-        op = make_op(kind, ret, **args)
+    def add(self, op_kind: str, ret: str | None = None, /, **args):
+        op = make_op(op_kind, ret, **args)
         self.ops.append(op)
         self.kernel.apply(op)
         return op
@@ -76,7 +80,9 @@ def _path(draw, draft: _Draft, actor: str | None = None) -> str:
     tasks = draft.handles("pt")
     task = "{" + draw(st.sampled_from(tasks)) + "}"
     thread = "{" + draw(st.sampled_from(tasks)) + "}"
-    shape = draw(st.integers(0, 11))
+    shape = draw(st.integers(0, 14))
+    if shape >= 12:
+        return _sysctl_path(draw, mount, shape)
     if shape == 0:
         return mount
     if shape == 1:
@@ -103,6 +109,16 @@ def _path(draw, draft: _Draft, actor: str | None = None) -> str:
     return f"{mount}/{task}"
 
 
+def _sysctl_path(draw, mount: str, shape: int) -> str:
+    table = draw(st.sampled_from(SYSCTL_TABLES))
+    if shape == 12:
+        return f"{mount}/sys/net/{table}"
+    device = draw(st.sampled_from(DEVICES + ("all", "default")))
+    if shape == 13:
+        return f"{mount}/sys/net/{table}/{device}"
+    return f"{mount}/sys/net/{table}/{device}/{draw(st.sampled_from(('forwarding', 'mtu', 'retrans_time')))}"
+
+
 def _observe(draw, draft: _Draft, path: str | None = None, actor: str | None = None):
     actor = actor or _actor(draw, draft)
     kind = draw(st.sampled_from(("lookup", "lookup", "readdir", "readdir", "readlink", "read",
@@ -125,7 +141,10 @@ def _mutate(draw, draft: _Draft):
     actor = _actor(draw, draft)
     choice = draw(st.sampled_from(("spawn", "spawn", "spawn_thread", "spawn_thread", "exit", "exit",
                                    "reap", "exec", "setuid", "mount_proc", "umount", "close",
-                                   "chdir", "chdir", "drop_caches")))
+                                   "chdir", "chdir", "drop_caches", "net", "net", "net", "net")))
+    if choice == "net":
+        _mutate_net(draw, draft, actor)
+        return
     if choice in ("spawn", "spawn_thread", "mount_proc"):
         handle = draft.new_handle({"spawn": "p", "spawn_thread": "t", "mount_proc": "m"}[choice])
         if handle is None:
@@ -159,6 +178,38 @@ def _mutate(draw, draft: _Draft):
         draft.add("chdir", actor=actor, path=_path(draw, draft, actor))
     elif choice == "drop_caches":
         draft.add("drop_caches")
+
+
+def _mutate_net(draw, draft: _Draft, actor: str):
+    tasks = draft.handles("pt")
+    name = draw(st.sampled_from(DEVICES))
+    kind = draw(st.sampled_from(("link_add", "link_add", "veth", "link_del", "link_rename",
+                                 "link_set_netns", "link_up", "link_down", "unshare_net", "setns_net",
+                                 "write")))
+    if kind == "link_add":
+        draft.add("link_add", actor=actor, name=name)
+    elif kind == "veth":
+        draft.add("link_add", actor=actor, name=name, kind="veth",
+                  peer=draw(st.sampled_from(DEVICES[:-1])),
+                  peer_in=draw(st.sampled_from(("",) + tuple(tasks))))
+    elif kind in ("link_del", "link_up", "link_down"):
+        draft.add(kind, actor=actor, name=name)
+    elif kind == "link_rename":
+        draft.add(kind, actor=actor, name=name, new=draw(st.sampled_from(DEVICES[:-1])))
+    elif kind == "link_set_netns":
+        draft.add(kind, actor=actor, name=name, target=draw(st.sampled_from(tasks)))
+    elif kind == "unshare_net":
+        draft.add(kind, actor=actor)
+    elif kind == "setns_net":
+        draft.add(kind, actor=actor, target=draw(st.sampled_from(tasks)))
+    elif draft.handles("m"):
+        mount = "{" + draw(st.sampled_from(draft.handles("m"))) + "}"
+        table = draw(st.sampled_from(("ipv4/conf", "ipv6/conf")))
+        handle = draft.new_handle("f")
+        if handle:
+            draft.add("open", handle, actor=actor, rw=1,
+                      path=f"{mount}/sys/net/{table}/{draw(st.sampled_from(DEVICES + ('all', 'default')))}/forwarding")
+            draft.add("write", actor=actor, fd=handle, value=draw(st.sampled_from(("0", "1"))))
 
 
 def _episode(draw, draft: _Draft):

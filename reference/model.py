@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import sysctl
 from .profile import KernelProfile
 from .program import Op, Program, substitute
+from .sysctl import CtlRef, NetDevice, NetNamespace
 from .trace import fnv1a64
 
 INVISIBLE_NR = 999999          # what a template resolves to for a task outside the mount's pid ns
@@ -68,6 +70,7 @@ class Task:
     pid: Pid
     process: "Process"
     comm: str
+    netns: NetNamespace = None      # per thread: unshare/setns of CLONE_NEWNET act on one thread
 
     @property
     def is_leader(self) -> bool:
@@ -121,6 +124,7 @@ class Node:
     name: str = ""
     # proc_pid_lookup refused it under hidepid=ptraceable; only a cached dentry reaches it
     hidden: bool = False
+    ctl: CtlRef | None = None       # for /proc/sys nodes
 
     @property
     def task(self) -> Task | None:
@@ -145,7 +149,9 @@ class Kernel:
         self.dead_threads: set[str] = set()        # thread handles gone through exit or exec
         self.fd_dir_owner: dict = {}               # (mount, path) -> i_uid of that fd dir inode
         self.processes: list[Process] = []
-        init = self._fork(None, self.sandbox_ns, comm="p1")
+        self.fd_rw: set[str] = set()               # fd handles opened O_RDWR
+        self.seen_netns: set = set()
+        init = self._fork(None, self.sandbox_ns, comm="p1", netns=NetNamespace.create(profile))
         self.sandbox_ns.child_reaper = init
         self._bind("p1", init, init.leader)
 
@@ -160,9 +166,9 @@ class Kernel:
             level_ns.next_nr += 1
         return Pid(numbers)
 
-    def _fork(self, parent: Process | None, ns: PidNamespace, comm: str) -> Process:
+    def _fork(self, parent: Process | None, ns: PidNamespace, comm: str, netns: NetNamespace) -> Process:
         process = Process(ns=ns, parent=parent)
-        task = Task(self._alloc_pid(ns), process, comm)
+        task = Task(self._alloc_pid(ns), process, comm, netns)
         task.pid.task = task
         process.leader = task
         process.threads = [task]
@@ -211,6 +217,17 @@ class Kernel:
             return err.name
         except Unmodelled:
             return UNMODELLED
+        finally:
+            self._end_empty_network_namespaces()
+
+    def _end_empty_network_namespaces(self):
+        """A network namespace whose last task left is torn down by cleanup_net, later."""
+        live = {task.netns for process in self.processes if process.state == "running"
+                for task in process.threads}
+        for netns in {task.netns for process in self.processes for task in process.threads} | self.seen_netns:
+            if netns not in live and not netns.dying:
+                netns.die()
+        self.seen_netns |= live
 
     # -- process life --
 
@@ -219,7 +236,7 @@ class Kernel:
         if op.arg("newpid") and not parent.caps:
             raise Errno("EPERM")            # copy_namespaces: CLONE_NEWPID needs CAP_SYS_ADMIN
         ns = PidNamespace(parent=parent.ns, level=parent.ns.level + 1) if op.arg("newpid") else parent.ns
-        child = self._fork(parent, ns, comm=op.ret)
+        child = self._fork(parent, ns, comm=op.ret, netns=actor.netns)
         if op.arg("newpid"):
             ns.child_reaper = child
         self._bind(op.ret, child, child.leader)
@@ -227,7 +244,7 @@ class Kernel:
 
     def op_spawn_thread(self, actor: Task, op: Op) -> str:
         process = actor.process
-        task = Task(self._alloc_pid(process.ns), process, comm=op.ret)
+        task = Task(self._alloc_pid(process.ns), process, comm=op.ret, netns=actor.netns)
         task.pid.task = task
         process.threads.append(task)
         self._bind(op.ret, task, task)
@@ -431,6 +448,8 @@ class Kernel:
             self.proc_pid_permission(node, reader)
         elif node.kind == "fd_dir":
             self.proc_fd_permission(node, reader)
+        elif node.kind == "sysctl":
+            self.proc_sys_grab(node)        # proc_sys_permission
 
     def may_read_dir(self, node: Node, reader: Task):
         """inode_permission(MAY_READ) at open of a directory."""
@@ -463,7 +482,89 @@ class Kernel:
             return self.proc_task_lookup(parent, name)
         if kind == "fd_dir":
             return self.proc_lookupfd(parent, name)
+        if kind == "sysctl":
+            return self.proc_sys_lookup(parent, name, reader)
         raise Unmodelled()
+
+    # -- /proc/sys (fs/proc/proc_sysctl.c) --
+
+    def proc_sys_grab(self, node: Node):
+        """grab_header() on the node's ctl_table_header: ENOENT once it is unregistered."""
+        state = sysctl.grab(node.ctl.registration)
+        if state == "ENOENT":
+            raise Errno("ENOENT")
+        if state == "maybe":
+            raise Unmodelled()
+
+    def proc_sys_lookup(self, parent: Node, name: str, reader: Task) -> Node:
+        ref, tables = parent.ctl, self.profile.sysctl
+        self.proc_sys_grab(parent)
+        path = parent.path + "/" + name
+
+        def child(ftype, new_ref):
+            return Node("sysctl", parent.mount, path, ftype, ctl=new_ref)
+
+        if ref.level == "sys":
+            if name == "net" and "net" in tables.get("sys", {}):
+                # sysctl_follow_link: "net" resolves in the *reader's* network namespace
+                return child("dir", CtlRef("net", reader.netns))
+            return self._sysctl_other(parent, name, tables.get("sys", {}))
+        if ref.level == "net":
+            if name in sysctl.PROTOCOLS and name in tables.get("net", {}):
+                return child("dir", CtlRef("proto", ref.netns, name))
+            return self._sysctl_other(parent, name, tables.get("net", {}))
+        if ref.level == "proto":
+            if name in sysctl.TABLE_DIRS and name in tables.get(ref.proto, {}):
+                return child("dir", CtlRef("tabledir", ref.netns, ref.proto, name))
+            return self._sysctl_other(parent, name, tables.get(ref.proto, {}))
+        if ref.level == "tabledir":
+            netns = ref.netns
+            fixed = netns.fixed.get((ref.proto, name)) if ref.tabledir == "conf" else None
+            if fixed is not None:
+                return child("dir", CtlRef("table", netns, ref.proto, ref.tabledir, name, fixed))
+            device = netns.devices.get(name)
+            if device is None:
+                raise Errno("ENOENT")
+            if device.uncertain:
+                raise Unmodelled()
+            registration = device.tables[(ref.proto, ref.tabledir)]
+            return child("dir", CtlRef("table", netns, ref.proto, ref.tabledir, name, registration))
+        if ref.level == "table":
+            leaves = tables.get(sysctl.table_profile_key(ref), {})
+            if name not in leaves:
+                raise Errno("ENOENT")
+            return child(leaves[name], CtlRef("leaf", ref.netns, ref.proto, ref.tabledir, ref.entry,
+                                              ref.registration, name))
+        raise Unmodelled()
+
+    def _sysctl_other(self, parent: Node, name: str, listing: dict) -> Node:
+        """An entry outside the device tables: it exists as the profile says, no deeper."""
+        if name not in listing:
+            raise Errno("ENOENT")
+        return Node("sysctl", parent.mount, parent.path + "/" + name, listing[name], ctl=CtlRef("other"))
+
+    def proc_sys_readdir(self, node: Node) -> str:
+        ref, tables = node.ctl, self.profile.sysctl
+        self.proc_sys_grab(node)
+        fixed = {"sys": lambda: tables.get("sys"), "net": lambda: tables.get("net"),
+                 "proto": lambda: tables.get(ref.proto),
+                 "table": lambda: tables.get(sysctl.table_profile_key(ref))}.get(ref.level)
+        if fixed is not None and fixed() is not None:
+            return "ok:" + ",".join(sorted(fixed()))
+        if ref.level != "tabledir":
+            raise Unmodelled()
+        certain, maybe = [], []
+        entries = [(entry, reg) for (proto, entry), reg in ref.netns.fixed.items()
+                   if proto == ref.proto and ref.tabledir == "conf"]
+        entries += [(name, device.tables[(ref.proto, ref.tabledir)])
+                    for name, device in ref.netns.devices.items()]
+        for name, registration in entries:
+            state = sysctl.grab(registration)
+            (certain if state is None else maybe if state == "maybe" else []).append(name)
+        listing = sysctl.listing_alternatives(certain, maybe)
+        if listing is None:
+            raise Unmodelled()
+        return listing
 
     def proc_root_lookup(self, root: Node, name: str, reader: Task) -> Node:
         nr = name_to_int(name)
@@ -486,6 +587,8 @@ class Kernel:
         ftype = self.profile.root.get(name)
         if ftype is None:
             raise Errno("ENOENT")
+        if name == "sys" and self.profile.sysctl:
+            return Node("sysctl", root.mount, root.path + "/sys", "dir", ctl=CtlRef("sys"))
         return Node("static", root.mount, root.path + "/" + name, ftype, None, name)
 
     def proc_task_lookup(self, task_dir: Node, name: str) -> Node:
@@ -520,6 +623,8 @@ class Kernel:
         return None
 
     def getattr(self, node: Node, reader: Task) -> str:
+        if node.kind == "sysctl":
+            self.proc_sys_grab(node)        # proc_sys_getattr
         if node.hidden:
             raise Errno("ENOENT")            # proc_pid_lookup, or pid_getattr on a cached dentry
         if node.kind in ("pid_dir", "tid_dir"):
@@ -647,6 +752,8 @@ class Kernel:
             raise Errno("ENOTDIR")
         if kind == "plain":
             return "ok:"
+        if kind == "sysctl":
+            return self.proc_sys_readdir(node)
         if kind == "root":
             return "ok:" + ",".join(sorted(self.proc_root_readdir(node, reader)))
         if kind in ("pid_dir", "tid_dir"):
@@ -694,13 +801,23 @@ class Kernel:
             raise Errno("EINVAL")
         return "ok:" + self.link_target(node, actor)
 
-    def _open(self, actor: Task, path: str, directory: bool) -> Node:
+    def _open(self, actor: Task, path: str, directory: bool, rw: bool = False) -> Node:
         node = self.resolve(actor, path, follow_last=True)
         if node.ftype == "dir":
+            if rw:
+                raise Errno("EISDIR")        # may_open: no write access to a directory
             self.may_read_dir(node, actor)
             return node
         if directory:
             raise Errno("ENOTDIR")
+        if node.kind == "sysctl":
+            self.proc_sys_grab(node)        # proc_sys_open
+            writable = node.ctl.level == "leaf" and node.ctl.leaf in sysctl.WRITABLE_LEAVES
+            if actor.process.caps and (not rw or writable):
+                return node
+            raise Unmodelled()              # leaf modes are not in the profile
+        if rw:
+            raise Unmodelled()
         if node.kind == "pid_entry" and node.name in OPENABLE_PID_FILES:
             return node
         if node.kind == "static" and actor.process.caps:
@@ -712,8 +829,10 @@ class Kernel:
         return self.list_dir(node, actor)
 
     def op_open(self, actor: Task, op: Op) -> str:
+        if op.arg("rw"):
+            self.fd_rw.add(op.ret)
         try:
-            node = self._open(actor, op.arg("path"), directory=False)
+            node = self._open(actor, op.arg("path"), directory=False, rw=bool(op.arg("rw")))
         except Unmodelled:
             actor.process.fds[op.ret] = UNKNOWN
             raise
@@ -752,6 +871,11 @@ class Kernel:
         node = self._held(actor, op.arg("fd"))
         if node.ftype == "dir":
             raise Errno("EISDIR")
+        if node.kind == "sysctl":
+            state = sysctl.grab(node.ctl.registration)    # proc_sys_call_handler
+            if state == "ENOENT":
+                raise Errno("ENOENT")
+            return "ok:* | ENOENT" if state == "maybe" else "ok:*"
         if node.kind != "pid_entry":
             raise Unmodelled()
         task = node.task
@@ -762,6 +886,141 @@ class Kernel:
         if node.name == "cmdline" and task.process.state != "running":
             return read_result(b"")         # get_cmdline: no mm after exit
         raise Unmodelled()                  # contents (memory, times) are not modelled
+
+    def op_write(self, actor: Task, op: Op) -> str:
+        node = self._held(actor, op.arg("fd"))
+        if op.arg("fd") not in self.fd_rw:
+            raise Errno("EBADF")             # vfs_write: not opened for writing
+        if node.kind != "sysctl" or node.ctl.level != "leaf":
+            raise Unmodelled()
+        state = sysctl.grab(node.ctl.registration)        # proc_sys_call_handler
+        if state == "ENOENT":
+            raise Errno("ENOENT")
+        if op.arg("value") not in ("0", "1"):
+            raise Unmodelled()
+        return "ok | ENOENT" if state == "maybe" else "ok"
+
+    # -- network namespaces and devices (net/core/rtnetlink.c, net/core/dev.c) --
+
+    def _netns_of(self, handle: str) -> NetNamespace:
+        """The controller opens /proc/<tid>/ns/net of a live task; ENOENT otherwise."""
+        task = self.actor_task(handle)
+        if task is None:
+            raise Errno("ENOENT")
+        return task.netns
+
+    @staticmethod
+    def _net_admin(actor: Task):
+        if not actor.process.caps:
+            raise Errno("EPERM")            # rtnetlink_rcv_msg / unshare / setns: CAP_NET_ADMIN, CAP_SYS_ADMIN
+
+    @staticmethod
+    def _device(netns: NetNamespace, name: str) -> NetDevice:
+        device = netns.devices.get(name)
+        if device is None:
+            raise Errno("ENODEV")
+        if device.uncertain:
+            raise Unmodelled()
+        return device
+
+    @staticmethod
+    def _name_taken(netns: NetNamespace, name: str) -> bool:
+        device = netns.devices.get(name)
+        if device is not None and device.uncertain:
+            raise Unmodelled()
+        return device is not None
+
+    def op_unshare_net(self, actor: Task, op: Op) -> str:
+        self._net_admin(actor)
+        actor.netns = NetNamespace.create(self.profile)
+        return "ok"
+
+    def op_setns_net(self, actor: Task, op: Op) -> str:
+        target = self._netns_of(op.arg("target"))
+        self._net_admin(actor)
+        actor.netns = target
+        return "ok"
+
+    def op_link_add(self, actor: Task, op: Op) -> str:
+        peer_netns = self._netns_of(op.arg("peer_in")) if op.arg("peer_in") else actor.netns
+        self._net_admin(actor)
+        netns, name = actor.netns, op.arg("name")
+        if self._name_taken(netns, name):
+            raise Errno("EEXIST")            # rtnl_newlink with NLM_F_EXCL
+        device = NetDevice(name, op.arg("kind"), netns)
+        if op.arg("kind") == "veth":
+            peer_name = op.arg("peer")
+            # veth_newlink registers the peer first, then the device, undoing the peer on failure
+            if self._name_taken(peer_netns, peer_name) or (peer_netns is netns and peer_name == name):
+                raise Errno("EEXIST")
+            peer = NetDevice(peer_name, "veth", peer_netns, peer=device)
+            device.peer = peer
+            peer.register()
+            peer_netns.devices[peer_name] = peer
+        device.register()
+        netns.devices[name] = device
+        return "ok"
+
+    def _unregister_netdevice(self, device: NetDevice):
+        device.unregister()
+        del device.netns.devices[device.name]
+
+    def op_link_del(self, actor: Task, op: Op) -> str:
+        self._net_admin(actor)
+        device = self._device(actor.netns, op.arg("name"))
+        if device.kind == "loopback":
+            raise Errno("EOPNOTSUPP")        # rtnl_dellink: no ops->dellink
+        self._unregister_netdevice(device)
+        if device.peer is not None:          # veth_dellink takes the peer along
+            self._unregister_netdevice(device.peer)
+        return "ok"
+
+    def op_link_rename(self, actor: Task, op: Op) -> str:
+        device = self._device(actor.netns, op.arg("name"))   # the agent's if_nametoindex
+        self._net_admin(actor)
+        new = op.arg("new")
+        if device.up:
+            raise Errno("EBUSY")             # dev_change_name: no rename while up
+        if new == device.name:
+            return "ok"
+        if self._name_taken(device.netns, new):
+            raise Errno("EEXIST")
+        # NETDEV_CHANGENAME: devinet/addrconf/neigh unregister and register their tables again
+        del device.netns.devices[device.name]
+        device.unregister()
+        device.name = new
+        device.register()
+        device.netns.devices[new] = device
+        return "ok"
+
+    def op_link_set_netns(self, actor: Task, op: Op) -> str:
+        target = self._netns_of(op.arg("target"))
+        device = self._device(actor.netns, op.arg("name"))
+        self._net_admin(actor)
+        if device.kind == "loopback":
+            raise Errno("EINVAL")            # NETIF_F_NETNS_LOCAL
+        if target is device.netns:
+            return "ok"
+        if self._name_taken(target, device.name):
+            raise Errno("EEXIST")
+        # __dev_change_net_namespace: close, unregister in the old namespace, register in the new
+        self._unregister_netdevice(device)
+        device.netns, device.up = target, False
+        device.register()
+        target.devices[device.name] = device
+        return "ok"
+
+    def _set_up(self, actor: Task, op: Op, up: bool) -> str:
+        device = self._device(actor.netns, op.arg("name"))
+        self._net_admin(actor)
+        device.up = up
+        return "ok"
+
+    def op_link_up(self, actor: Task, op: Op) -> str:
+        return self._set_up(actor, op, True)
+
+    def op_link_down(self, actor: Task, op: Op) -> str:
+        return self._set_up(actor, op, False)
 
     def op_getdents(self, actor: Task, op: Op) -> str:
         if op.arg("fd") == "cwd":

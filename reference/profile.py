@@ -7,7 +7,7 @@ The model never hard-codes entry names: /proc's static entries and the entries o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 FILE_TYPES = ("dir", "reg", "lnk")
 
@@ -19,6 +19,10 @@ class KernelProfile:
     root_links: dict[str, str]    # static /proc symlinks -> target (e.g. mounts -> self/mounts)
     tgid: dict[str, str]          # entries of /proc/<pid>/ -> type
     tid: dict[str, str]           # entries of /proc/<pid>/task/<tid>/ -> type
+    # /proc/sys listings read in a fresh network namespace: "sys", "net", "ipv4", "ipv4_conf",
+    # "ipv4_conf_all", "ipv4_conf_default", "ipv4_conf_dev" (lo's), "ipv4_neigh", "ipv4_neigh_dev",
+    # and the same for ipv6; each maps name -> type
+    sysctl: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, doc: dict) -> "KernelProfile":
@@ -34,8 +38,13 @@ class KernelProfile:
         root = table("root")
         root.pop("self", None)
         root.pop("thread-self", None)
-        return cls(str(doc.get("release", "")), root, dict(links), table("tgid"), table("tid"))
+        sysctl = doc.get("sysctl", {})
+        if not isinstance(sysctl, dict) or not all(
+                isinstance(t, dict) and all(v in FILE_TYPES for v in t.values()) for t in sysctl.values()):
+            raise ValueError("profile field 'sysctl' must map table names to name -> type maps")
+        return cls(str(doc.get("release", "")), root, dict(links), table("tgid"), table("tid"),
+                   {key: dict(value) for key, value in sysctl.items()})
 
     def to_json(self) -> dict:
         return {"release": self.release, "root": self.root, "root_links": self.root_links,
-                "tgid": self.tgid, "tid": self.tid}
+                "tgid": self.tgid, "tid": self.tid, "sysctl": self.sysctl}

@@ -23,6 +23,15 @@ from targets.kernels import profile_path
 PROFILE_FORMAT = 1
 DIRS = {"root": "{m1}", "tgid": "{m1}/{p1}", "tid": "{m1}/{p1}/task/{p1}"}
 LINKS_TO_SELF = ("self", "thread-self")   # per-reader links: the model computes their targets
+# /proc/sys/net in a fresh network namespace (only lo): the per-device tables are read from lo's.
+SYSCTL_DIRS = {"sys": "{m1}/sys", "net": "{m1}/sys/net"}
+for _proto in ("ipv4", "ipv6"):
+    SYSCTL_DIRS[_proto] = f"{{m1}}/sys/net/{_proto}"
+    SYSCTL_DIRS[f"{_proto}_conf"] = f"{{m1}}/sys/net/{_proto}/conf"
+    SYSCTL_DIRS[f"{_proto}_neigh"] = f"{{m1}}/sys/net/{_proto}/neigh"
+    for _table, _entry in (("conf_all", "conf/all"), ("conf_default", "conf/default"), ("conf_dev", "conf/lo"),
+                           ("neigh_default", "neigh/default"), ("neigh_dev", "neigh/lo")):
+        SYSCTL_DIRS[f"{_proto}_{_table}"] = f"{{m1}}/sys/net/{_proto}/{_entry}"
 
 
 class ProfileError(RuntimeError):
@@ -42,13 +51,24 @@ def _payload(result: str, what: str) -> str:
     return result[3:]
 
 
-def capture_profile(target) -> dict:
-    listing = _run(target, "m1 = mount_proc p1\n" + "".join(f"readdir p1 {d}\n" for d in DIRS.values()))
-    profile = {"format": PROFILE_FORMAT, "kernel": target.label, "release": target.image.release}
-    for (key, path), result in zip(DIRS.items(), listing[1:]):
+def _tables(target, dirs: dict[str, str], optional: bool = False) -> dict[str, dict[str, str]]:
+    """name -> type of every non-numeric entry of each directory, read in a fresh sandbox;
+    with `optional`, a directory the kernel does not have (ENOENT) is left out."""
+    listing = _run(target, "m1 = mount_proc p1\n" + "".join(f"readdir p1 {d}\n" for d in dirs.values()))
+    tables = {}
+    for (key, path), result in zip(dirs.items(), listing[1:]):
+        if optional and result == "ENOENT":
+            continue
         names = [n for n in _payload(result, f"readdir {path}").split(",") if n and not n.isdigit()]
         types = _run(target, "m1 = mount_proc p1\n" + "".join(f"lookup p1 {path}/{n}\n" for n in names))[1:]
-        profile[key] = {name: _payload(t, f"lookup {path}/{name}") for name, t in zip(names, types)}
+        tables[key] = {name: _payload(t, f"lookup {path}/{name}") for name, t in zip(names, types)}
+    return tables
+
+
+def capture_profile(target) -> dict:
+    profile = {"format": PROFILE_FORMAT, "kernel": target.label, "release": target.image.release}
+    profile.update(_tables(target, DIRS))
+    profile["sysctl"] = _tables(target, SYSCTL_DIRS, optional=True)
     links = sorted(n for n, t in profile["root"].items() if t == "lnk" and n not in LINKS_TO_SELF)
     targets = _run(target, "m1 = mount_proc p1\n" + "".join(f"readlink p1 {{m1}}/{n}\n" for n in links))[1:]
     profile["root_links"] = {name: _payload(t, f"readlink {name}") for name, t in zip(links, targets)}

@@ -1,0 +1,118 @@
+"""Network namespaces, net devices and the /proc/sys/net tables they register (fs/proc/proc_sysctl.c,
+net/sysctl_net.c, net/ipv4/devinet.c, net/ipv6/addrconf.c, net/core/neighbour.c).
+
+Each device registers four sysctl tables (ipv4/ipv6 conf and neigh) when it is registered with a
+namespace, and unregisters them when it is deleted, renamed (unregister then register under the
+new name) or moved to another namespace (unregister in the old, register in the new).  A dentry
+or fd of /proc/sys is bound to one registration (a ctl_table_header): once it is unregistered,
+sysctl_head_grab() fails and every use of it is ENOENT.
+
+Which namespace /proc/sys/net shows is decided by the reader: sysctl_follow_link() resolves the
+"net" directory in the reader's network namespace, and proc_sys_compare() refuses a cached
+dentry of another namespace's set (sysctl_is_seen), so a lookup always sees the reader's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+
+PROTOCOLS = ("ipv4", "ipv6")
+TABLE_DIRS = ("conf", "neigh")
+# Leaves whose O_RDWR open and integer write the model knows (0644 in devinet and addrconf).
+WRITABLE_LEAVES = frozenset({"forwarding"})
+MAX_MAYBE = 3        # more uncertain entries than this in one listing: the listing is unmodelled
+
+
+@dataclass(eq=False)
+class Registration:
+    """One ctl_table_header: alive until unregistered; 'maybe' while a dying namespace's
+    cleanup_net (asynchronous) may or may not have unregistered it yet."""
+    state: str = "alive"          # alive | maybe | dead
+
+
+@dataclass(eq=False)
+class NetDevice:
+    name: str
+    kind: str                     # loopback | dummy | veth
+    netns: "NetNamespace"
+    up: bool = False
+    peer: "NetDevice | None" = None
+    tables: dict = field(default_factory=dict)    # (proto, "conf"|"neigh") -> Registration
+    uncertain: bool = False       # may already be gone (peer of a veth in a dying namespace)
+
+    def register(self):
+        self.tables = {(proto, table): Registration() for proto in PROTOCOLS for table in TABLE_DIRS}
+
+    def unregister(self):
+        for registration in self.tables.values():
+            registration.state = "dead"
+
+
+@dataclass(eq=False)
+class NetNamespace:
+    devices: dict = field(default_factory=dict)   # name -> NetDevice
+    # net/ipv{4,6}/conf/{all,default}: per-namespace tables, gone only with the namespace
+    fixed: dict = field(default_factory=dict)     # (proto, entry) -> Registration
+    dying: bool = False
+
+    @classmethod
+    def create(cls, profile) -> "NetNamespace":
+        netns = cls()
+        for proto in PROTOCOLS:
+            for entry in profile.sysctl.get(f"{proto}_conf", {}):
+                if entry != "lo":
+                    netns.fixed[(proto, entry)] = Registration()
+        lo = NetDevice("lo", "loopback", netns)
+        lo.register()
+        netns.devices["lo"] = lo
+        return netns
+
+    def die(self):
+        """The last task left: cleanup_net will unregister everything, at some point."""
+        self.dying = True
+        for registration in self.fixed.values():
+            registration.state = "maybe"
+        for device in self.devices.values():
+            for registration in device.tables.values():
+                registration.state = "maybe"
+            if device.peer is not None and not device.peer.netns.dying:
+                device.peer.uncertain = True      # veth_dellink takes the peer along
+                for registration in device.peer.tables.values():
+                    registration.state = "maybe"
+
+
+@dataclass(frozen=True, eq=False)
+class CtlRef:
+    """Where in /proc/sys a node is, and the registration it is bound to."""
+    level: str                    # sys | net | proto | tabledir | table | leaf | other
+    netns: NetNamespace | None = None
+    proto: str = ""
+    tabledir: str = ""
+    entry: str = ""               # all | default | device name
+    registration: Registration | None = None
+    leaf: str = ""
+
+
+def table_profile_key(ref: CtlRef) -> str:
+    if ref.entry in ("all", "default"):
+        return f"{ref.proto}_{ref.tabledir}_{ref.entry}"
+    return f"{ref.proto}_{ref.tabledir}_dev"
+
+
+def grab(registration: Registration | None) -> str | None:
+    """sysctl_head_grab: None when usable, else the result the op must give."""
+    if registration is None or registration.state == "alive":
+        return None
+    return "ENOENT" if registration.state == "dead" else "maybe"
+
+
+def listing_alternatives(certain: list[str], maybe: list[str]) -> str | None:
+    """Every listing a correct kernel may give when some names may already be gone."""
+    if len(maybe) > MAX_MAYBE:
+        return None
+    options = []
+    for count in range(len(maybe) + 1):
+        for present in combinations(sorted(maybe), count):
+            options.append("ok:" + ",".join(sorted(certain + list(present))))
+    return " | ".join(options)
