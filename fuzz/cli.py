@@ -268,18 +268,14 @@ def _parser() -> argparse.ArgumentParser:
     p = command("show", cmd_show, "pretty-print a program or finding")
     p.add_argument("case")
     p.add_argument("--json", action="store_true", help="canonical JSON instead of text")
-    p = command("model", cmd_model, "print the reference model's trace for a program")
-    p.add_argument("case")
-    kernel_option(p)
-    p = command("exec", cmd_exec, "run one program on the real kernel and print its trace")
-    p.add_argument("case")
-    kernel_option(p)
-    p = command("repro", cmd_repro, "run a finding or program on model and kernel, side by side")
-    p.add_argument("case")
-    kernel_option(p)
-    p = command("replay", cmd_replay, "run every program of a directory on both targets")
-    p.add_argument("dir")
-    kernel_option(p)
+    for name, func, help_text, operand in (
+            ("model", cmd_model, "print the reference model's trace for a program", "case"),
+            ("exec", cmd_exec, "run one program on the real kernel and print its trace", "case"),
+            ("repro", cmd_repro, "run a finding or program on model and kernel, side by side", "case"),
+            ("replay", cmd_replay, "run every program of a directory on both targets", "dir")):
+        p = command(name, func, help_text)
+        p.add_argument(operand)
+        kernel_option(p)
     p = command("run", cmd_run, "a fuzzing campaign")
     kernel_option(p)
     p.add_argument("--budget", default="10m")

@@ -327,23 +327,21 @@ class Kernel:
         process.dumpable = True          # begin_new_exec: SUID_DUMP_USER when uid==euid, gid==egid
         return "ok"
 
-    def op_setuid(self, actor: Task, op: Op) -> str:
-        process, uid = actor.process, op.arg("uid")
-        if not process.caps and uid != process.uid:
+    def _commit_creds(self, process: Process, attribute: str, value: int) -> str:
+        """setuid/setgid as glibc applies them to all threads: root sets any id; others only
+        their own.  A changed euid/egid makes the mm non-dumpable (commit_creds)."""
+        if not process.caps and value != getattr(process, attribute):
             raise Errno("EPERM")
-        if uid != process.uid:
-            process.dumpable = False     # commit_creds: euid changed -> suid_dumpable (0)
-        process.uid = uid
+        if value != getattr(process, attribute):
+            process.dumpable = False
+        setattr(process, attribute, value)
         return "ok"
 
+    def op_setuid(self, actor: Task, op: Op) -> str:
+        return self._commit_creds(actor.process, "uid", op.arg("uid"))
+
     def op_setgid(self, actor: Task, op: Op) -> str:
-        process, gid = actor.process, op.arg("gid")
-        if not process.caps and gid != process.gid:
-            raise Errno("EPERM")
-        if gid != process.gid:
-            process.dumpable = False     # commit_creds: egid changed
-        process.gid = gid
-        return "ok"
+        return self._commit_creds(actor.process, "gid", op.arg("gid"))
 
     # -- mounts --
 

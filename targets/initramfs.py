@@ -1,7 +1,9 @@
-"""The guest's initramfs: busybox, the agent and an /init that hands the machine to the agent.
+"""The guest's initramfs: busybox, the agent, the kernel's dummy and veth modules and an /init
+that loads them and hands the machine to the agent.
 
 Both artefacts are cached under content keys: the agent by its source and compiler, the
-initramfs by everything that goes into it. The cpio archive is written here rather than by
+initramfs by everything that goes into it (so there is one initramfs per kernel: the modules
+belong to it). The cpio archive is written here rather than by
 cpio(1) so that the same inputs always give the same bytes (fixed inode numbers, owners and
 mtimes, sorted entries, gzip with mtime 0): a trace can then name its exact guest image.
 """
@@ -16,19 +18,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from targets.cache import cache_root, publish
+from targets.kernels import MODULES
 
 AGENT_SOURCE = Path(__file__).with_name("agent") / "agent.c"
 BUSYBOX = Path("/bin/busybox")     # Debian's busybox-static
 CC = ["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread"]
-APPLETS = ("sh", "mount")          # what /init uses; the agent itself needs none
+APPLETS = ("sh", "mount", "insmod")   # what /init uses; the agent itself needs none
+MODULE_DIR = "lib/modules"            # flat: <name>.ko, loaded by path (no modprobe, no depmod)
 
-INIT = b"""#!/bin/sh
-# PID 1: the agent needs proc, sysfs and device nodes; it then becomes PID 1 itself.
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-exec /agent serve /dev/ttyS1
-"""
+
+def init_script(modules: list[str]) -> bytes:
+    """/init: mounts, the modules in the given order (a failing insmod is logged on the console
+    and the agent starts anyway; link ops then answer EOPNOTSUPP), then the agent."""
+    lines = ["#!/bin/sh",
+             "# PID 1: the agent needs proc, sysfs and device nodes; it then becomes PID 1 itself.",
+             "mount -t proc proc /proc",
+             "mount -t sysfs sysfs /sys",
+             "mount -t devtmpfs devtmpfs /dev"]
+    lines += [f"insmod /{MODULE_DIR}/{name}.ko" for name in modules]
+    lines += ["exec /agent serve /dev/ttyS1"]
+    return "".join(line + "\n" for line in lines).encode()
+
+
+INIT = init_script([])
 
 
 @dataclass(frozen=True)
@@ -52,12 +64,16 @@ def build_agent(source: Path = AGENT_SOURCE, cache: Path | None = None) -> Path:
     return final / "agent"
 
 
-def entries(agent: bytes, busybox: bytes) -> list[Entry]:
-    dirs = ["bin", "dev", "mnt", "proc", "sys", "tmp"]
+def entries(agent: bytes, busybox: bytes, modules: dict[str, bytes] | None = None) -> list[Entry]:
+    """modules: name -> .ko contents, loaded by /init in kernels.MODULES order (then by name)."""
+    modules = modules or {}
+    order = [m for m in MODULES if m in modules] + sorted(set(modules) - set(MODULES))
+    dirs = ["bin", "dev", "mnt", "proc", "sys", "tmp"] + (["lib", MODULE_DIR] if modules else [])
     out = [Entry(d, stat.S_IFDIR | 0o755) for d in dirs]
+    out += [Entry(f"{MODULE_DIR}/{name}.ko", stat.S_IFREG | 0o644, modules[name]) for name in order]
     out += [Entry("bin/busybox", stat.S_IFREG | 0o755, busybox),
             Entry("agent", stat.S_IFREG | 0o755, agent),
-            Entry("init", stat.S_IFREG | 0o755, INIT),
+            Entry("init", stat.S_IFREG | 0o755, init_script(order)),
             # The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
             Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))]
     out += [Entry(f"bin/{applet}", stat.S_IFLNK | 0o777, b"busybox") for applet in APPLETS]
@@ -83,8 +99,20 @@ def newc_archive(items: list[Entry]) -> bytes:
     return bytes(out)
 
 
-def build_initramfs(agent: Path, busybox: Path = BUSYBOX, cache: Path | None = None) -> Path:
-    archive = newc_archive(entries(agent.read_bytes(), busybox.read_bytes()))
+def kernel_modules(modules_dir: Path) -> dict[str, bytes]:
+    """The kernels.MODULES of a kernel cache entry (KernelImage.modules_dir)."""
+    missing = [name for name in MODULES if not (modules_dir / f"{name}.ko").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{modules_dir}: no {', '.join(m + '.ko' for m in missing)}; delete "
+                                f"{modules_dir.parent} to fetch the kernel again")
+    return {name: (modules_dir / f"{name}.ko").read_bytes() for name in MODULES}
+
+
+def build_initramfs(agent: Path, busybox: Path = BUSYBOX, cache: Path | None = None,
+                    modules_dir: Path | None = None) -> Path:
+    """The archive; with modules_dir (a kernel's, see kernel_modules) /init loads its modules."""
+    modules = kernel_modules(modules_dir) if modules_dir is not None else {}
+    archive = newc_archive(entries(agent.read_bytes(), busybox.read_bytes(), modules))
     final = (cache or cache_root()) / "initramfs" / hashlib.sha256(archive).hexdigest()[:16]
     if not (final / "initramfs.cpio.gz").is_file():
         with publish(final) as out:
@@ -92,6 +120,8 @@ def build_initramfs(agent: Path, busybox: Path = BUSYBOX, cache: Path | None = N
     return final / "initramfs.cpio.gz"
 
 
-def guest_image(source: Path = AGENT_SOURCE, cache: Path | None = None) -> Path:
-    """The initramfs for the current agent source: built on first use, then cached."""
-    return build_initramfs(build_agent(source, cache), cache=cache)
+def guest_image(source: Path = AGENT_SOURCE, cache: Path | None = None,
+                modules_dir: Path | None = None) -> Path:
+    """The initramfs for the current agent source and a kernel's modules (its
+    KernelImage.modules_dir): built on first use, then cached."""
+    return build_initramfs(build_agent(source, cache), cache=cache, modules_dir=modules_dir)

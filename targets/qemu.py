@@ -31,7 +31,7 @@ class QemuTarget:
                  watchdog_base: float = WATCHDOG_BASE, watchdog_per_op: float = WATCHDOG_PER_OP,
                  agent_source=AGENT_SOURCE):
         self.image = kernel if isinstance(kernel, KernelImage) else resolve(kernel)
-        self.initrd = guest_image(agent_source)
+        self.initrd = guest_image(agent_source, modules_dir=self.image.modules_dir)
         self.accel = accel or choose_accel(self.image.vmlinuz, self.initrd)
         self.watchdog_base, self.watchdog_per_op = watchdog_base, watchdog_per_op
         self.vm: Vm | None = None

@@ -4,6 +4,7 @@
  *   agent serve <device>|-   the controller: answers frames on the serial channel (fd 0/1 for
  *                            "-"), one fresh sandbox per program (docs/agent-protocol.md)
  *   agent actor <fd>         an actor process re-entering after the `exec` op
+ *   agent parse              reads a program on stdin, prints `ok` or the parse error (tests)
  *
  * Build: gcc -static -O2 -Wall -Wextra -Werror -pthread -o agent targets/agent/agent.c
  *
@@ -18,6 +19,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_link.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/veth.h>
+#include <net/if.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -42,8 +48,7 @@ enum {
 	MAX_HANDLES = 64,          /* per kind: p1..p64, t1..t64, m1..m64, f1..f64 */
 	MAX_PATH_TEXT = 200,       /* a path template (reference/program.py MAX_PATH) */
 	MAX_TEXT = 64 * 1024,      /* program text */
-	MAX_LINE = 512,
-	MAX_WORDS = 8,
+	MAX_WORDS = MAX_TEXT / 2 + 1,   /* words in one line (repeated options are allowed) */
 	MAX_PAYLOAD = 1 << 20,     /* frame payload */
 	RESULT_CAP = 60 * 1024,    /* one op's result string, terminator included */
 	PATH_CAP = 1024,           /* a resolved path */
@@ -300,7 +305,9 @@ static ssize_t recv_msg(int sock, void *buf, size_t cap, int *passfd)
 enum op_kind {
 	OP_SPAWN, OP_SPAWN_THREAD, OP_EXIT, OP_REAP, OP_EXEC, OP_SETUID, OP_SETGID,
 	OP_MOUNT_PROC, OP_UMOUNT, OP_OPEN, OP_CLOSE, OP_CHDIR, OP_DROP_CACHES, OP_LOOKUP,
-	OP_READDIR, OP_READLINK, OP_READ, OP_GETDENTS, OP_KINDS
+	OP_READDIR, OP_READLINK, OP_READ, OP_GETDENTS, OP_WRITE, OP_UNSHARE_NET, OP_SETNS_NET,
+	OP_LINK_ADD, OP_LINK_DEL, OP_LINK_RENAME, OP_LINK_SET_NETNS, OP_LINK_UP, OP_LINK_DOWN,
+	OP_KINDS
 };
 
 struct handle {
@@ -308,25 +315,36 @@ struct handle {
 	int n;              /* 1..64 (0 with kind 'f': the cwd of `getdents A cwd`) */
 };
 
+/*
+ * An option is a choice (`choices`, index 0 the default) or, with `type` set, an optional value
+ * whose default is empty: 'D' a device name (link_add peer=), 'T' a task handle (peer_in=).
+ */
 struct option_spec {
 	const char *name;
-	const char *choices[5];     /* index 0 is the default */
+	char type;
+	const char *choices[5];
 };
 
-static const struct option_spec OPT_NEWPID = { "newpid", { "0", "1" } };
-static const struct option_spec OPT_LAZY = { "lazy", { "0", "1" } };
-static const struct option_spec OPT_HIDEPID = { "hidepid", { "off", "noaccess", "invisible", "ptraceable" } };
-static const struct option_spec OPT_SUBSET = { "subset", { "none", "pid" } };
+enum { MAX_OPTS = 3 };
+
+static const struct option_spec OPT_NEWPID = { "newpid", 0, { "0", "1" } };
+static const struct option_spec OPT_LAZY = { "lazy", 0, { "0", "1" } };
+static const struct option_spec OPT_HIDEPID = { "hidepid", 0, { "off", "noaccess", "invisible", "ptraceable" } };
+static const struct option_spec OPT_SUBSET = { "subset", 0, { "none", "pid" } };
+static const struct option_spec OPT_KIND = { "kind", 0, { "dummy", "veth" } };
+static const struct option_spec OPT_PEER = { "peer", 'D', { 0 } };
+static const struct option_spec OPT_PEER_IN = { "peer_in", 'T', { 0 } };
 
 /*
- * Positional argument letters: A actor (pN or tN), p process, m mount, f held fd,
- * F held fd or "cwd", P path template, I uid/gid.
+ * Positional argument letters: A actor (pN or tN), T another task (pN or tN), p process,
+ * m mount, f held fd, F held fd or "cwd", P path template, I uid/gid, D device name (the
+ * first D is the op's device, a second one link_rename's new name), V sysctl value.
  */
 struct op_spec {
 	const char *name;
 	char creates;                        /* kind of the handle the op creates, or 0 */
 	const char *args;
-	const struct option_spec *opts[2];
+	const struct option_spec *opts[MAX_OPTS];
 };
 
 static const struct op_spec op_specs[OP_KINDS] = {
@@ -348,13 +366,27 @@ static const struct op_spec op_specs[OP_KINDS] = {
 	[OP_READLINK] = { "readlink", 0, "AP", { 0 } },
 	[OP_READ] = { "read", 0, "Af", { 0 } },
 	[OP_GETDENTS] = { "getdents", 0, "AF", { 0 } },
+	[OP_WRITE] = { "write", 0, "AfV", { 0 } },
+	[OP_UNSHARE_NET] = { "unshare_net", 0, "A", { 0 } },
+	[OP_SETNS_NET] = { "setns_net", 0, "AT", { 0 } },
+	[OP_LINK_ADD] = { "link_add", 0, "AD", { &OPT_KIND, &OPT_PEER, &OPT_PEER_IN } },
+	[OP_LINK_DEL] = { "link_del", 0, "AD", { 0 } },
+	[OP_LINK_RENAME] = { "link_rename", 0, "ADD", { 0 } },
+	[OP_LINK_SET_NETNS] = { "link_set_netns", 0, "ADT", { 0 } },
+	[OP_LINK_UP] = { "link_up", 0, "AD", { 0 } },
+	[OP_LINK_DOWN] = { "link_down", 0, "AD", { 0 } },
 };
 
 struct op {
 	enum op_kind kind;
-	struct handle ret, actor, target;   /* target: reap's child, umount's mount, an fd */
+	struct handle ret, actor, target;   /* target: reap's child, umount's mount, an fd, the task
+					       of setns_net/link_set_netns */
+	struct handle peer_in;              /* link_add peer_in= (kind 0: none) */
 	int id;                             /* setuid/setgid */
-	int opt[2];                         /* index of each option's value in its choices */
+	int opt[MAX_OPTS];                  /* index of each choice option's value in its choices */
+	int ndev;
+	char dev[2][IFNAMSIZ];              /* the device; link_rename's new name or link_add's peer */
+	char value[16];                     /* write: the sysctl value text */
 	char path[MAX_PATH_TEXT + 1];
 };
 
@@ -475,12 +507,35 @@ static int parse_handle_arg(const char *w, const char *kinds, struct handle *h, 
 	return 0;
 }
 
+/* [a-z][a-z0-9]{0,14} that is not a handle (reference/program.py _device). */
+static int device_ok(const char *w)
+{
+	struct handle h;
+	size_t len = strlen(w);
+	if (len < 1 || len >= IFNAMSIZ || w[0] < 'a' || w[0] > 'z')
+		return 0;
+	for (size_t i = 1; i < len; i++) {
+		if (!((w[i] >= 'a' && w[i] <= 'z') || (w[i] >= '0' && w[i] <= '9')))
+			return 0;
+	}
+	return parse_handle(w, len, &h) < 0;
+}
+
+/* -?[0-9]{1,10} (reference/program.py _sysctl_value); kept as written. */
+static int sysctl_value_ok(const char *w)
+{
+	size_t digits = strlen(w + (w[0] == '-'));
+	return digits >= 1 && digits <= 10 && strspn(w + (w[0] == '-'), "0123456789") == digits;
+}
+
 static int parse_positional(char type, const char *w, struct op *op, struct parse_error *e)
 {
 	const char *problem;
 	switch (type) {
 	case 'A':
 		return parse_handle_arg(w, "pt", &op->actor, e);
+	case 'T':
+		return parse_handle_arg(w, "pt", &op->target, e);
 	case 'p':
 	case 'm':
 	case 'f':
@@ -498,50 +553,65 @@ static int parse_positional(char type, const char *w, struct op *op, struct pars
 		return 0;
 	case 'I':
 		return parse_id(w, &op->id) < 0 ? fail(e, "expected a uid/gid in 0..65534, got '%s'", w) : 0;
+	case 'D':
+		if (!device_ok(w))
+			return fail(e, "expected a device name [a-z][a-z0-9]{0,14} that is not a handle, got '%.40s'", w);
+		strcpy(op->dev[op->ndev++], w);
+		return 0;
+	case 'V':
+		if (!sysctl_value_ok(w))
+			return fail(e, "expected an integer sysctl value, got '%.40s'", w);
+		strcpy(op->value, w);
+		return 0;
 	}
 	return fail(e, "internal: bad argument type");
 }
 
-static int parse_option(const struct op_spec *spec, const char *w, struct op *op,
-			int seen[2], struct parse_error *e)
+/* Checks the (last) value given for option i of spec. */
+static int parse_option(const struct op_spec *spec, int i, const char *value, struct op *op,
+			struct parse_error *e)
 {
-	const char *eq = strchr(w, '=');
-	for (int i = 0; i < 2 && spec->opts[i]; i++) {
-		const struct option_spec *o = spec->opts[i];
-		if (strlen(o->name) != (size_t)(eq - w) || strncmp(w, o->name, eq - w) != 0)
-			continue;
-		if (seen[i]++)
-			return fail(e, "%s: %s given twice", spec->name, o->name);
-		for (int c = 0; c < 5 && o->choices[c]; c++) {
-			if (strcmp(eq + 1, o->choices[c]) == 0) {
-				op->opt[i] = c;
-				return 0;
-			}
-		}
-		return fail(e, "%s %s: bad value '%s'", spec->name, o->name, eq + 1);
+	const struct option_spec *o = spec->opts[i];
+	if (o->type == 'D') {
+		if (!*value)
+			return 0;
+		if (!device_ok(value))
+			return fail(e, "%s %s: bad device name '%.40s'", spec->name, o->name, value);
+		strcpy(op->dev[1], value);
+		return 0;
 	}
-	return fail(e, "%s: unknown option '%s'", spec->name, w);
+	if (o->type == 'T')
+		return *value ? parse_handle_arg(value, "pt", &op->peer_in, e) : 0;
+	for (int c = 0; c < 5 && o->choices[c]; c++) {
+		if (strcmp(value, o->choices[c]) == 0) {
+			op->opt[i] = c;
+			return 0;
+		}
+	}
+	return fail(e, "%s %s: bad value '%.40s'", spec->name, o->name, value);
 }
 
-static int split_words(char *line, char *words[MAX_WORDS])
+/* Splits a normalised line (the only blank is ' ') in place. */
+static int split_words(char *line, char **words)
 {
 	int n = 0;
-	for (char *w = strtok(line, " \t\r"); w; w = strtok(NULL, " \t\r")) {
-		if (n == MAX_WORDS)
-			return -1;
+	for (char *w = strtok(line, " "); w; w = strtok(NULL, " "))
 		words[n++] = w;
-	}
 	return n;
 }
 
-/* Parses one non-blank line `[ret =] kind positional... key=value...`. */
+/*
+ * Parses one non-blank line `[ret =] kind positional... key=value...`.  As reference/program.py:
+ * positional words and options may come in any order, and of an option given more than once
+ * the last value counts (program.py collects options in a dict).
+ */
 static int parse_line(char *line, struct op *op, struct parse_error *e)
 {
-	char *words[MAX_WORDS], *ret = NULL;
-	int n = split_words(line, words), first = 0, npos = 0, seen[2] = { 0, 0 };
+	static char *words[MAX_WORDS];
+	char *ret = NULL;
+	const char *optval[MAX_OPTS] = { 0 };
+	int n = split_words(line, words), first = 0, npos = 0;
 	memset(op, 0, sizeof *op);
-	if (n < 0)
-		return fail(e, "too many words");
 	if (n >= 1 && strchr(words[0], '=')) {     /* "p2=spawn", "p2= spawn", as program.py */
 		ret = words[0];
 		words[0] = strchr(words[0], '=');
@@ -563,18 +633,32 @@ static int parse_line(char *line, struct op *op, struct parse_error *e)
 		return fail(e, "unknown op '%.40s'", words[first]);
 	const struct op_spec *spec = &op_specs[op->kind];
 	for (int i = first + 1; i < n; i++) {
-		int rc;
-		if (strchr(words[i], '='))
-			rc = parse_option(spec, words[i], op, seen, e);
-		else if (npos < (int)strlen(spec->args))
+		char *eq = strchr(words[i], '=');
+		int rc = 0, o = 0;
+		if (eq) {
+			for (; o < MAX_OPTS && spec->opts[o]; o++) {
+				if (strlen(spec->opts[o]->name) == (size_t)(eq - words[i]) &&
+				    strncmp(words[i], spec->opts[o]->name, eq - words[i]) == 0)
+					break;
+			}
+			if (o == MAX_OPTS || !spec->opts[o])
+				rc = fail(e, "%s: unknown option '%.40s'", spec->name, words[i]);
+			else
+				optval[o] = eq + 1;
+		} else if (npos < (int)strlen(spec->args)) {
 			rc = parse_positional(spec->args[npos++], words[i], op, e);
-		else
+		} else {
 			rc = fail(e, "%s takes %zu positional argument(s)", spec->name, strlen(spec->args));
+		}
 		if (rc < 0)
 			return rc;
 	}
 	if (npos != (int)strlen(spec->args))
 		return fail(e, "%s takes %zu positional argument(s)", spec->name, strlen(spec->args));
+	for (int o = 0; o < MAX_OPTS; o++) {
+		if (optval[o] && parse_option(spec, o, optval[o], op, e) < 0)
+			return -1;
+	}
 	if (op->ret.kind && !spec->creates)
 		return fail(e, "%s does not create a handle", spec->name);
 	if (op->ret.kind != spec->creates)
@@ -585,8 +669,8 @@ static int parse_line(char *line, struct op *op, struct parse_error *e)
 /* Handles must be created before use and only once; p1 exists from the start. */
 static int check_handles(const struct op *op, struct defined *d, struct parse_error *e)
 {
-	const struct handle *used[] = { &op->actor, &op->target };
-	for (size_t i = 0; i < 2; i++) {
+	const struct handle *used[] = { &op->actor, &op->target, &op->peer_in };
+	for (size_t i = 0; i < sizeof used / sizeof used[0]; i++) {
 		if (used[i]->kind && used[i]->n && !is_defined(d, *used[i]))
 			return fail(e, "handle %c%d is used before it is created", used[i]->kind, used[i]->n);
 	}
@@ -596,6 +680,8 @@ static int check_handles(const struct op *op, struct defined *d, struct parse_er
 		if (!is_defined(d, h))
 			return fail(e, "handle %c%d is used before it is created", h.kind, h.n);
 	}
+	if (op->kind == OP_LINK_ADD && (op->opt[0] == 1) != (op->dev[1][0] != '\0'))
+		return fail(e, "a veth needs peer=NAME, and only a veth has a peer");
 	if (op->kind == OP_EXIT && op->actor.kind == 'p' && op->actor.n == 1)
 		return fail(e, "p1 is the sandbox init and cannot exit");
 	if (op->ret.kind) {
@@ -606,29 +692,61 @@ static int check_handles(const struct op *op, struct defined *d, struct parse_er
 	return 0;
 }
 
+/*
+ * program.py splits lines with str.splitlines() and words with str.split(), which know more
+ * line breaks and blanks than '\n' and ' ': the text is first rewritten, byte for byte in
+ * length, so that every line break is '\n' and every other blank is ' ' (the UTF-8 ones
+ * included).  No valid word contains any of them, so this changes no accepted program.
+ */
+static void normalise_blanks(char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i], c1 = i + 1 < len ? s[i + 1] : 0,
+			      c2 = i + 2 < len ? s[i + 2] : 0;
+		if (c == '\r')
+			s[i] = c1 == '\n' ? ' ' : '\n';
+		else if (c == 0x0b || c == 0x0c || (c >= 0x1c && c <= 0x1e))
+			s[i] = '\n';
+		else if (c == '\t' || c == 0x1f)
+			s[i] = ' ';
+		else if (c == 0xc2 && (c1 == 0x85 || c1 == 0xa0)) {             /* NEL, NBSP */
+			s[i] = c1 == 0x85 ? '\n' : ' ';
+			s[++i] = ' ';
+		} else if ((c == 0xe2 && c1 == 0x80 && (c2 <= 0x8a || c2 == 0xa8 || c2 == 0xa9 || c2 == 0xaf)) ||
+			   (c == 0xe2 && c1 == 0x81 && c2 == 0x9f) || (c == 0xe1 && c1 == 0x9a && c2 == 0x80) ||
+			   (c == 0xe3 && c1 == 0x80 && c2 == 0x80)) {
+			if (c2 < 0x80)
+				continue;       /* not a UTF-8 sequence */
+			s[i] = c == 0xe2 && c1 == 0x80 && (c2 == 0xa8 || c2 == 0xa9) ? '\n' : ' ';
+			s[++i] = ' ';
+			s[++i] = ' ';
+		}
+	}
+}
+
 static int parse_program(const char *text, size_t len, struct program *prog, struct parse_error *e)
 {
+	static char copy[MAX_TEXT + 1];
 	struct defined d;
 	memset(&d, 0, sizeof d);
 	d.seen[0][1] = 1;
 	prog->nops = 0;
 	if (len > MAX_TEXT)
 		return fail(e, "program text exceeds %d bytes", MAX_TEXT);
-	if (memchr(text, '\0', len))
-		return fail(e, "program text contains a NUL byte");
+	memcpy(copy, text, len);
+	normalise_blanks(copy, len);
 	for (size_t pos = 0, lineno = 1; pos < len; lineno++) {
-		const char *nl = memchr(text + pos, '\n', len - pos);
-		size_t n = (nl ? (size_t)(nl - text) : len) - pos;
-		char line[MAX_LINE + 1];
-		if (n > MAX_LINE)
-			return fail(e, "line %zu: longer than %d bytes", lineno, MAX_LINE);
-		memcpy(line, text + pos, n);
-		line[n] = '\0';
+		char *line = copy + pos, *nl = memchr(line, '\n', len - pos);
+		size_t n = nl ? (size_t)(nl - line) : len - pos;
 		pos += n + 1;
-		char *comment = strchr(line, '#');
+		line[n] = '\0';                 /* the '\n', or the byte after the text */
+		char *comment = memchr(line, '#', n);
 		if (comment)
 			*comment = '\0';
-		if (line[strspn(line, " \t\r")] == '\0')
+		n = comment ? (size_t)(comment - line) : n;
+		if (memchr(line, '\0', n))      /* a NUL in a comment is fine, as in program.py */
+			return fail(e, "line %zu: contains a NUL byte", lineno);
+		if (line[strspn(line, " ")] == '\0')
 			continue;
 		if (prog->nops == MAX_OPS)
 			return fail(e, "program has more than %d ops", MAX_OPS);
@@ -647,9 +765,11 @@ static int parse_program(const char *text, size_t len, struct program *prog, str
 struct cmd {
 	enum op_kind kind;
 	int num;                  /* fd number, pid, uid/gid, the new task's handle number, lazy */
-	int flag;                 /* spawn: newpid */
+	int flag;                 /* spawn: newpid; link_add: veth */
 	char path[PATH_CAP];
-	char data[DATA_CAP];
+	char data[DATA_CAP];      /* mount options; write: the bytes to write */
+	char name[IFNAMSIZ];      /* link ops: the device */
+	char name2[IFNAMSIZ];     /* link_rename: the new name; link_add: the veth peer */
 };
 
 /* The calling task's view of itself: its channel, and whether it is a thread handle. */
@@ -716,6 +836,7 @@ static void serve_actor(struct actor *self)
 			put_errno(out, EPROTO);
 		} else {
 			c.path[PATH_CAP - 1] = c.data[DATA_CAP - 1] = '\0';
+			c.name[IFNAMSIZ - 1] = c.name2[IFNAMSIZ - 1] = '\0';
 			perform(self, &c, passfd, out, &answer);
 		}
 		if (answer)
@@ -979,10 +1100,195 @@ static void act_getdents(int fd, char *out)
 		close(own);
 }
 
+static void act_write(int fd, const char *data, char *out)
+{
+	size_t len = strlen(data);
+	ssize_t n = pwrite(fd, data, len, 0);
+	if (n < 0)
+		put_errno(out, errno);
+	else if ((size_t)n == len)
+		strcpy(out, "ok");
+	else
+		sprintf(out, "ok:%zd", n);
+}
+
+/* ---- actors: rtnetlink -------------------------------------------------------------------- */
+
+/* One request: header, ifinfomsg, attributes. */
+struct nl_request {
+	struct nlmsghdr h;
+	struct ifinfomsg ifi;
+	char attrs[512];
+};
+
+static struct rtattr *nl_attr(struct nl_request *r, int type, const void *data, size_t len)
+{
+	struct rtattr *a = (struct rtattr *)((char *)r + NLMSG_ALIGN(r->h.nlmsg_len));
+	a->rta_type = type;
+	a->rta_len = RTA_LENGTH(len);
+	if (len)
+		memcpy(RTA_DATA(a), data, len);
+	r->h.nlmsg_len = NLMSG_ALIGN(r->h.nlmsg_len) + RTA_ALIGN(a->rta_len);
+	return a;
+}
+
+static void nl_str(struct nl_request *r, int type, const char *s)
+{
+	nl_attr(r, type, s, strlen(s) + 1);
+}
+
+/* A nest covers everything added after it until nl_end. */
+static void nl_end(struct nl_request *r, struct rtattr *nest)
+{
+	nest->rta_len = (char *)r + r->h.nlmsg_len - (char *)nest;
+}
+
+static void nl_init(struct nl_request *r, int type, int flags)
+{
+	memset(r, 0, sizeof *r);
+	r->h.nlmsg_len = NLMSG_LENGTH(sizeof r->ifi);
+	r->h.nlmsg_type = type;
+	r->h.nlmsg_flags = NLM_F_REQUEST | flags;
+	r->h.nlmsg_seq = 1;
+	r->ifi.ifi_family = AF_UNSPEC;
+}
+
+/*
+ * Sends r on the NETLINK_ROUTE socket sk and reads the answer: 0 for an ack with error 0,
+ * a positive errno otherwise.  With index != NULL (an RTM_GETLINK) the answer is the device's
+ * RTM_NEWLINK, whose ifi_index is stored there.
+ */
+static int nl_talk(int sk, struct nl_request *r, int *index)
+{
+	static __thread char buf[16384];
+	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+	if (sendto(sk, r, r->h.nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0)
+		return errno;
+	for (;;) {
+		ssize_t n = recv(sk, buf, sizeof buf, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return errno;
+		if (n == 0)
+			return EPROTO;
+		for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+			if (h->nlmsg_seq != r->h.nlmsg_seq)
+				continue;
+			if (h->nlmsg_type == NLMSG_ERROR) {
+				const struct nlmsgerr *err = NLMSG_DATA(h);
+				if (h->nlmsg_len < NLMSG_LENGTH(sizeof *err))
+					return EPROTO;
+				return err->error ? -err->error : (index ? EPROTO : 0);
+			}
+			if (index && h->nlmsg_type == RTM_NEWLINK &&
+			    h->nlmsg_len >= NLMSG_LENGTH(sizeof(struct ifinfomsg))) {
+				*index = ((const struct ifinfomsg *)NLMSG_DATA(h))->ifi_index;
+				return 0;
+			}
+		}
+	}
+}
+
+/* The index of device name in the socket's network namespace, or -errno (ENODEV). */
+static int nl_index(int sk, const char *name)
+{
+	struct nl_request r;
+	int index = 0;
+	nl_init(&r, RTM_GETLINK, 0);
+	nl_str(&r, IFLA_IFNAME, name);
+	int err = nl_talk(sk, &r, &index);
+	return err ? -err : index;
+}
+
+/*
+ * The link ops.  The socket is opened by the actor's own thread, so it belongs to that thread's
+ * network namespace; nsfd is the namespace fd the controller passed (-1: none).
+ */
+static void act_link(const struct cmd *c, int nsfd, char *out)
+{
+	struct nl_request r;
+	struct rtattr *info, *data, *peer;
+	int err = 0;
+	if (c->kind == OP_LINK_SET_NETNS && nsfd < 0) {
+		put_errno(out, EPROTO);
+		return;
+	}
+	int sk = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	if (sk < 0) {
+		put_errno(out, errno);
+		return;
+	}
+	switch (c->kind) {
+	case OP_LINK_ADD:
+		nl_init(&r, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK);
+		nl_str(&r, IFLA_IFNAME, c->name);
+		info = nl_attr(&r, IFLA_LINKINFO, NULL, 0);
+		nl_str(&r, IFLA_INFO_KIND, c->flag ? "veth" : "dummy");
+		if (c->flag) {
+			data = nl_attr(&r, IFLA_INFO_DATA, NULL, 0);
+			struct ifinfomsg peer_ifi = { .ifi_family = AF_UNSPEC };
+			peer = nl_attr(&r, VETH_INFO_PEER, &peer_ifi, sizeof peer_ifi);
+			nl_str(&r, IFLA_IFNAME, c->name2);
+			if (nsfd >= 0)
+				nl_attr(&r, IFLA_NET_NS_FD, &(uint32_t){ nsfd }, sizeof(uint32_t));
+			nl_end(&r, peer);
+			nl_end(&r, data);
+		}
+		nl_end(&r, info);
+		err = nl_talk(sk, &r, NULL);
+		break;
+	case OP_LINK_DEL:
+		nl_init(&r, RTM_DELLINK, NLM_F_ACK);
+		nl_str(&r, IFLA_IFNAME, c->name);
+		err = nl_talk(sk, &r, NULL);
+		break;
+	default: {          /* by index: rename, set_netns, up, down */
+		int index = nl_index(sk, c->name);
+		if (index <= 0) {
+			err = index < 0 ? -index : ENODEV;
+			break;
+		}
+		nl_init(&r, RTM_NEWLINK, NLM_F_ACK);
+		r.ifi.ifi_index = index;
+		if (c->kind == OP_LINK_RENAME)
+			nl_str(&r, IFLA_IFNAME, c->name2);
+		else if (c->kind == OP_LINK_SET_NETNS)
+			nl_attr(&r, IFLA_NET_NS_FD, &(uint32_t){ nsfd }, sizeof(uint32_t));
+		else {
+			r.ifi.ifi_change = IFF_UP;
+			r.ifi.ifi_flags = c->kind == OP_LINK_UP ? IFF_UP : 0;
+		}
+		err = nl_talk(sk, &r, NULL);
+		break;
+	}
+	}
+	close(sk);
+	if (err)
+		put_errno(out, err);
+	else
+		strcpy(out, "ok");
+}
+
+static void act_setns_net(int nsfd, char *out)
+{
+	if (nsfd < 0)
+		put_errno(out, EPROTO);
+	else
+		put_status(out, setns(nsfd, CLONE_NEWNET));
+}
+
+/* The ops that take an fd from the controller with the command. */
+static int takes_fd(enum op_kind kind)
+{
+	return kind == OP_SPAWN || kind == OP_SPAWN_THREAD || kind == OP_SETNS_NET ||
+	       kind == OP_LINK_ADD || kind == OP_LINK_SET_NETNS;
+}
+
 /* Executes one command; *answer = 0 when the caller must not reply (a spawn's child). */
 static void perform(struct actor *self, const struct cmd *c, int passfd, char *out, int *answer)
 {
-	if (passfd >= 0 && c->kind != OP_SPAWN && c->kind != OP_SPAWN_THREAD) {
+	if (passfd >= 0 && !takes_fd(c->kind)) {
 		close(passfd);
 		passfd = -1;
 	}
@@ -1004,8 +1310,19 @@ static void perform(struct actor *self, const struct cmd *c, int passfd, char *o
 	case OP_READLINK: act_readlink(c->path, out); break;
 	case OP_READ: act_read(c->num, out); break;
 	case OP_GETDENTS: act_getdents(c->num, out); break;
+	case OP_WRITE: act_write(c->num, c->data, out); break;
+	case OP_UNSHARE_NET: put_status(out, unshare(CLONE_NEWNET)); break;
+	case OP_SETNS_NET: act_setns_net(passfd, out); break;
+	case OP_LINK_ADD:
+	case OP_LINK_DEL:
+	case OP_LINK_RENAME:
+	case OP_LINK_SET_NETNS:
+	case OP_LINK_UP:
+	case OP_LINK_DOWN: act_link(c, passfd, out); break;
 	default: put_errno(out, EPROTO); break;
 	}
+	if (passfd >= 0 && c->kind != OP_SPAWN && c->kind != OP_SPAWN_THREAD)
+		close(passfd);
 }
 
 static void redirect_stdio(void)
@@ -1350,11 +1667,31 @@ static void ctl_drop_caches(char *result)
 	close(fd);
 }
 
+/*
+ * Opens the network namespace of task h in the controller's (root) /proc, for passing to an
+ * actor; -1 with *err set.  A task that never came alive has none: ENOENT.
+ */
+static int open_netns_of(struct sandbox *sb, struct handle h, int *err)
+{
+	struct task *t = task_of(sb, h);
+	char path[64];
+	if (!t->created) {
+		*err = ENOENT;
+		return -1;
+	}
+	snprintf(path, sizeof path, "/proc/%ld/ns/net", t->nspid[0]);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	*err = errno;
+	return fd;
+}
+
 /* The ops that are one command to one actor. */
 static void ctl_simple(struct sandbox *sb, const struct op *op, char *result)
 {
 	struct task *a = task_of(sb, op->actor);
 	struct cmd c = { .kind = op->kind };
+	const struct handle *netns_of = NULL;      /* whose network namespace goes with c */
+	int nsfd = -1, err;
 	switch (op->kind) {
 	case OP_REAP:
 		c.num = pid_in_ns(sb, task_of(sb, op->target), a->ns);
@@ -1381,6 +1718,27 @@ static void ctl_simple(struct sandbox *sb, const struct op *op, char *result)
 	case OP_GETDENTS:
 		c.num = op->target.n ? HELD_FD_BASE + op->target.n : -1;
 		break;
+	case OP_WRITE:
+		c.num = HELD_FD_BASE + op->target.n;
+		snprintf(c.data, sizeof c.data, "%s\n", op->value);
+		break;
+	case OP_SETNS_NET:
+		netns_of = &op->target;
+		break;
+	case OP_LINK_ADD:
+	case OP_LINK_DEL:
+	case OP_LINK_RENAME:
+	case OP_LINK_SET_NETNS:
+	case OP_LINK_UP:
+	case OP_LINK_DOWN:
+		strcpy(c.name, op->dev[0]);
+		strcpy(c.name2, op->dev[1]);
+		c.flag = op->kind == OP_LINK_ADD && op->opt[0] == 1;     /* veth */
+		if (op->kind == OP_LINK_SET_NETNS)
+			netns_of = &op->target;
+		else if (c.flag && op->peer_in.kind)
+			netns_of = &op->peer_in;    /* a dummy ignores peer_in (validate() allows it) */
+		break;
 	default:
 		break;
 	}
@@ -1388,7 +1746,14 @@ static void ctl_simple(struct sandbox *sb, const struct op *op, char *result)
 		put_errno(result, ENAMETOOLONG);
 		return;
 	}
-	request(a, &c, -1, result);
+	/* A dead actor does nothing, so its op is `dead` before the namespace is looked at. */
+	if (netns_of && a->chan >= 0 && (nsfd = open_netns_of(sb, *netns_of, &err)) < 0) {
+		put_errno(result, err);
+		return;
+	}
+	request(a, &c, nsfd, result);
+	if (nsfd >= 0)
+		close(nsfd);
 }
 
 static void run_op(struct sandbox *sb, const struct op *op, char *result)
@@ -1716,12 +2081,32 @@ static int serve(const char *dev)
 	}
 }
 
+/* `agent parse`: the program on stdin is accepted (`ok`) or not (the E frame's text). */
+static int parse_stdin(void)
+{
+	static char text[MAX_TEXT + 2];
+	static struct program prog;
+	struct parse_error e;
+	size_t len = 0;
+	ssize_t n;
+	while (len < sizeof text && (n = read(0, text + len, sizeof text - len)) > 0)
+		len += n;
+	if (parse_program(text, len, &prog, &e) < 0) {
+		printf("program: %s\n", e.msg);
+		return 1;
+	}
+	printf("ok\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && strcmp(argv[1], "serve") == 0)
 		return serve(argv[2]);
 	if (argc == 3 && strcmp(argv[1], "actor") == 0)
 		return actor_main(argv[0], argv[2]);
-	fprintf(stderr, "usage: agent serve <device>|-\n       agent actor <fd>\n");
+	if (argc == 2 && strcmp(argv[1], "parse") == 0)
+		return parse_stdin();
+	fprintf(stderr, "usage: agent serve <device>|-\n       agent actor <fd>\n       agent parse\n");
 	return 2;
 }
