@@ -329,6 +329,7 @@ enum { MAX_OPTS = 3 };
 
 static const struct option_spec OPT_NEWPID = { "newpid", 0, { "0", "1" } };
 static const struct option_spec OPT_LAZY = { "lazy", 0, { "0", "1" } };
+static const struct option_spec OPT_RW = { "rw", 0, { "0", "1" } };
 static const struct option_spec OPT_HIDEPID = { "hidepid", 0, { "off", "noaccess", "invisible", "ptraceable" } };
 static const struct option_spec OPT_SUBSET = { "subset", 0, { "none", "pid" } };
 static const struct option_spec OPT_KIND = { "kind", 0, { "dummy", "veth" } };
@@ -357,7 +358,7 @@ static const struct op_spec op_specs[OP_KINDS] = {
 	[OP_SETGID] = { "setgid", 0, "AI", { 0 } },
 	[OP_MOUNT_PROC] = { "mount_proc", 'm', "A", { &OPT_HIDEPID, &OPT_SUBSET } },
 	[OP_UMOUNT] = { "umount", 0, "Am", { &OPT_LAZY } },
-	[OP_OPEN] = { "open", 'f', "AP", { 0 } },
+	[OP_OPEN] = { "open", 'f', "AP", { &OPT_RW } },
 	[OP_CLOSE] = { "close", 0, "Af", { 0 } },
 	[OP_CHDIR] = { "chdir", 0, "AP", { 0 } },
 	[OP_DROP_CACHES] = { "drop_caches", 0, "", { 0 } },
@@ -765,7 +766,7 @@ static int parse_program(const char *text, size_t len, struct program *prog, str
 struct cmd {
 	enum op_kind kind;
 	int num;                  /* fd number, pid, uid/gid, the new task's handle number, lazy */
-	int flag;                 /* spawn: newpid; link_add: veth */
+	int flag;                 /* spawn: newpid; open: rw; link_add: veth */
 	char path[PATH_CAP];
 	char data[DATA_CAP];      /* mount options; write: the bytes to write */
 	char name[IFNAMSIZ];      /* link ops: the device */
@@ -965,9 +966,9 @@ static void act_exec(char *out)
 	put_errno(out, errno);
 }
 
-static void act_open(const char *path, int target, char *out)
+static void act_open(const char *path, int target, int rw, char *out)
 {
-	int fd = open(path, O_RDONLY);
+	int fd = open(path, rw ? O_RDWR : O_RDONLY);
 	if (fd < 0) {
 		put_errno(out, errno);
 		return;
@@ -1302,7 +1303,7 @@ static void perform(struct actor *self, const struct cmd *c, int passfd, char *o
 	case OP_SETGID: put_status(out, setgid(c->num)); break;
 	case OP_MOUNT_PROC: put_status(out, mount("proc", c->path, "proc", 0, c->data)); break;
 	case OP_UMOUNT: put_status(out, umount2(c->path, c->num ? MNT_DETACH : 0)); break;
-	case OP_OPEN: act_open(c->path, c->num, out); break;
+	case OP_OPEN: act_open(c->path, c->num, c->flag, out); break;
 	case OP_CLOSE: put_status(out, close(c->num)); break;
 	case OP_CHDIR: put_status(out, chdir(c->path)); break;
 	case OP_LOOKUP: act_lookup(c->path, out); break;
@@ -1712,6 +1713,7 @@ static void ctl_simple(struct sandbox *sb, const struct op *op, char *result)
 		break;
 	case OP_OPEN:
 		c.num = HELD_FD_BASE + op->ret.n;
+		c.flag = op->opt[0];
 		break;
 	case OP_CLOSE:
 	case OP_READ:

@@ -6,11 +6,15 @@ Builds the agent (unless a binary is given), starts `agent serve -` in a private
 namespace with a tmpfs on /mnt, and checks op semantics and the protocol against the host
 kernel.  `python3 targets/agent/hosttest.py --run 'p2 = spawn p1'` runs one program and
 prints its results.
+
+The network checks need veth on the host; the dummy checks run only when the host kernel can
+create a dummy device (a kernel without CONFIG_DUMMY answers EOPNOTSUPP, and they are skipped).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import select
 import struct
 import subprocess
@@ -22,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
 
+from reference.program import ProgramError, parse_text  # noqa: E402
 from reference.trace import fnv1a64  # noqa: E402
 
 
@@ -213,13 +218,23 @@ def check_dead_dirs(a: Agent) -> None:
 
 def check_bad_input(a: Agent) -> None:
     for text, what in [
+        ("link_add p1 v0 kind=veth\n", "veth needs peer"), ("link_add p1 d0 peer=d1\n", "veth needs peer"),
+        ("link_add p1 p2\n", "device name"), ("link_add p1 abcdefghijklmnop\n", "device name"),
+        ("link_add p1 D0\n", "device name"), ("link_add p1 0a\n", "device name"),
+        ("link_add p1 v0 kind=veth peer=v1 peer_in=p2\n", "before it is created"),
+        ("link_add p1 v0 kind=veth peer=v1 peer_in=m1\n", "handle"),
+        ("link_rename p1 d0\n", "positional"), ("setns_net p1 p7\n", "before it is created"),
+        ("setns_net p1 m1\n", "handle"), ("link_set_netns p1 d0 f1\n", "handle"),
+        ("f1 = open p1 x\nwrite p1 f1 12345678901\n", "sysctl value"),
+        ("f1 = open p1 x\nwrite p1 f1 +1\n", "sysctl value"), ("write p1 f1 1\n", "before it is created"),
+        ("link_add p1 d0 kind=bridge\n", "bad value"), ("unshare_net p1 p1\n", "positional"),
         ("p2 = frobnicate p1\n", "unknown op"), ("p2 = spawn p9\n", "before it is created"),
         ("p2 = spawn p1\np2 = spawn p1\n", "created twice"), ("exit p1\n", "cannot exit"),
         ("p65 = spawn p1\n", "exceeds the limit"), ("lookup p1 /proc\n", "absolute"),
         ("lookup p1 {p1}\n", "need a {mN}"), ("m1 = mount_proc p1 hidepid=2\n", "bad value"),
         ("spawn p1\n", "creates a handle"), ("p2 = lookup p1 x\n", "does not create"),
         ("setuid p1 007\n", "uid/gid"), ("lookup p1 a b\n", "positional"),
-        ("p2 = spawn p1 newpid=1 newpid=0\n", "twice"), ("p2 x = spawn p1\n", "unknown op"),
+        ("p2 = spawn p1 newpid=1 newpid=2\n", "bad value"), ("p2 x = spawn p1\n", "unknown op"),
         ("lookup p1 {m1\n", "malformed"),
         ("lookup p1 a\x00b\n", "NUL"), ("x\n" * 300, "unknown op"),
         ("drop_caches\n" * 257, "more than 256"),
@@ -241,6 +256,130 @@ def check_bad_input(a: Agent) -> None:
     a.send("C", b"nonsense")
     assert a.frame()[0] == "E"
     expect(a, prog("p2 = spawn p1"), ["ok:2"])
+    # what program.py accepts beyond canonical text: repeated options (the last counts), the
+    # blanks and line breaks of str.split()/splitlines(), long lines, a NUL in a comment
+    for text, results in [("p2 = spawn p1 newpid=1 newpid=0\n", ["ok:2"]),
+                          ("p2 = spawn p1\rp3 = spawn p2\x0bp4 = spawn p3\x1cp5 = spawn p4\n",
+                           ["ok:2", "ok:3", "ok:4", "ok:5"]),
+                          ("p2\x1f=\tspawn\u3000p1 # \x00\n", ["ok:2"]),
+                          ("p2 = spawn p1" + " " * 600 + "# " + "x" * 600 + "\n", ["ok:2"]),
+                          ("link_add p1 v0 peer=v1 kind=veth kind=dummy kind=veth peer_in=\n", ["ok"])]:
+        assert a.run(text) == results, (text, a.run(text))
+
+
+CONF = "{m1}/sys/net/ipv4/conf"
+
+
+def check_net(a: Agent) -> None:
+    """Network namespaces per thread, veth pairs across namespaces, netns fds for targets."""
+    expect(a, prog("m1 = mount_proc p1", "p2 = spawn p1", "t1 = spawn_thread p1", "unshare_net p2",
+                   "unshare_net t1", "link_add p1 v0 kind=veth peer=v1 peer_in=p2",
+                   "link_add t1 v2 kind=veth peer=v3 peer_in=p2", f"readdir p1 {CONF}",
+                   f"readdir p2 {CONF}", f"readdir t1 {CONF}", "p3 = spawn t1", f"readdir p3 {CONF}",
+                   f"f1 = open p1 {CONF}/v0/forwarding rw=1", "read p1 f1", "write p1 f1 1",
+                   f"f2 = open p1 {CONF}/v0", "link_del p2 v1", "read p1 f1", "getdents p1 f2",
+                   f"readdir p1 {CONF}", "link_del p1 v0", "write p1 f1 1", "link_up p1 lo",
+                   "link_set_netns p1 lo p2", "link_del p1 lo", "link_add p1 lo kind=veth peer=x",
+                   "link_add p1 v4 kind=veth peer=v4", "link_rename p1 nosuch x", "link_up p1 nosuch",
+                   "link_down p1 nosuch", "link_del p1 nosuch", "link_set_netns p1 nosuch p2",
+                   "setns_net p1 t1", f"readdir p1 {CONF}", "setns_net t1 p2", f"readdir t1 {CONF}",
+                   "link_set_netns t1 v3 p1", f"readdir p1 {CONF}", f"readdir t1 {CONF}",
+                   "link_rename p1 v3 w3", "link_add p1 v5 kind=veth peer=v6", "link_rename p1 v5 w3",
+                   "link_set_netns p1 w3 p1", "link_set_netns p1 v6 t1", f"readdir t1 {CONF}"),
+           ["ok", "ok:2", "ok:3", "ok", "ok", "ok", "ok", "ok:all,default,lo,v0",
+            "ok:all,default,lo,v1,v3", "ok:all,default,lo,v2", "ok:4", "ok:all,default,lo,v2",
+            "ok", "ok:2:" + fnv1a64(b"0\n"), "ok", "ok", "ok", "ENOENT", "ENOENT",
+            "ok:all,default,lo", "ENODEV", "ENOENT", "ok",
+            "EINVAL", "EOPNOTSUPP", "EEXIST", "EEXIST", "ENODEV", "ENODEV",
+            "ENODEV", "ENODEV", "ENODEV",
+            "ok", "ok:all,default,lo,v2", "ok", "ok:all,default,lo,v3",
+            "ok", "ok:all,default,lo,v2,v3", "ok:all,default,lo",
+            "ok", "ok", "EEXIST", "ok", "ok", "ok:all,default,lo,v6"])
+    # targets that are not (or no longer) alive; privileges; a dead actor does nothing
+    expect(a, prog("p2 = spawn p1", "setuid p2 1000", "p3 = spawn p2 newpid=1", "setns_net p1 p3",
+                   "link_add p1 v0 kind=veth peer=v1 peer_in=p3", "link_set_netns p1 lo p3",
+                   "link_add p1 d0 peer_in=p3", "setns_net p2 p1", "unshare_net p2",
+                   "link_add p2 v0 kind=veth peer=v1", "link_del p2 lo", "link_up p2 lo",
+                   "t1 = spawn_thread p1", "exit t1", "setns_net p1 t1", "exit p2", "setns_net p1 p2",
+                   "reap p1 p2", "setns_net p1 p2", "setns_net p2 p1", "setns_net p2 p3",
+                   "unshare_net p2", "link_add p2 v0 kind=veth peer=v1"),
+           ["ok:2", "ok", "EPERM", "ENOENT", "ENOENT", "ENOENT", "*", "EPERM", "EPERM",
+            "EPERM", "EPERM", "EPERM", "ok:3", "ok", "ENOENT", "ok", "ENOENT", "ok",
+            "ENOENT", "dead", "dead", "dead", "dead"])
+
+
+def check_write(a: Agent) -> None:
+    # proc_dointvec parses with base 0: 0064 is octal 52, and 08 is 0 followed by garbage
+    expect(a, prog("m1 = mount_proc p1", "f1 = open p1 {m1}/sys/net/ipv4/ip_default_ttl rw=1",
+                   "read p1 f1", "write p1 f1 7", "read p1 f1", "write p1 f1 0", "write p1 f1 256",
+                   "write p1 f1 -1", "write p1 f1 9999999999", "write p1 f1 08", "write p1 f1 0064", "read p1 f1",
+                   "f2 = open p1 {m1}/sys/net/ipv4/ip_default_ttl", "write p1 f2 1",
+                   "f3 = open p1 {m1}/sys/net/ipv4/conf rw=1", "f4 = open p1 {m1}/sys/net/ipv4/conf",
+                   "write p1 f4 1", "f5 = open p1 {m1}/sys/net/ipv4/conf/lo/mc_forwarding rw=1",
+                   "p2 = spawn p1", "unshare_net p2", "read p2 f1", "write p2 f1 9", "read p1 f1"),
+           ["ok", "ok", "ok:3:" + fnv1a64(b"64\n"), "ok", "ok:2:" + fnv1a64(b"7\n"), "EINVAL",
+            "EINVAL", "EINVAL", "EINVAL", "EINVAL", "ok", "ok:3:" + fnv1a64(b"52\n"), "ok", "EBADF", "EISDIR", "ok",
+            "EBADF", "EACCES", "ok:2", "ok", "ok:3:" + fnv1a64(b"52\n"), "ok", "ok:2:" + fnv1a64(b"9\n")])
+
+
+def check_dummy(a: Agent) -> None:
+    if a.run(prog("link_add p1 d0")) == ["EOPNOTSUPP"]:
+        print("  the host kernel has no dummy device: skipped")
+        return
+    expect(a, prog("m1 = mount_proc p1", "link_add p1 d0", "link_add p1 d0", f"readdir p1 {CONF}",
+                   "p2 = spawn p1", "unshare_net p2", "link_add p2 d0", "link_set_netns p2 d0 p1",
+                   "link_rename p2 d0 d1", "link_set_netns p2 d1 p1", f"readdir p1 {CONF}",
+                   f"readdir p2 {CONF}", "link_add p1 d2 peer_in=p2", "link_del p1 d2"),
+           ["ok", "ok", "EEXIST", "ok:all,d0,default,lo", "ok:2", "ok", "ok", "EEXIST", "ok", "ok",
+            "ok:all,d0,d1,default,lo", "ok:all,default,lo", "ok", "ok"])
+
+
+def check_parse_agreement(binary: str, n: int = 3000) -> None:
+    """`agent parse` accepts exactly what reference/program.py parse_text accepts."""
+    rng = random.Random(7)
+    seeds = ["p2 = spawn p1 newpid=1", "t1 = spawn_thread p2", "m1 = mount_proc p1 hidepid=invisible",
+             "f1 = open p1 {m1}/sys/net/ipv4/conf/d0/forwarding rw=1", "write p1 f1 -12", "unshare_net t1",
+             "setns_net p1 t1", "link_add p1 d0", "link_add p2 v0 kind=veth peer=v1 peer_in=p1",
+             "link_add p1 d1 kind=dummy peer_in=t1", "link_del p1 d0", "link_rename p1 v1 w1",
+             "link_set_netns p1 w1 p2", "link_up p1 lo", "link_down t1 lo", "read p1 f1",
+             "getdents p1 cwd", "reap p1 p2", "setuid p1 1000", "umount p1 m1 lazy=1", "exit p2"]
+    vocab = ["p1", "p2", "t1", "t9", "m1", "f1", "p65", "p0", "p999", "p1000", "d0", "lo", "a" * 15,
+             "a" * 16, "kind=veth", "kind=dummy", "kind=", "peer=v9", "peer=", "peer=p1", "peer_in=p1",
+             "peer_in=", "peer_in=t9", "peer_in=d0", "newpid=1", "newpid=2", "lazy=1", "x=1", "=", "=x",
+             "1", "-1", "01", "-", "+1", "1234567890", "12345678901", "cwd", "{m1}", "{m1}/x", "A0", "rw=1",
+             "rw=0", "rw=",
+             "a_b", "Ab", "0a", "write", "link_add", "#", "hidepid=off"]
+    chars = [" ", "\t", "\r", "\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u2000",
+             "\u200b", "\u2028", "\u3000", "\x00", "#", "=", "{", "}", "\xe9", "\r\n"]
+    counts = [0, 0]
+    for _ in range(n):
+        body = [rng.choice(seeds) for _ in range(rng.randint(1, 4))]
+        for _ in range(rng.choice((0, 1, 1, 1, 2))):
+            line = rng.randrange(len(body))
+            words = body[line].split(" ")
+            spot = rng.randrange(len(words))
+            choice = rng.random()
+            if choice < 0.4:
+                words[spot] = rng.choice(vocab)
+            elif choice < 0.6:
+                words.insert(spot, rng.choice(vocab))
+            elif choice < 0.8:
+                cut = rng.randrange(len(words[spot]) + 1)
+                words[spot] = words[spot][:cut] + rng.choice(chars) + words[spot][cut:]
+            else:
+                words.append(rng.choice([w for w in words if "=" in w] or ["kind=veth"]))
+            body[line] = " ".join(words)
+        text = "\n".join(["p2 = spawn p1", "t1 = spawn_thread p2", "m1 = mount_proc p1",
+                          "f1 = open p1 {m1}/x"] + body) + "\n"
+        try:
+            parse_text(text)
+            python = True
+        except ProgramError:
+            python = False
+        out = subprocess.run([binary, "parse"], input=text.encode(), capture_output=True).stdout
+        assert (out == b"ok\n") == python, (text, out)
+        counts[python] += 1
+    print(f"  {n} mutated programs agree ({counts[1]} accepted)")
 
 
 def children(pid: int) -> list[str]:
@@ -262,6 +401,11 @@ def check_many(a: Agent, n: int = 100) -> None:
         expect(a, text, ["ok:2", "ok:3", "ok:4.1", "ok:5.2", "ok", "ok", "ok", "ok",
                          "ok:1,2,4,acpi*", "ok", "ok:2"])
     print(f"  {n} programs in {time.monotonic() - start:.2f} s")
+    text = prog("p2 = spawn p1", "t1 = spawn_thread p2", "unshare_net t1", "setns_net p1 t1",
+                "link_add p2 v0 kind=veth peer=v1 peer_in=t1", "link_set_netns t1 v1 p2",
+                "setns_net p2 p2", "p3 = spawn p2 newpid=1", "exit p3", "setns_net p1 p3")
+    for _ in range(n // 4):
+        expect(a, text, ["ok:2", "ok:3", "ok", "ok", "ok", "ok", "ok", "ok:4.1", "ok", "ENOENT"])
     after = controller_state(a)
     assert before == after, (before, after)
     assert after[1] == [], after
@@ -281,7 +425,8 @@ def check_hang(binary: str) -> None:
 
 
 CHECKS = [check_numbering, check_templates, check_zombies, check_threads, check_setuid_threads,
-          check_exec, check_hidepid, check_umount, check_dead_dirs, check_bad_input, check_many]
+          check_exec, check_hidepid, check_umount, check_dead_dirs, check_bad_input, check_net,
+          check_write, check_dummy, check_many]
 
 
 def main(argv: list[str]) -> int:
@@ -305,6 +450,8 @@ def main(argv: list[str]) -> int:
             a.close()
     print("check_hang")
     check_hang(binary)
+    print("check_parse_agreement")
+    check_parse_agreement(binary)
     print("all passed")
     return 0
 
