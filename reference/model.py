@@ -977,8 +977,10 @@ class Kernel:
         device = self._device(actor.netns, op.arg("name"))   # the agent's if_nametoindex
         self._net_admin(actor)
         new = op.arg("new")
-        if device.up:
-            raise Errno("EBUSY")             # dev_change_name: no rename while up
+        if device.up and self.profile.version < (6, 2):
+            # dev_change_name refused to rename an up device until 6.2 ("net: core: allow live
+            # renaming when an interface is up"); 6.12 renames it.
+            raise Errno("EBUSY")
         if new == device.name:
             return "ok"
         if self._name_taken(device.netns, new):

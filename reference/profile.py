@@ -45,6 +45,15 @@ class KernelProfile:
         return cls(str(doc.get("release", "")), root, dict(links), table("tgid"), table("tid"),
                    {key: dict(value) for key, value in sysctl.items()})
 
+    @property
+    def version(self) -> tuple[int, int]:
+        """(major, minor) from the release string, (0, 0) when it has none."""
+        head = self.release.split("-", 1)[0].split("+", 1)[0].split(".")
+        try:
+            return int(head[0]), int(head[1])
+        except (IndexError, ValueError):
+            return (0, 0)
+
     def to_json(self) -> dict:
         return {"release": self.release, "root": self.root, "root_links": self.root_links,
                 "tgid": self.tgid, "tid": self.tid, "sysctl": self.sysctl}

@@ -335,6 +335,8 @@ def validate(ops: Iterable[Op], source: str = "<program>") -> Program:
                 raise ProgramError(f"handle {handle} is used before it is created", source=source, index=index)
         if op.kind == "link_add" and (op.arg("kind") == "veth") != bool(op.arg("peer")):
             raise ProgramError("a veth needs peer=NAME, and only a veth has a peer", source=source, index=index)
+        if op.kind == "link_add" and op.arg("peer_in") and op.arg("kind") != "veth":
+            raise ProgramError("peer_in= is for a veth's peer", source=source, index=index)
         if op.kind == "exit" and op.actor == "p1":
             raise ProgramError("p1 is the sandbox init and cannot exit (spawn newpid=1 to test init death)",
                                source=source, index=index)

@@ -220,7 +220,10 @@ class FakeKernelTarget:
     image = type("Image", (), {"release": "6.1.0-50-cloud-amd64"})
     tree = {"{m1}": {"1": "dir", "meminfo": "reg", "mounts": "lnk", "self": "lnk", "thread-self": "lnk", "sys": "dir"},
             "{m1}/{p1}": {"status": "reg", "task": "dir", "cwd": "lnk"},
-            "{m1}/{p1}/task/{p1}": {"status": "reg", "cwd": "lnk"}}
+            "{m1}/{p1}/task/{p1}": {"status": "reg", "cwd": "lnk"},
+            "{m1}/sys": {"net": "dir"}, "{m1}/sys/net": {"ipv4": "dir"},
+            "{m1}/sys/net/ipv4": {"conf": "dir"}, "{m1}/sys/net/ipv4/conf": {"all": "dir", "lo": "dir"},
+            "{m1}/sys/net/ipv4/conf/lo": {"forwarding": "reg"}}
 
     def run(self, program):
         from reference.trace import Trace
@@ -232,7 +235,7 @@ class FakeKernelTarget:
             path = op.arg("path")
             parent, _, name = path.rpartition("/")
             if op.kind == "readdir":
-                results.append("ok:" + ",".join(sorted(self.tree[path])))
+                results.append("ok:" + ",".join(sorted(self.tree[path])) if path in self.tree else "ENOENT")
             elif op.kind == "lookup":
                 results.append("ok:" + self.tree[parent][name])
             else:
@@ -249,6 +252,9 @@ def test_capture_profile_and_load_it_back(tmp_path, monkeypatch):
     assert profile["tgid"] == {"status": "reg", "task": "dir", "cwd": "lnk"}
     assert profile["tid"] == {"status": "reg", "cwd": "lnk"}
     assert profile["release"] == "6.1.0-50-cloud-amd64"
+    assert profile["sysctl"] == {"sys": {"net": "dir"}, "net": {"ipv4": "dir"}, "ipv4": {"conf": "dir"},
+                                 "ipv4_conf": {"all": "dir", "lo": "dir"},
+                                 "ipv4_conf_dev": {"forwarding": "reg"}}    # absent tables left out
     path = save_profile(profile)
     assert path == tmp_path / f"{CLOUD_61.format(50)}.profile.json"
     text = path.read_text()

@@ -103,3 +103,11 @@ def test_network_changes_need_root(op):
 
 def test_setns_to_a_dead_task_is_enoent():
     assert run("p2 = spawn p1\nexit p2\nsetns_net p1 p2\n")[-1] == "ENOENT"
+
+
+def test_renaming_an_up_device_depends_on_the_kernel_version():
+    newer = KernelProfile.from_json({**PROFILE.to_json(), "release": "6.12.117+deb12-cloud-amd64"})
+    program = parse_text("link_add p1 d0\nlink_up p1 d0\nlink_rename p1 d0 d1\n")
+    assert ModelTarget(PROFILE).run(program).results[-1] == "EBUSY"      # release "test": before 6.2
+    assert ModelTarget(newer).run(program).results[-1] == "ok"
+    assert newer.version == (6, 12) and KernelProfile.from_json({**PROFILE.to_json(), "release": "6.1.0-50-cloud-amd64"}).version == (6, 1)

@@ -683,6 +683,8 @@ static int check_handles(const struct op *op, struct defined *d, struct parse_er
 	}
 	if (op->kind == OP_LINK_ADD && (op->opt[0] == 1) != (op->dev[1][0] != '\0'))
 		return fail(e, "a veth needs peer=NAME, and only a veth has a peer");
+	if (op->kind == OP_LINK_ADD && op->peer_in.kind && op->opt[0] != 1)
+		return fail(e, "peer_in= is for a veth's peer");
 	if (op->kind == OP_EXIT && op->actor.kind == 'p' && op->actor.n == 1)
 		return fail(e, "p1 is the sandbox init and cannot exit");
 	if (op->ret.kind) {
@@ -1739,7 +1741,7 @@ static void ctl_simple(struct sandbox *sb, const struct op *op, char *result)
 		if (op->kind == OP_LINK_SET_NETNS)
 			netns_of = &op->target;
 		else if (c.flag && op->peer_in.kind)
-			netns_of = &op->peer_in;    /* a dummy ignores peer_in (validate() allows it) */
+			netns_of = &op->peer_in;
 		break;
 	default:
 		break;
