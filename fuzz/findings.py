@@ -44,16 +44,28 @@ class Finding:
         if d.index is None or d.index >= len(self.program.ops):
             return f"{d.cls}: {_NUMBER.sub('N', d.detail)[:120]}"
         op = self.program.ops[d.index]
-        args = dict(op.args)
-        path = args.get("path", "")
-        pattern = re.sub(r"\{p\d+\}|\{t\d+\}", "<pid>", path)
-        pattern = re.sub(r"\{m\d+\}", "/proc", pattern)
-        pattern = re.sub(r"\{f\d+\}", "<fd>", pattern)
-        return f"{d.cls} {op.kind} {pattern}".strip()
+        return f"{d.cls} {op.kind} {path_pattern(_op_path(self.program, op))}".strip()
 
     @property
     def is_kernel_finding(self) -> bool:
         return self.divergence.cls not in ("model-bug", "harness-error")
+
+
+def _op_path(program: Program, op) -> str:
+    """The op's path, or for an op on a held fd the path that fd was opened with."""
+    args = dict(op.args)
+    if "path" in args:
+        return args["path"]
+    opened = [o for o in program.ops if o.kind == "open" and o.ret == args.get("fd")]
+    return opened[0].arg("path") if opened else ""
+
+
+def path_pattern(path: str) -> str:
+    """Pids, tids, fds, mount points and device names abstracted away."""
+    pattern = re.sub(r"\{[pt]\d+\}", "<pid>", path)
+    pattern = re.sub(r"\{m\d+\}", "/proc", pattern)
+    pattern = re.sub(r"\{f\d+\}", "<fd>", pattern)
+    return re.sub(r"/(conf|neigh)/(?!all\b|default\b)[a-z][a-z0-9]*", r"/\1/<dev>", pattern)
 
 
 def record(out: Path, finding: Finding) -> tuple[Path, bool]:

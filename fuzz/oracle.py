@@ -88,13 +88,14 @@ def _names(result: str) -> list[str]:
 
 
 def _involves_visibility(program: Program, index: int) -> bool:
-    """hidepid mounts, changed credentials or nested pid namespaces before this op."""
+    """A path op through a hidepid mount, after changed credentials or nested pid namespaces."""
+    path = dict(program.ops[index].args).get("path", "")
+    if not path:
+        return False                     # ops on held fds do not look anything up
     for op in program.ops[:index]:
-        if op.kind in ("setuid", "setgid"):
+        if op.kind in ("setuid", "setgid") or (op.kind == "spawn" and op.arg("newpid")):
             return True
-        if op.kind == "mount_proc" and op.arg("hidepid") != "off":
-            return True
-        if op.kind == "spawn" and op.arg("newpid"):
+        if op.kind == "mount_proc" and op.arg("hidepid") != "off" and path.startswith("{" + op.ret + "}"):
             return True
     return False
 

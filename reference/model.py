@@ -487,7 +487,10 @@ class Kernel:
     # -- /proc/sys (fs/proc/proc_sysctl.c) --
 
     def proc_sys_grab(self, node: Node):
-        """grab_header() on the node's ctl_table_header: ENOENT once it is unregistered."""
+        """grab_header() on the node's ctl_table_header: ENOENT once it is unregistered.
+        The directories above the tables of a dying namespace go with its last table."""
+        if node.ctl.registration is None and node.ctl.netns is not None and node.ctl.netns.dying:
+            raise Unmodelled()
         state = sysctl.grab(node.ctl.registration)
         if state == "ENOENT":
             raise Errno("ENOENT")

@@ -9,3 +9,11 @@ def qemu_target():
     from targets.qemu import QemuTarget
     with QemuTarget() as target:
         yield target
+
+
+@pytest.fixture(scope="session")
+def qemu_target_612():
+    """A booted QemuTarget on the pinned 6.12 cloud kernel (the newest series in the matrix)."""
+    from targets.qemu import QemuTarget
+    with QemuTarget("6.12-cloud") as target:
+        yield target

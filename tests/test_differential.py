@@ -34,6 +34,13 @@ def test_corpus_program_matches_the_model(qemu_target, model, path, program):
     assert divergence is None, divergence.summary()
 
 
+@pytest.mark.parametrize("path, program", CASES, ids=[p.stem for p, _ in CASES])
+def test_corpus_program_matches_the_model_on_6_12(qemu_target_612, path, program):
+    expected = ModelTarget(load_profile("6.12-cloud")).run(program)
+    divergence = compare(program, expected, qemu_target_612.run(program))
+    assert divergence is None, divergence.summary()
+
+
 def _forgetful_reap(self, actor, op):
     """A planted model mistake: reaping leaves the task in place."""
     child = self.handles.get(op.arg("child"))
