@@ -11,6 +11,11 @@ from reference.program import ProgramError
 
 def load_known(path: Path) -> dict[str, str]:
     """signature -> note. A missing file means no known issues; a malformed one is an error."""
+    return {signature: note for signature, (note, _) in load_known_issues(path).items()}
+
+
+def load_known_issues(path: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """signature -> (note, kernels it is known on; empty: any kernel)."""
     path = Path(path)
     if not path.exists():
         return {}
@@ -22,5 +27,8 @@ def load_known(path: Path) -> dict[str, str]:
     for index, entry in enumerate(doc.get("issue", [])):
         if not isinstance(entry, dict) or not isinstance(entry.get("signature"), str):
             raise ProgramError(f"issue {index} needs a 'signature' string", source=str(path))
-        known[entry["signature"]] = str(entry.get("note", ""))
+        kernels = entry.get("kernels", [])
+        if not isinstance(kernels, list) or not all(isinstance(k, str) for k in kernels):
+            raise ProgramError(f"issue {index}: 'kernels' must be a list of kernel labels", source=str(path))
+        known[entry["signature"]] = (str(entry.get("note", "")), tuple(kernels))
     return known
