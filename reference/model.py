@@ -27,6 +27,7 @@ HIDEPID_NO_ACCESS, HIDEPID_INVISIBLE = 1, 2
 # Per-pid files whose open and content the model knows for any reader (all 0444 without an
 # extra ptrace check at open): other entries are looked up and listed, not opened.
 OPENABLE_PID_FILES = frozenset({"status", "stat", "statm", "comm", "cmdline"})
+SEQ_FILES = frozenset({"status", "stat", "statm", "comm"})      # single_open(): no pwrite
 
 
 class Errno(Exception):
@@ -448,6 +449,8 @@ class Kernel:
             self.proc_fd_permission(node, reader)
         elif node.kind == "sysctl":
             self.proc_sys_grab(node)        # proc_sys_permission
+        elif node.kind == "pid_entry" and not reader.process.caps:
+            raise Unmodelled()              # attr, ns (0511), map_files (0500), ...: modes not modelled
 
     def may_read_dir(self, node: Node, reader: Task):
         """inode_permission(MAY_READ) at open of a directory."""
@@ -516,7 +519,10 @@ class Kernel:
             return self._sysctl_other(parent, name, tables.get("net", {}))
         if ref.level == "proto":
             if name in sysctl.TABLE_DIRS and name in tables.get(ref.proto, {}):
-                return child("dir", CtlRef("tabledir", ref.netns, ref.proto, name))
+                directory = ref.netns.dirs.get((ref.proto, name))
+                if directory is None or directory.state == "dead":
+                    raise Errno("ENOENT")
+                return child("dir", CtlRef("tabledir", ref.netns, ref.proto, name, registration=directory))
             return self._sysctl_other(parent, name, tables.get(ref.proto, {}))
         if ref.level == "tabledir":
             netns = ref.netns
@@ -538,6 +544,17 @@ class Kernel:
                                               ref.registration, name))
         raise Unmodelled()
 
+    def _proto_listing(self, ref: CtlRef) -> dict:
+        """net/ipv4 or net/ipv6: the profile's names, without a table directory that is gone."""
+        listing = dict(self.profile.sysctl.get(ref.proto, {}))
+        for table in sysctl.TABLE_DIRS:
+            directory = ref.netns.dirs.get((ref.proto, table))
+            if directory is not None and directory.state == "maybe":
+                raise Unmodelled()
+            if directory is None or directory.state == "dead":
+                listing.pop(table, None)
+        return listing
+
     def _sysctl_other(self, parent: Node, name: str, listing: dict) -> Node:
         """An entry outside the device tables: it exists as the profile says, no deeper."""
         if name not in listing:
@@ -548,7 +565,7 @@ class Kernel:
         ref, tables = node.ctl, self.profile.sysctl
         self.proc_sys_grab(node)
         fixed = {"sys": lambda: tables.get("sys"), "net": lambda: tables.get("net"),
-                 "proto": lambda: tables.get(ref.proto),
+                 "proto": lambda: self._proto_listing(ref),
                  "table": lambda: tables.get(sysctl.table_profile_key(ref))}.get(ref.level)
         if fixed is not None and fixed() is not None:
             return "ok:" + ",".join(sorted(fixed()))
@@ -890,6 +907,8 @@ class Kernel:
 
     def op_write(self, actor: Task, op: Op) -> str:
         node = self._held(actor, op.arg("fd"))
+        if node.kind == "pid_entry" and node.name in SEQ_FILES:
+            raise Errno("ESPIPE")            # ksys_pwrite64: seq_open() cleared FMODE_PWRITE
         if op.arg("fd") not in self.fd_rw:
             raise Errno("EBADF")             # vfs_write: not opened for writing
         if node.kind != "sysctl" or node.ctl.level != "leaf":
@@ -956,15 +975,15 @@ class Kernel:
                 raise Errno("EEXIST")
             peer = NetDevice(peer_name, "veth", peer_netns, peer=device)
             device.peer = peer
-            peer.register()
             peer_netns.devices[peer_name] = peer
-        device.register()
+            peer.register()
         netns.devices[name] = device
+        device.register()
         return "ok"
 
     def _unregister_netdevice(self, device: NetDevice):
-        device.unregister()
         del device.netns.devices[device.name]
+        device.unregister()
 
     def op_link_del(self, actor: Task, op: Op) -> str:
         self._net_admin(actor)
@@ -992,8 +1011,8 @@ class Kernel:
         del device.netns.devices[device.name]
         device.unregister()
         device.name = new
-        device.register()
         device.netns.devices[new] = device
+        device.register()
         return "ok"
 
     def op_link_set_netns(self, actor: Task, op: Op) -> str:
@@ -1009,8 +1028,8 @@ class Kernel:
         # __dev_change_net_namespace: close, unregister in the old namespace, register in the new
         self._unregister_netdevice(device)
         device.netns, device.up = target, False
-        device.register()
         target.devices[device.name] = device
+        device.register()
         return "ok"
 
     def _set_up(self, actor: Task, op: Op, up: bool) -> str:

@@ -43,10 +43,12 @@ class NetDevice:
 
     def register(self):
         self.tables = {(proto, table): Registration() for proto in PROTOCOLS for table in TABLE_DIRS}
+        self.netns.sync_dirs()
 
     def unregister(self):
         for registration in self.tables.values():
             registration.state = "dead"
+        self.netns.sync_dirs()
 
 
 @dataclass(eq=False)
@@ -54,7 +56,22 @@ class NetNamespace:
     devices: dict = field(default_factory=dict)   # name -> NetDevice
     # net/ipv{4,6}/conf/{all,default}: per-namespace tables, gone only with the namespace
     fixed: dict = field(default_factory=dict)     # (proto, entry) -> Registration
+    # the conf and neigh directories are ctl_dirs of their own: drop_sysctl_table() frees one
+    # with its last entry, and the next registration below it makes a new one
+    dirs: dict = field(default_factory=dict)      # (proto, "conf"|"neigh") -> Registration
     dying: bool = False
+
+    def sync_dirs(self):
+        for proto in PROTOCOLS:
+            for table in TABLE_DIRS:
+                entries = [reg for (p, _), reg in self.fixed.items() if p == proto and table == "conf"]
+                entries += [device.tables[(proto, table)] for device in self.devices.values() if device.tables]
+                used = any(reg.state != "dead" for reg in entries)
+                current = self.dirs.get((proto, table))
+                if used and (current is None or current.state == "dead"):
+                    self.dirs[(proto, table)] = Registration()
+                elif not used and current is not None:
+                    current.state = "dead"
 
     @classmethod
     def create(cls, profile) -> "NetNamespace":
@@ -64,14 +81,14 @@ class NetNamespace:
                 if entry != "lo":
                     netns.fixed[(proto, entry)] = Registration()
         lo = NetDevice("lo", "loopback", netns)
-        lo.register()
         netns.devices["lo"] = lo
+        lo.register()
         return netns
 
     def die(self):
         """The last task left: cleanup_net will unregister everything, at some point."""
         self.dying = True
-        for registration in self.fixed.values():
+        for registration in list(self.fixed.values()) + list(self.dirs.values()):
             registration.state = "maybe"
         for device in self.devices.values():
             for registration in device.tables.values():

@@ -111,3 +111,14 @@ def test_renaming_an_up_device_depends_on_the_kernel_version():
     assert ModelTarget(PROFILE).run(program).results[-1] == "EBUSY"      # release "test": before 6.2
     assert ModelTarget(newer).run(program).results[-1] == "ok"
     assert newer.version == (6, 12) and KernelProfile.from_json({**PROFILE.to_json(), "release": "6.1.0-50-cloud-amd64"}).version == (6, 1)
+
+
+def test_a_table_directory_is_replaced_when_its_last_entry_goes():
+    results = run(f"chdir p1 {{m1}}/sys/net/ipv4/neigh\nf1 = open p1 {CONF}\nlink_rename p1 lo d1\n"
+                  f"getdents p1 cwd\ngetdents p1 f1\nreaddir p1 {{m1}}/sys/net/ipv4/neigh\n")
+    assert results[3:] == ["ENOENT", "ok:all,d1,default", "ok:d1"]
+
+
+def test_pwrite_on_seq_files_is_espipe():
+    results = run("f1 = open p1 {m1}/{p1}/status\nwrite p1 f1 1\nf2 = open p1 {m1}/{p1}\nwrite p1 f2 1\n")
+    assert results[1::2] == ["ESPIPE", "EBADF"]
