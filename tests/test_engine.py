@@ -180,3 +180,13 @@ def test_next_campaign_starts_from_the_saved_corpus(tmp_path):
     assert saved
     second = ProgramSource(PROFILE, [p for _, p in load_directory(corpus)[0]], random.Random(0), 30)
     assert {second.next() for _ in range(len(saved))} == saved      # seeds are replayed first
+
+
+def test_atheris_grows_the_corpus_with_valid_programs(tmp_path):
+    from fuzz.atheris_driver import grow_corpus
+    from targets.kernels import load_profile
+    added = grow_corpus(load_profile(), tmp_path, runs=400, max_ops=20)
+    programs, errors = load_directory(tmp_path)
+    assert added == len(programs) > 0 and not errors
+    for _, program in programs:
+        assert ModelTarget(load_profile()).run(program).outcome == "ok"
