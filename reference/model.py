@@ -759,6 +759,13 @@ class Kernel:
         if node.kind in ("pid_dir", "tid_dir") and node.task is None:
             # proc_flush_pid d_invalidate()d the base dentry: d_path reports it unlinked.
             return node.path + " (deleted)"
+        if node.kind == "sysctl" and node.ctl.registration is not None:
+            # unregistering a table prunes the dentries of its inodes (proc_sys_prune_dcache)
+            state = sysctl.grab(node.ctl.registration)
+            if state == "maybe":
+                raise Unmodelled()
+            if state == "ENOENT":
+                return node.path + " (deleted)"
         return node.path
 
     # -- directory listings --
