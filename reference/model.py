@@ -875,12 +875,12 @@ class Kernel:
     def op_chdir(self, actor: Task, op: Op) -> str:
         try:
             node = self.resolve(actor, op.arg("path"), follow_last=True)
+            if node.ftype != "dir":
+                raise Errno("ENOTDIR")
+            self.may_exec(node, actor)
         except Unmodelled:
             actor.process.cwd = UNKNOWN
             raise
-        if node.ftype != "dir":
-            raise Errno("ENOTDIR")
-        self.may_exec(node, actor)
         actor.process.cwd = node
         return "ok"
 

@@ -64,13 +64,18 @@ def build_agent(source: Path = AGENT_SOURCE, cache: Path | None = None) -> Path:
     return final / "agent"
 
 
-def entries(agent: bytes, busybox: bytes, modules: dict[str, bytes] | None = None) -> list[Entry]:
-    """modules: name -> .ko contents, loaded by /init in kernels.MODULES order (then by name)."""
+def entries(agent: bytes, busybox: bytes, modules: dict[str, bytes] | None = None,
+            zoo: bytes | None = None) -> list[Entry]:
+    """modules: name -> .ko contents, loaded by /init in kernels.MODULES order (then by name).
+    zoo: the bug zoo's module (targets/zoo), put at /lib/modules/zoo.ko and not loaded: the
+    agent loads it on request (`C` frame `zoo <bug>`)."""
     modules = modules or {}
     order = [m for m in MODULES if m in modules] + sorted(set(modules) - set(MODULES))
-    dirs = ["bin", "dev", "mnt", "proc", "sys", "tmp"] + (["lib", MODULE_DIR] if modules else [])
+    dirs = ["bin", "dev", "mnt", "proc", "sys", "tmp"] + (["lib", MODULE_DIR] if modules or zoo else [])
     out = [Entry(d, stat.S_IFDIR | 0o755) for d in dirs]
     out += [Entry(f"{MODULE_DIR}/{name}.ko", stat.S_IFREG | 0o644, modules[name]) for name in order]
+    if zoo is not None:
+        out.append(Entry(f"{MODULE_DIR}/zoo.ko", stat.S_IFREG | 0o644, zoo))
     out += [Entry("bin/busybox", stat.S_IFREG | 0o755, busybox),
             Entry("agent", stat.S_IFREG | 0o755, agent),
             Entry("init", stat.S_IFREG | 0o755, init_script(order)),
@@ -109,10 +114,12 @@ def kernel_modules(modules_dir: Path) -> dict[str, bytes]:
 
 
 def build_initramfs(agent: Path, busybox: Path = BUSYBOX, cache: Path | None = None,
-                    modules_dir: Path | None = None) -> Path:
-    """The archive; with modules_dir (a kernel's, see kernel_modules) /init loads its modules."""
+                    modules_dir: Path | None = None, zoo: Path | None = None) -> Path:
+    """The archive; with modules_dir (a kernel's, see kernel_modules) /init loads its modules;
+    with zoo (a built zoo.ko, see targets/zoo/build.py) it is in the image, not loaded."""
     modules = kernel_modules(modules_dir) if modules_dir is not None else {}
-    archive = newc_archive(entries(agent.read_bytes(), busybox.read_bytes(), modules))
+    archive = newc_archive(entries(agent.read_bytes(), busybox.read_bytes(), modules,
+                                   zoo.read_bytes() if zoo is not None else None))
     final = (cache or cache_root()) / "initramfs" / hashlib.sha256(archive).hexdigest()[:16]
     if not (final / "initramfs.cpio.gz").is_file():
         with publish(final) as out:
@@ -121,7 +128,7 @@ def build_initramfs(agent: Path, busybox: Path = BUSYBOX, cache: Path | None = N
 
 
 def guest_image(source: Path = AGENT_SOURCE, cache: Path | None = None,
-                modules_dir: Path | None = None) -> Path:
+                modules_dir: Path | None = None, zoo: Path | None = None) -> Path:
     """The initramfs for the current agent source and a kernel's modules (its
-    KernelImage.modules_dir): built on first use, then cached."""
-    return build_initramfs(build_agent(source, cache), cache=cache, modules_dir=modules_dir)
+    KernelImage.modules_dir), optionally with the bug zoo's module: built on first use, then cached."""
+    return build_initramfs(build_agent(source, cache), cache=cache, modules_dir=modules_dir, zoo=zoo)

@@ -29,9 +29,15 @@ EXIT_GRACE = 10.0           # after the channel closes, time for QEMU to finish 
 class QemuTarget:
     def __init__(self, kernel: str | KernelImage | None = None, *, accel: str | None = None,
                  watchdog_base: float = WATCHDOG_BASE, watchdog_per_op: float = WATCHDOG_PER_OP,
-                 agent_source=AGENT_SOURCE):
+                 agent_source=AGENT_SOURCE, zoo: bool = False):
         self.image = kernel if isinstance(kernel, KernelImage) else resolve(kernel)
-        self.initrd = guest_image(agent_source, modules_dir=self.image.modules_dir)
+        # zoo: the guest image carries the bug zoo's module (targets/zoo), loaded by load_zoo().
+        zoo_ko = None
+        if zoo:
+            from targets.zoo.build import build_zoo
+            zoo_ko = build_zoo(self.image)
+        self.zoo_bug: str | None = None     # injected bug, injected again after every restart
+        self.initrd = guest_image(agent_source, modules_dir=self.image.modules_dir, zoo=zoo_ko)
         self.accel = accel or choose_accel(self.image.vmlinuz, self.initrd)
         self.watchdog_base, self.watchdog_per_op = watchdog_base, watchdog_per_op
         self.vm: Vm | None = None
@@ -50,6 +56,12 @@ class QemuTarget:
             raise RuntimeError(f"guest runs {release}, expected {self.image.release}")
         self.vm = vm
         self.boot_seconds.append(vm.boot_seconds)
+        if self.zoo_bug:
+            vm.channel.send("C", f"zoo {self.zoo_bug}".encode())
+            frame = vm.channel.recv(time.monotonic() + self.watchdog_base)
+            if frame.kind != "R" or frame.payload != b"ok":
+                self.close()
+                raise RuntimeError(f"re-injecting zoo bug {self.zoo_bug}: {frame.kind} {frame.payload[:200]!r}")
 
     def close(self) -> None:
         if self.vm:
@@ -88,6 +100,16 @@ class QemuTarget:
             raise ValueError(f"unknown control {what!r}")
         trace, _ = self._exchange("C", what.encode(), 0)
         return trace
+
+    def load_zoo(self, bug: str) -> str:
+        """Inject a bug-zoo bug (needs QemuTarget(zoo=True)): "ok" or the errno name of
+        finit_module (EEXIST: a bug is already loaded). Kept across restarts once "ok"."""
+        trace, _ = self._exchange("C", f"zoo {bug}".encode(), 0)
+        if trace.outcome != "ok":
+            raise RuntimeError(f"zoo {bug}: {trace.outcome}: {trace.title}")
+        if trace.results == ("ok",):
+            self.zoo_bug = bug
+        return trace.results[0]
 
     def _exchange(self, kind: str, payload: bytes, n_ops: int) -> tuple[Trace, float]:
         if not self.vm:
@@ -129,6 +151,8 @@ class QemuTarget:
             ops_us, total_us, results = parse_results(frame.payload, n_ops)
             return Trace(results, kernel=self.label, guest_us=ops_us,
                          extra={"total_us": total_us, "wall_us": int(seconds * 1e6)})
+        if kind == "C" and frame.kind == "R":      # zoo: one word, "ok" or an errno name
+            return Trace((text(frame.payload, "zoo reply"),), kernel=self.label)
         raise ProtocolError(f"unexpected {frame.kind!r} frame in reply to {kind!r}")
 
     def _failed(self, outcome: str, fallback_title: str, console_from: int) -> Trace:

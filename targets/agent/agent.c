@@ -1554,6 +1554,19 @@ static void ctl_spawn_thread(struct sandbox *sb, const struct op *op, char *resu
 	start_task(a, child, &c, result);
 }
 
+/*
+ * Waits out any release_task() still inside its tasklist_lock write section.  The polls below
+ * see a task gone once detach_pid() ran, but __unhash_process() unlinks the thread lists a
+ * moment later under the same lock; a readdir of /proc/<pid>/task in that window stops at the
+ * half-released thread and misses the live ones after it (next_tid: !pid_alive).  do_wait()
+ * takes tasklist_lock for reading, so a no-op waitid() returns only after that section ends.
+ */
+static void tasklist_barrier(void)
+{
+	siginfo_t info;
+	waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT);
+}
+
 /* Polls cond(arg) until it holds or the deadline passes; 0 when it held. */
 static int poll_until(int (*cond)(const void *), const void *arg, long long deadline)
 {
@@ -1562,6 +1575,7 @@ static int poll_until(int (*cond)(const void *), const void *arg, long long dead
 			return -1;
 		pause_briefly();
 	}
+	tasklist_barrier();
 	return 0;
 }
 
@@ -1657,6 +1671,7 @@ static void ctl_exec(struct sandbox *sb, const struct op *op, char *result)
 	}
 	if (strcmp(result, "ok") == 0)
 		drop_threads_of(sb, a->proc);   /* de_thread killed them; a thread actor is gone too */
+	tasklist_barrier();                     /* the threads de_thread released */
 }
 
 static void ctl_drop_caches(char *result)
@@ -1988,6 +2003,24 @@ static void run_program(struct link *l, const char *text, size_t len)
 	send_frame(l, 'R', payload, out.len + ops.len);
 }
 
+/* Bug zoo (targets/zoo): `zoo <bug>` loads /lib/modules/zoo.ko with bug=<bug>; answers an R
+ * frame "ok" or the errno name (ENOENT: the guest image has no zoo module). */
+static void load_zoo(struct link *l, const char *bug, size_t len)
+{
+	char params[80], result[32];
+	if (len == 0 || len > 48 || memchr(bug, ' ', len) || memchr(bug, '\0', len)) {
+		send_error(l, "zoo: bad bug name");
+		return;
+	}
+	snprintf(params, sizeof params, "bug=%.*s", (int)len, bug);
+	int fd = open("/lib/modules/zoo.ko", O_RDONLY | O_CLOEXEC);
+	long rc = fd < 0 ? -1 : syscall(SYS_finit_module, fd, params, 0);
+	put_status(result, (int)rc);
+	if (fd >= 0)
+		close(fd);
+	send_frame(l, 'R', result, strlen(result));
+}
+
 static void control(struct link *l, const char *what, size_t len)
 {
 	if (len == 4 && memcmp(what, "hang", 4) == 0) {
@@ -2001,6 +2034,10 @@ static void control(struct link *l, const char *what, size_t len)
 		send_error(l, "panic: /proc/sysrq-trigger: %s", strerror(errno));
 		if (fd >= 0)
 			close(fd);
+		return;
+	}
+	if (len > 4 && memcmp(what, "zoo ", 4) == 0) {
+		load_zoo(l, what + 4, len - 4);
 		return;
 	}
 	send_error(l, "unknown control '%.*s'", (int)(len > 32 ? 32 : len), what);
