@@ -478,6 +478,8 @@ class Kernel:
             if name == "fd":
                 self.fd_dir_owner[(id(parent.mount), path)] = self.task_dump_owner_uid(task)
                 return Node("fd_dir", parent.mount, path, "dir", parent.pid, name)
+            if name == "net" and self.profile.pid_net:
+                return Node("pid_net", parent.mount, path, "dir", parent.pid, name)
             return Node("pid_entry", parent.mount, path, ftype, parent.pid, name)
         if kind == "task_dir":
             return self.proc_task_lookup(parent, name)
@@ -485,7 +487,41 @@ class Kernel:
             return self.proc_lookupfd(parent, name)
         if kind == "sysctl":
             return self.proc_sys_lookup(parent, name, reader)
+        if kind == "pid_net":
+            return self.proc_tgid_net_lookup(parent, name)
+        if kind == "snmp6":
+            return self.snmp6_lookup(parent, name)
         raise Unmodelled()
+
+    # -- /proc/<pid>/net (fs/proc/proc_net.c) --
+
+    @staticmethod
+    def get_proc_task_net(node: Node) -> NetNamespace | None:
+        """The network namespace of the task behind the directory; none once it exited."""
+        task = node.task
+        return task.netns if task is not None and task.process.state == "running" else None
+
+    def proc_tgid_net_lookup(self, parent: Node, name: str) -> Node:
+        netns = self.get_proc_task_net(parent)
+        if netns is None or name not in self.profile.pid_net:
+            raise Errno("ENOENT")
+        ftype = self.profile.pid_net[name]
+        if name == "dev_snmp6":
+            # proc_lookup_de: the dentry is that namespace's own directory from now on
+            return Node("snmp6", parent.mount, parent.path + "/" + name, ftype, ctl=CtlRef("other", netns))
+        return Node("net_entry", parent.mount, parent.path + "/" + name, ftype)
+
+    def snmp6_lookup(self, parent: Node, name: str) -> Node:
+        """One file per device with an inet6_dev (snmp6_register_dev / snmp6_unregister_dev)."""
+        netns = parent.ctl.netns
+        if netns.dying:
+            raise Unmodelled()
+        device = netns.devices.get(name)
+        if device is None:
+            raise Errno("ENOENT")
+        if device.uncertain:
+            raise Unmodelled()
+        return Node("net_entry", parent.mount, parent.path + "/" + name, "reg")
 
     # -- /proc/sys (fs/proc/proc_sysctl.c) --
 
@@ -779,6 +815,15 @@ class Kernel:
             return "ok:"
         if kind == "sysctl":
             return self.proc_sys_readdir(node)
+        if kind == "pid_net":
+            if self.get_proc_task_net(node) is None:
+                raise Errno("EINVAL")       # proc_tgid_net_readdir: no namespace to list
+            return "ok:" + ",".join(sorted(self.profile.pid_net))
+        if kind == "snmp6":
+            netns = node.ctl.netns
+            if netns.dying or any(d.uncertain for d in netns.devices.values()):
+                raise Unmodelled()
+            return "ok:" + ",".join(sorted(netns.devices))
         if kind == "root":
             return "ok:" + ",".join(sorted(self.proc_root_readdir(node, reader)))
         if kind in ("pid_dir", "tid_dir"):

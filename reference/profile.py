@@ -23,6 +23,8 @@ class KernelProfile:
     # "ipv4_conf_all", "ipv4_conf_default", "ipv4_conf_dev" (lo's), "ipv4_neigh", "ipv4_neigh_dev",
     # and the same for ipv6; each maps name -> type
     sysctl: dict = field(default_factory=dict)
+    # entries of /proc/<pid>/net (that task's network namespace's proc_net) -> type
+    pid_net: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, doc: dict) -> "KernelProfile":
@@ -42,8 +44,9 @@ class KernelProfile:
         if not isinstance(sysctl, dict) or not all(
                 isinstance(t, dict) and all(v in FILE_TYPES for v in t.values()) for t in sysctl.values()):
             raise ValueError("profile field 'sysctl' must map table names to name -> type maps")
+        pid_net = table("pid_net") if "pid_net" in doc else {}
         return cls(str(doc.get("release", "")), root, dict(links), table("tgid"), table("tid"),
-                   {key: dict(value) for key, value in sysctl.items()})
+                   {key: dict(value) for key, value in sysctl.items()}, pid_net)
 
     @property
     def version(self) -> tuple[int, int]:
@@ -56,4 +59,4 @@ class KernelProfile:
 
     def to_json(self) -> dict:
         return {"release": self.release, "root": self.root, "root_links": self.root_links,
-                "tgid": self.tgid, "tid": self.tid, "sysctl": self.sysctl}
+                "tgid": self.tgid, "tid": self.tid, "sysctl": self.sysctl, "pid_net": self.pid_net}

@@ -69,6 +69,7 @@ def capture_profile(target) -> dict:
     profile = {"format": PROFILE_FORMAT, "kernel": target.label, "release": target.image.release}
     profile.update(_tables(target, DIRS))
     profile["sysctl"] = _tables(target, SYSCTL_DIRS, optional=True)
+    profile["pid_net"] = _tables(target, {"pid_net": "{m1}/{p1}/net"})["pid_net"]
     links = sorted(n for n, t in profile["root"].items() if t == "lnk" and n not in LINKS_TO_SELF)
     targets = _run(target, "m1 = mount_proc p1\n" + "".join(f"readlink p1 {{m1}}/{n}\n" for n in links))[1:]
     profile["root_links"] = {name: _payload(t, f"readlink {name}") for name, t in zip(links, targets)}

@@ -223,7 +223,8 @@ class FakeKernelTarget:
             "{m1}/{p1}/task/{p1}": {"status": "reg", "cwd": "lnk"},
             "{m1}/sys": {"net": "dir"}, "{m1}/sys/net": {"ipv4": "dir"},
             "{m1}/sys/net/ipv4": {"conf": "dir"}, "{m1}/sys/net/ipv4/conf": {"all": "dir", "lo": "dir"},
-            "{m1}/sys/net/ipv4/conf/lo": {"forwarding": "reg"}}
+            "{m1}/sys/net/ipv4/conf/lo": {"forwarding": "reg"},
+            "{m1}/{p1}/net": {"dev": "reg", "dev_snmp6": "dir"}}
 
     def run(self, program):
         from reference.trace import Trace
@@ -255,6 +256,7 @@ def test_capture_profile_and_load_it_back(tmp_path, monkeypatch):
     assert profile["sysctl"] == {"sys": {"net": "dir"}, "net": {"ipv4": "dir"}, "ipv4": {"conf": "dir"},
                                  "ipv4_conf": {"all": "dir", "lo": "dir"},
                                  "ipv4_conf_dev": {"forwarding": "reg"}}    # absent tables left out
+    assert profile["pid_net"] == {"dev": "reg", "dev_snmp6": "dir"}
     path = save_profile(profile)
     assert path == tmp_path / f"{CLOUD_61.format(50)}.profile.json"
     text = path.read_text()

@@ -122,3 +122,15 @@ def test_a_table_directory_is_replaced_when_its_last_entry_goes():
 def test_pwrite_on_seq_files_is_espipe():
     results = run("f1 = open p1 {m1}/{p1}/status\nwrite p1 f1 1\nf2 = open p1 {m1}/{p1}\nwrite p1 f2 1\n")
     assert results[1::2] == ["ESPIPE", "EBADF"]
+
+
+def test_proc_pid_net_follows_that_tasks_namespace():
+    profile = KernelProfile.from_json({**PROFILE.to_json(), "tgid": {"net": "dir", "task": "dir"},
+                                       "pid_net": {"dev": "reg", "dev_snmp6": "dir"}})
+    program = parse_text("m1 = mount_proc p1\np2 = spawn p1\nt1 = spawn_thread p2\nunshare_net t1\n"
+                         "link_add t1 d0\nreaddir p1 {m1}/{p2}/net/dev_snmp6\nreaddir p1 {m1}/{t1}/net/dev_snmp6\n"
+                         "f1 = open p1 {m1}/{t1}/net/dev_snmp6\nlink_rename t1 d0 d1\ngetdents p1 f1\n"
+                         "lookup p1 {m1}/{t1}/net/dev_snmp6/d0\nexit p2\nreaddir p1 {m1}/{p2}/net\n"
+                         "lookup p1 {m1}/{p2}/net/dev\n")
+    results = ModelTarget(profile).run(program).results
+    assert results[5:] == ("ok:lo", "ok:d0,lo", "ok", "ok", "ok:d1,lo", "ENOENT", "ok", "EINVAL", "ENOENT")
