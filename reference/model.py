@@ -27,6 +27,8 @@ HIDEPID_NO_ACCESS, HIDEPID_INVISIBLE = 1, 2
 # Per-pid files whose open and content the model knows for any reader (all 0444 without an
 # extra ptrace check at open): other entries are looked up and listed, not opened.
 OPENABLE_PID_FILES = frozenset({"status", "stat", "statm", "comm", "cmdline"})
+# ops after which a network namespace may have lost its last task
+NETNS_LEAVING_KINDS = frozenset({"exit", "exec", "unshare_net", "setns_net"})
 SEQ_FILES = frozenset({"status", "stat", "statm", "comm"})      # single_open(): no pwrite
 
 
@@ -219,7 +221,8 @@ class Kernel:
         except Unmodelled:
             return UNMODELLED
         finally:
-            self._end_empty_network_namespaces()
+            if op.kind in NETNS_LEAVING_KINDS:
+                self._end_empty_network_namespaces()
 
     def _end_empty_network_namespaces(self):
         """A network namespace whose last task left is torn down by cleanup_net, later."""

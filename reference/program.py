@@ -28,6 +28,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable
 
 FORMAT_VERSION = 1
@@ -234,15 +235,16 @@ class Op:
     args: tuple[tuple[str, object], ...] = ()
     ret: str | None = None
 
+    @cached_property
+    def _by_name(self) -> dict:
+        return dict(self.args)
+
     def arg(self, name: str):
-        for key, value in self.args:
-            if key == name:
-                return value
-        raise KeyError(name)
+        return self._by_name[name]
 
     @property
     def actor(self) -> str | None:
-        return dict(self.args).get("actor")
+        return self._by_name.get("actor")
 
     def handles_used(self) -> list[str]:
         used = []
