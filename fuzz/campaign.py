@@ -28,7 +28,8 @@ from targets.model import ModelTarget
 from . import findings as findings_store
 from .coverage import features
 from .generate import mutate, programs
-from .oracle import compare
+from .leaks import LeakOracle, describe
+from .oracle import Divergence, compare
 from .storage import atomic_write, load_directory, save_program
 
 
@@ -111,6 +112,7 @@ class WorkerConfig:
     known: frozenset = frozenset()
     reruns: int = 1                 # re-runs of a divergent program, to tell flaky from reliable
     seed_dirs: tuple = ()           # read-only program directories replayed first (corpus/seeds)
+    leak_every: int = 10            # slab counts (L frames, ~3x the cost) for every Nth program; 0: never
 
 
 def run_worker(config: WorkerConfig, target, report: Callable[[Stats], None],
@@ -122,11 +124,14 @@ def run_worker(config: WorkerConfig, target, report: Callable[[Stats], None],
     source = ProgramSource(config.profile, seeds, rng, config.max_ops)
     model = ModelTarget(config.profile)
     seen_features: set = set()
+    leaks = LeakOracle()
     stats, last_report = Stats(), time.monotonic()
     while not should_stop() and time.monotonic() < config.deadline:
         if config.max_programs is not None and stats.programs >= config.max_programs:
             break
         program = source.next()
+        # The leak oracle's baseline is the previous measured program; its re-runs measure too.
+        target.measure_leaks = bool(config.leak_every) and stats.programs % config.leak_every == 0
         expected = model.run(program)
         actual = target.run(program) if expected.outcome == "ok" else expected
         stats.programs += 1
@@ -137,11 +142,12 @@ def run_worker(config: WorkerConfig, target, report: Callable[[Stats], None],
             finding = findings_store.Finding(program, expected, actual, divergence, config.kernel_label,
                                              actual.extra.get("console", ""),
                                              confirm(program, expected, divergence, target, config.reruns))
-            _, new = findings_store.record(config.out, finding)
-            if new and finding.signature not in config.known:
-                stats.findings[divergence.cls] += 1
-            else:
-                stats.duplicates += 1
+            _record(config, finding, stats)
+            leaks.reset()               # the re-runs (or a VM restart) moved the counts
+        elif leaked := leaks.check(actual.extra.get("slab"), lambda: target.run(program).extra.get("slab")):
+            leak = Divergence("leak", None, "", "", "", describe(leaked))
+            _record(config, findings_store.Finding(program, expected, actual, leak, config.kernel_label,
+                                                   "", (leaks.reruns, leaks.reruns)), stats)
         elif expected.outcome == "ok":
             fresh = features(program, expected) - seen_features
             if fresh:
@@ -156,6 +162,14 @@ def run_worker(config: WorkerConfig, target, report: Callable[[Stats], None],
             last_report = time.monotonic()
     report(stats)
     return stats
+
+
+def _record(config: WorkerConfig, finding, stats: Stats) -> None:
+    _, new = findings_store.record(config.out, finding)
+    if new and finding.signature not in config.known:
+        stats.findings[finding.divergence.cls] += 1
+    else:
+        stats.duplicates += 1
 
 
 def confirm(program: Program, expected, divergence, target, reruns: int) -> tuple[int, int]:

@@ -189,7 +189,7 @@ def cmd_run(args) -> int:
     seed = args.seed if args.seed is not None else int(time.time())
     deadline = time.monotonic() + budget
     configs = [WorkerConfig(i, seed, profile, label, out, corpus, deadline, args.max_ops, known=known,
-                            seed_dirs=SEED_DIRS) for i in range(args.workers)]
+                            seed_dirs=SEED_DIRS, leak_every=args.leak_every) for i in range(args.workers)]
     stop = multiprocessing.get_context("spawn").Event()
 
     def request_stop(signum, _frame):
@@ -286,6 +286,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--max-ops", type=int, default=40)
+    p.add_argument("--leak-every", type=int, default=10,
+                   help="measure slab counts after every Nth program for the leak oracle (0: never)")
     p.add_argument("--known", default=None, help="known-issues file (default corpus/known-issues.toml)")
     p = command("kernels", cmd_kernels, "list, fetch or profile pinned kernels")
     p.add_argument("action", choices=("list", "fetch", "profile"))

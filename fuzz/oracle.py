@@ -4,7 +4,7 @@ divergence.  A second, model-free check looks for inconsistencies inside the ker
 Classes: stale (the kernel shows what the model says is gone), missing (the reverse),
 visibility (the difference involves hidepid, credentials or another pid namespace), errno
 (both fail, differently), inconsistent (readdir and lookup disagree inside one kernel trace),
-crash, hang; plus model-bug and harness-error, which are procfuzz's own failures and never
+crash, hang; leak (slab objects that accumulate run after run, fuzz/leaks.py); plus model-bug and harness-error, which are procfuzz's own failures and never
 counted as kernel findings.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from reference.program import OBSERVING_KINDS, Program
 from reference.trace import Trace, alternatives, result_matches
 
-KERNEL_CLASSES = ("stale", "missing", "visibility", "errno", "inconsistent", "crash", "hang")
+KERNEL_CLASSES = ("stale", "missing", "visibility", "errno", "inconsistent", "crash", "hang", "leak")
 TOOL_CLASSES = ("model-bug", "harness-error")
 GONE = ("ENOENT", "ESRCH", "dead")
 

@@ -8,6 +8,7 @@ breaks the rules is not resynchronised on the host side: the caller restarts the
 
 from __future__ import annotations
 
+import re
 import select
 import socket
 import struct
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 MAGIC = b"PFZ"
 HEADER = struct.Struct("<3scI")
 MAX_PAYLOAD = 1 << 20
-HOST_TYPES = frozenset("HPC")     # what the host sends
+HOST_TYPES = frozenset("HPLC")    # what the host sends (L: a program with slab counts)
 GUEST_TYPES = frozenset("HRE")    # what the guest may send
 AGENT_PROTOCOL = "1"
 
@@ -123,18 +124,40 @@ def parse_hello(payload: bytes) -> str:
     return words[2]
 
 
-def parse_results(payload: bytes, n_ops: int) -> tuple[int, int, tuple[str, ...]]:
-    """An ``R`` payload -> (ops_us, total_us, one result per op)."""
+SLAB_NAME = re.compile(r"[a-z0-9_]{1,40}")
+SLAB_VALUE = re.compile(r"[0-9]{1,18}")
+MAX_SLAB_ENTRIES = 32
+
+
+def parse_slab(line: str) -> dict[str, int]:
+    """``S name=n name=n ...`` (at most 32 distinct caches, possibly none) -> {name: n}."""
+    words = line.split(" ")
+    if words[0] != "S" or len(words) - 1 > MAX_SLAB_ENTRIES:
+        raise ProtocolError(f"bad slab line {line[:100]!r}")
+    counts: dict[str, int] = {}
+    for word in words[1:]:
+        name, eq, value = word.partition("=")
+        if not eq or not SLAB_NAME.fullmatch(name) or not SLAB_VALUE.fullmatch(value) or name in counts:
+            raise ProtocolError(f"bad slab entry {word[:100]!r}")
+        counts[name] = int(value)
+    return counts
+
+
+def parse_results(payload: bytes, n_ops: int) -> tuple[int, int, tuple[str, ...], dict[str, int]]:
+    """An ``R`` payload -> (ops_us, total_us, one result per op, slab active counts)."""
     lines = text(payload, "result").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     head = lines[0].split(" ") if lines else []
     if len(head) != 3 or head[0] != "T" or not head[1].isdigit() or not head[2].isdigit():
         raise ProtocolError(f"bad result header {lines[0][:100] if lines else ''!r}")
-    results = tuple(lines[1:])
+    if len(lines) < 2:
+        raise ProtocolError("no slab line after the result header")
+    slab = parse_slab(lines[1])
+    results = tuple(lines[2:])
     if len(results) != n_ops:
         raise ProtocolError(f"{len(results)} result lines for {n_ops} ops")
     for line in results:
         if not line or not line.isprintable():
             raise ProtocolError(f"bad result line {line[:100]!r}")
-    return int(head[1]), int(head[2]), results
+    return int(head[1]), int(head[2]), results, slab

@@ -52,10 +52,12 @@ def test_encode_checks_its_side():
 
 
 def test_parse_results():
-    assert parse_results(b"T 120 900\nok\nok:dir\nENOENT\n", 3) == (120, 900, ("ok", "ok:dir", "ENOENT"))
-    assert parse_results(b"T 0 5\n", 0) == (0, 5, ())
-    for bad in (b"T 1 2\nok\n", b"T x 2\nok\nok\n", b"ok\nok\n", b"T 1 2\nok\n\n", b"T 1 2\nok\x00\nok\n",
-                b"T 1 2\nok\xff\nok\n", b""):
+    assert parse_results(b"T 120 900\nS dentry=5 pid=7\nok\nok:dir\nENOENT\n", 3) == \
+        (120, 900, ("ok", "ok:dir", "ENOENT"), {"dentry": 5, "pid": 7})
+    assert parse_results(b"T 0 5\nS\n", 0) == (0, 5, (), {})
+    for bad in (b"T 1 2\nS\nok\n", b"T x 2\nS\nok\nok\n", b"ok\nok\n", b"T 1 2\nS\nok\n\n",
+                b"T 1 2\nS\nok\x00\nok\n", b"T 1 2\nS\nok\xff\nok\n", b"", b"T 1 2\nok\nok\n",
+                b"T 1 2\nok\nok\nok\n"):
         with pytest.raises(ProtocolError):
             parse_results(bad, 2)
 
@@ -176,9 +178,22 @@ def test_garbage_from_the_guest_is_an_error_and_a_restart(tmp_path):
 
 
 def test_wrong_result_count_is_an_error(tmp_path):
-    target, _ = scripted(tmp_path, guest_frame(b"R", b"T 1 2\nok\nok\n"))
+    target, _ = scripted(tmp_path, guest_frame(b"R", b"T 1 2\nS\nok\nok\n"))
     trace = target.run(parse_text("m1 = mount_proc p1\n"))
     assert trace.outcome == "error" and "2 result lines for 1 ops" in trace.title
+
+
+def test_slab_counts_reach_the_trace(tmp_path):
+    target, _ = scripted(tmp_path, guest_frame(b"R", b"T 1 2\nS dentry=10 pid_namespace=2\nok\n"))
+    trace = target.run(parse_text("m1 = mount_proc p1\n"))
+    assert trace.outcome == "ok" and trace.extra["slab"] == {"dentry": 10, "pid_namespace": 2}
+
+
+def test_malformed_slab_line_is_a_protocol_error(tmp_path):
+    target, first = scripted(tmp_path, guest_frame(b"R", b"T 1 2\nS dentry=x\nok\n"))
+    trace = target.run(parse_text("m1 = mount_proc p1\n"))
+    assert trace.outcome == "error" and "protocol error: bad slab entry" in trace.title
+    assert target.restarts == 1
 
 
 def test_agent_error_frame_keeps_the_vm(tmp_path):
@@ -191,7 +206,7 @@ def test_agent_error_frame_keeps_the_vm(tmp_path):
 def test_report_after_a_good_reply_is_a_crash_with_results(tmp_path):
     warning = ("[ 3.0] WARNING: CPU: 0 PID: 9 at fs/proc/base.c:1 proc_pid_lookup+0x4a/0x90\n"
                "[ 3.0] RIP: 0010:proc_pid_lookup+0x4a/0x90\n")
-    target, _ = scripted(tmp_path, guest_frame(b"R", b"T 7 9\nok\n"), console_during=warning)
+    target, _ = scripted(tmp_path, guest_frame(b"R", b"T 7 9\nS pid=3\nok\n"), console_during=warning)
     trace = target.run(parse_text("m1 = mount_proc p1\n"))
     assert (trace.outcome, trace.title, trace.results, trace.guest_us) == (
         "crash", "WARNING in proc_pid_lookup", ("ok",), 7)

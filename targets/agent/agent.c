@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/if_link.h>
+#include <linux/membarrier.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
@@ -1931,7 +1932,7 @@ static int next_frame(struct link *l, char *type, uint32_t *len)
 		if (l->len >= 8) {
 			char t = l->buf[3];
 			uint32_t n = l->buf[4] | l->buf[5] << 8 | l->buf[6] << 16 | (uint32_t)l->buf[7] << 24;
-			if ((t != 'H' && t != 'P' && t != 'C') || n > MAX_PAYLOAD) {
+			if ((t != 'H' && t != 'P' && t != 'L' && t != 'C') || n > MAX_PAYLOAD) {
 				send_error(l, n > MAX_PAYLOAD ? "frame payload of %u bytes exceeds 1 MiB"
 							     : "unknown frame type (payload %u bytes)", n);
 				l->in_garbage = 1;
@@ -1965,8 +1966,100 @@ static long long elapsed_us(long long from, long long to)
 	return (to - from) / 1000;
 }
 
+/*
+ * Leak oracle (fuzz/leaks.py): after teardown, the active object counts of a fixed set of slab
+ * caches (the kernel runs with slab_nomerge, so each has its own line in /proc/slabinfo).  To
+ * make the counts settle: drop dentries and inodes, wait for an RCU grace period (membarrier's
+ * global command is synchronize_rcu; callbacks queued earlier on the same CPU run first), then
+ * shrink each cache so objects freed into per-CPU slabs stop counting as active.  A cache the
+ * kernel does not have is left out; an unreadable slabinfo gives a bare "S".
+ */
+static const char *const slab_caches[] = {
+	"proc_inode_cache", "dentry", "inode_cache", "pid", "pid_namespace", "net_namespace",
+	"task_struct", "nsproxy", "mnt_cache", "cred_jar", "files_cache", "signal_cache",
+	"sighand_cache", "mm_struct", "uts_namespace", "user_namespace", "proc_dir_entry",
+	"kernfs_node_cache", "sock_inode_cache",
+};
+enum { N_SLAB_CACHES = sizeof slab_caches / sizeof slab_caches[0] };
+
+static void write_small(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (write(fd, value, strlen(value)) < 0) {
+		/* best effort: the counts are then only noisier */
+	}
+	close(fd);
+}
+
+/* The active counts of slab_caches (-1: no such cache) from /proc/slabinfo; -1 if unreadable. */
+static int read_slab_counts(long long count[N_SLAB_CACHES])
+{
+	static char info[512 * 1024];
+	for (int i = 0; i < N_SLAB_CACHES; i++)
+		count[i] = -1;
+	int fd = open("/proc/slabinfo", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	size_t len = 0;
+	ssize_t n;
+	while (len < sizeof info - 1 && (n = read(fd, info + len, sizeof info - 1 - len)) > 0)
+		len += n;
+	close(fd);
+	info[len] = '\0';
+	/* Lines: "<name> <active_objs> <num_objs> ..."; the two header lines never match a name. */
+	for (char *line = info; line && *line; ) {
+		char *next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		char name[64];
+		long long active;
+		if (sscanf(line, "%63s %lld", name, &active) == 2) {
+			for (int i = 0; i < N_SLAB_CACHES; i++) {
+				if (strcmp(name, slab_caches[i]) == 0)
+					count[i] = active;
+			}
+		}
+		line = next;
+	}
+	return 0;
+}
+
+/*
+ * Frees come in RCU-deferred chains (a pid's free drops its pid namespace's last reference,
+ * which frees that by call_rcu again): repeat grace period, shrink and read until two reads
+ * agree, at most SLAB_SETTLE_ROUNDS times.
+ */
+enum { SLAB_SETTLE_ROUNDS = 4 };
+
+static void slab_counts(struct text *out)
+{
+	char path[96];
+	long long count[N_SLAB_CACHES] = { 0 }, last[N_SLAB_CACHES];
+	int rc = -1;
+	write_small("/proc/sys/vm/drop_caches", "2");
+	for (int round = 0; round < SLAB_SETTLE_ROUNDS; round++) {
+		syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0);
+		for (int i = 0; i < N_SLAB_CACHES; i++) {
+			snprintf(path, sizeof path, "/sys/kernel/slab/%s/shrink", slab_caches[i]);
+			write_small(path, "1");
+		}
+		memcpy(last, count, sizeof count);
+		rc = read_slab_counts(count);
+		if (rc < 0 || (round > 0 && memcmp(last, count, sizeof count) == 0))
+			break;
+	}
+	text_str(out, "S");
+	for (int i = 0; rc == 0 && i < N_SLAB_CACHES; i++) {
+		if (count[i] >= 0)
+			text_printf(out, " %s=%lld", slab_caches[i], count[i]);
+	}
+	text_str(out, "\n");
+}
+
 /* The results buffer is static: the controller runs one program at a time. */
-static void run_program(struct link *l, const char *text, size_t len)
+static void run_program(struct link *l, const char *text, size_t len, int measure_slab)
 {
 	static struct program prog;
 	static struct sandbox sb;
@@ -1983,8 +2076,8 @@ static void run_program(struct link *l, const char *text, size_t len)
 		return;
 	}
 	struct text out = { payload, 0, sizeof payload, 0 };
-	char *lines = payload + 64;     /* room for the T line, written last */
-	struct text ops = { lines, 0, sizeof payload - 64, 0 };
+	char *lines = payload + 2048 + 64;     /* room for the T and S lines, written last */
+	struct text ops = { lines, 0, sizeof payload - 2048 - 64, 0 };
 	long long t1 = now_ns();
 	for (int i = 0; i < prog.nops; i++) {
 		run_op(&sb, &prog.ops[i], result);
@@ -1998,7 +2091,15 @@ static void run_program(struct link *l, const char *text, size_t len)
 		send_error(l, "teardown: sandbox init %d did not die within 10 s", sb.init);
 		return;
 	}
-	text_printf(&out, "T %lld %lld\n", elapsed_us(t1, t2), elapsed_us(t0, now_ns()));
+	long long t3 = now_ns();
+	static char slab_line[2048];
+	struct text slab = { slab_line, 0, sizeof slab_line, 0 };
+	if (measure_slab)
+		slab_counts(&slab);     /* ~100 ms under TCG: only for frames that ask (L) */
+	else
+		text_str(&slab, "S\n");
+	text_printf(&out, "T %lld %lld\n", elapsed_us(t1, t2), elapsed_us(t0, t3));
+	text_str(&out, slab_line);
 	memmove(payload + out.len, lines, ops.len);
 	send_frame(l, 'R', payload, out.len + ops.len);
 }
@@ -2113,8 +2214,8 @@ static int serve(const char *dev)
 		const char *payload = (const char *)l.buf + 8;
 		if (type == 'H')
 			send_hello_frame(&l);
-		else if (type == 'P')
-			run_program(&l, payload, len);
+		else if (type == 'P' || type == 'L')
+			run_program(&l, payload, len, type == 'L');
 		else
 			control(&l, payload, len);
 		consume(&l, 8 + len);

@@ -13,22 +13,30 @@
  *                 its dentries: a cached
  *                 dentry outlives its table (e.g. /proc/sys/net/ipv4/conf/<dev> after link_del
  *                 and a re-add of the same name answers ENOENT from the old, dead table).
+ *   leak_pidns    every readdir of a proc mount's root (proc_pid_readdir) takes a reference on
+ *                 the mount's pid namespace that is never dropped: the namespace outlives its
+ *                 last task and mount, and the pid_namespace slab count grows run after run
+ *                 (for the leak oracle, fuzz/leaks.py).
  *
- * Every probe only changes a return value or an argument; nothing is freed early, so an
- * injected bug changes answers, not memory safety (the stale objects keep their references).
+ * Every probe only changes a return value or an argument, or takes a reference; nothing is
+ * freed early, so an injected bug changes answers or leaks, not memory safety (the stale
+ * objects keep their references).
  */
 #include <linux/kernel.h>
 #include <linux/kprobes.h>
 #include <linux/kallsyms.h>
 #include <linux/module.h>
 #include <linux/pid.h>
+#include <linux/pid_namespace.h>
+#include <linux/proc_fs.h>
+#include <linux/fs.h>
 #include <linux/ptrace.h>
 #include <linux/string.h>
 #include <linux/namei.h>
 
 static char *bug = "";
 module_param(bug, charp, 0444);
-MODULE_PARM_DESC(bug, "the bug to inject: stale_pid | stale_sysctl");
+MODULE_PARM_DESC(bug, "the bug to inject: stale_pid | stale_sysctl | leak_pidns");
 
 /* ---- common: force a d_revalidate-style return value from 0 to 1 ---------------------------- */
 
@@ -122,6 +130,22 @@ static struct kretprobe sys_compare_probe = {
 	.maxactive = 64,
 };
 
+/* ---- leak_pidns ---------------------------------------------------------------------------- */
+
+/* proc_pid_readdir(struct file *file, struct dir_context *ctx) */
+static int pid_readdir_pre(struct kprobe *p, struct pt_regs *regs)
+{
+	struct file *file = (struct file *)regs->di;
+
+	get_pid_ns(proc_pid_ns(file_inode(file)->i_sb));
+	return 0;
+}
+
+static struct kprobe pid_readdir_probe = {
+	.symbol_name = "proc_pid_readdir",
+	.pre_handler = pid_readdir_pre,
+};
+
 /* ---- table ---------------------------------------------------------------------------------- */
 
 struct zoo_bug {
@@ -133,6 +157,7 @@ struct zoo_bug {
 static const struct zoo_bug bugs[] = {
 	{ "stale_pid", { &flush_pid_probe }, { &pid_revalidate_probe } },
 	{ "stale_sysctl", { &siblings_probe }, { &sys_revalidate_probe, &sys_compare_probe } },
+	{ "leak_pidns", { &pid_readdir_probe }, { NULL } },
 };
 
 static const struct zoo_bug *active;

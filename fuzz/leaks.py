@@ -1,0 +1,97 @@
+"""The leak oracle: kernel objects a program leaves behind after its sandbox is gone.
+
+After every program the guest agent drops dentries and inodes, waits for an RCU grace period,
+shrinks a fixed set of slab caches and reports their active object counts (the ``S`` line of the
+``R`` frame, docs/agent-protocol.md; ``trace.extra["slab"]``).  A program is suspect when a
+cache's count exceeds the baseline, the counts after the previous program, by more than that
+cache's tolerance; it leaks when re-running it ``RERUNS`` times makes the count grow at every
+single run (a leak accumulates; noise goes up and down).
+
+The tolerances are measured, not guessed: ``bench/bench_leak_noise.py`` runs the seed corpus
+repeatedly on stock kernels and prints how far the counts move between consecutive runs of the
+same program.  With the agent's settling (repeated grace periods and shrinks until two reads
+agree) almost nothing moves; what does is the asynchronous teardown of network namespaces
+(proc_dir_entry, sock_inode_cache follow cleanup_net) and single objects.  Each tolerance is the
+largest growth seen on 6.1-cloud and 6.12-cloud, times 1.5, rounded up, at least 2: a program
+has to grow a cache by more than any no-bug run did before it costs re-runs.  Noise that still
+gets past a tolerance costs ``RERUNS`` runs, not a finding: noise does not grow at every run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+RERUNS = 3
+# Largest growth between consecutive runs of a seed on a stock kernel (bench_leak_noise.py,
+# 6.1.176-1 and 6.12.117-1~deb12u1 cloud, 15 seeds x 6 runs each: 75 pairs per kernel), times
+# 1.5, rounded up, at least 2. Measured: proc_dir_entry +50 and sock_inode_cache +11 (6.1 only,
+# asynchronous cleanup_net), cred_jar, mm_struct, net_namespace, pid, sighand_cache,
+# signal_cache, task_struct +1, every other cache 0.
+TOLERANCE = {
+    "cred_jar": 2, "dentry": 2, "files_cache": 2, "inode_cache": 2, "kernfs_node_cache": 2,
+    "mm_struct": 2, "mnt_cache": 2, "net_namespace": 2, "nsproxy": 2, "pid": 2, "pid_namespace": 2,
+    "proc_dir_entry": 75, "proc_inode_cache": 2, "sighand_cache": 2, "signal_cache": 2,
+    "sock_inode_cache": 17, "task_struct": 2, "user_namespace": 2, "uts_namespace": 2,
+}
+DEFAULT_TOLERANCE = 64      # a cache the table does not know (another kernel's set)
+
+
+def tolerance(cache: str) -> int:
+    return TOLERANCE.get(cache, DEFAULT_TOLERANCE)
+
+
+def grown(baseline: dict[str, int], counts: dict[str, int]) -> list[str]:
+    """Caches whose count exceeds the baseline by more than their tolerance."""
+    return sorted(c for c, n in counts.items() if c in baseline and n - baseline[c] > tolerance(c))
+
+
+def leaking(baseline: dict[str, int], runs: list[dict[str, int]], caches: list[str]) -> dict[str, list[int]]:
+    """Of ``caches`` (grown on runs[0]), those whose count grew strictly at every run after the
+    baseline: cache -> [baseline, count after each run].  A missing count (a failed re-run)
+    is no growth."""
+    confirmed = {}
+    for cache in caches:
+        series = [baseline[cache], *(run.get(cache, -1) for run in runs)]
+        if len(series) > 2 and all(b > a >= 0 for a, b in zip(series, series[1:])):
+            confirmed[cache] = series
+    return confirmed
+
+
+def describe(confirmed: dict[str, list[int]]) -> str:
+    """The finding's detail: one clause per cache (cache name first, so findings of the same
+    cache share a signature)."""
+    return "; ".join(f"{cache} grew every run: baseline {series[0]}, after runs "
+                     + ", ".join(str(n) for n in series[1:])
+                     for cache, series in sorted(confirmed.items()))
+
+
+@dataclass
+class LeakOracle:
+    """Per-worker state: the baseline is the counts after the previous program."""
+    reruns: int = RERUNS
+    baseline: dict | None = None
+
+    def check(self, counts: dict[str, int] | None,
+              rerun: Callable[[], dict[str, int] | None]) -> dict[str, list[int]]:
+        """After a program's run with slab ``counts``: {} or the confirmed leaks. ``rerun`` runs
+        the same program again and returns its counts (None if that run failed)."""
+        if not counts:
+            return {}
+        baseline, self.baseline = self.baseline, counts
+        suspects = grown(baseline, counts) if baseline else []
+        if not suspects:
+            return {}
+        runs = [counts]
+        for _ in range(self.reruns):
+            again = rerun()
+            if not again:
+                self.baseline = None     # the VM may have restarted: counts start over
+                return {}
+            runs.append(again)
+        self.baseline = runs[-1]
+        return leaking(baseline, runs, suspects)
+
+    def reset(self) -> None:
+        """Something else ran the program or restarted the VM: the next counts are the baseline."""
+        self.baseline = None

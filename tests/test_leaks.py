@@ -1,0 +1,202 @@
+"""The leak oracle: the slab line of the agent's reply, the decision logic (plain unit tests), its
+place in the campaign loop, and (``-m kernel``) no leak on a stock kernel."""
+
+from pathlib import Path
+
+import pytest
+
+from fuzz import leaks
+from fuzz.campaign import WorkerConfig, run_worker
+from fuzz.findings import list_findings, load
+from fuzz.leaks import LeakOracle, describe, grown, leaking, tolerance
+from fuzz.oracle import KERNEL_CLASSES
+from fuzz.storage import load_directory
+from reference.trace import Trace
+from targets.kernels import load_profile
+from targets.model import ModelTarget
+from reference.program import parse_text
+from targets.protocol import MAX_SLAB_ENTRIES, ProtocolError, parse_slab
+
+SEEDS = Path(__file__).resolve().parent.parent / "corpus" / "seeds"
+
+
+# ---- the S line ----------------------------------------------------------------------------
+
+def test_parse_slab():
+    assert parse_slab("S") == {}
+    assert parse_slab("S proc_inode_cache=12 pid_namespace=0 dentry=40123") == \
+        {"proc_inode_cache": 12, "pid_namespace": 0, "dentry": 40123}
+    many = "S " + " ".join(f"c{i}=1" for i in range(MAX_SLAB_ENTRIES))
+    assert len(parse_slab(many)) == MAX_SLAB_ENTRIES
+
+
+@pytest.mark.parametrize("bad", [
+    "", "T 1 2", "s dentry=1", "S  dentry=1", "S dentry=1 ", "S dentry", "S dentry=", "S =1",
+    "S dentry=-1", "S dentry=1x", "S dentry=0x10", "S Dentry=1", "S kmalloc-64=1", "S dentry=1 dentry=2",
+    "S " + "a" * 41 + "=1", "S dentry=" + "9" * 19, "S dentry=１",
+    "S " + " ".join(f"c{i}=1" for i in range(MAX_SLAB_ENTRIES + 1)),
+])
+def test_parse_slab_rejects(bad):
+    with pytest.raises(ProtocolError):
+        parse_slab(bad)
+
+
+# ---- decision logic ------------------------------------------------------------------------
+
+def test_growth_within_tolerance_is_noise():
+    base = {"dentry": 1000, "pid_namespace": 3}
+    assert grown(base, {"dentry": 1000 + tolerance("dentry"), "pid_namespace": 3 + tolerance("pid_namespace")}) == []
+    assert grown(base, {"dentry": 1001 + tolerance("dentry"), "pid_namespace": 2}) == ["dentry"]
+    assert grown(base, {"new_cache": 10**6}) == []          # no baseline for it: nothing to compare
+
+
+def test_leak_needs_growth_at_every_run():
+    base = {"pid_namespace": 3, "dentry": 1000}
+    runs = [{"pid_namespace": 6, "dentry": 1200}, {"pid_namespace": 9, "dentry": 1150},
+            {"pid_namespace": 12, "dentry": 1300}, {"pid_namespace": 15, "dentry": 1400}]
+    assert leaking(base, runs, ["pid_namespace", "dentry"]) == {"pid_namespace": [3, 6, 9, 12, 15]}
+    assert leaking(base, [runs[0], {"pid_namespace": 6}], ["pid_namespace"]) == {}     # flat
+    assert leaking(base, [runs[0], {}], ["pid_namespace"]) == {}                      # count missing
+
+
+def test_describe_names_cache_baseline_and_runs():
+    assert describe({"pid_namespace": [3, 6, 9]}) == "pid_namespace grew every run: baseline 3, after runs 6, 9"
+
+
+class FakeKernel:
+    """Slab counts of a kernel where every run adds ``per_run`` to each cache plus a noise term."""
+
+    def __init__(self, per_run: dict, noise=(0,)):
+        self.counts = {"dentry": 5000, "pid_namespace": 2, "proc_inode_cache": 300}
+        self.per_run, self.noise, self.runs = per_run, noise, 0
+
+    def run_counts(self):
+        wobble = self.noise[self.runs % len(self.noise)]
+        self.runs += 1
+        for cache, n in self.per_run.items():
+            self.counts[cache] += n
+        return {c: n + (wobble if c == "dentry" else 0) for c, n in self.counts.items()}
+
+
+def test_oracle_confirms_a_steady_leak_and_reruns_it():
+    kernel = FakeKernel({"pid_namespace": 5})
+    oracle = LeakOracle()
+    assert oracle.check(kernel.run_counts(), kernel.run_counts) == {}      # first program: the baseline
+    found = oracle.check(kernel.run_counts(), kernel.run_counts)
+    assert found == {"pid_namespace": [7, 12, 17, 22, 27]}
+    assert kernel.runs == 2 + leaks.RERUNS
+
+
+def test_oracle_ignores_measured_noise():
+    # dentry moving between consecutive runs by up to its tolerance
+    top = tolerance("dentry")
+    kernel = FakeKernel({}, noise=(0, top, top // 2, top, 0, 1, 0))
+    oracle = LeakOracle()
+    for _ in range(30):
+        assert oracle.check(kernel.run_counts(), kernel.run_counts) == {}
+    assert kernel.runs == 30
+
+
+def test_oracle_rejects_a_one_off_jump():
+    kernel = FakeKernel({})
+    oracle = LeakOracle()
+    oracle.check(kernel.run_counts(), kernel.run_counts)
+    kernel.counts["dentry"] += 500           # one program's worth, then flat
+    assert oracle.check(kernel.run_counts(), kernel.run_counts) == {}
+    assert kernel.runs == 2 + leaks.RERUNS   # suspect: re-run, not confirmed
+    assert oracle.check(kernel.run_counts(), kernel.run_counts) == {}
+    assert kernel.runs == 3 + leaks.RERUNS   # the new level is the baseline
+
+
+def test_oracle_without_counts_or_with_a_failed_rerun():
+    oracle = LeakOracle()
+    assert oracle.check(None, lambda: pytest.fail("no re-run without counts")) == {}
+    assert oracle.check({}, lambda: pytest.fail("no re-run without counts")) == {}
+    oracle.check({"pid_namespace": 1}, lambda: None)
+    assert oracle.check({"pid_namespace": 50}, lambda: None) == {}
+    assert oracle.baseline is None
+
+
+# ---- in the campaign loop ------------------------------------------------------------------
+
+class LeakyTarget:
+    """The model's results plus slab counts in which pid_namespace grows by 4 per run."""
+
+    def __init__(self, profile):
+        self.model = ModelTarget(profile)
+        self.pid_namespaces = 0
+        self.restarts = 0
+
+    def run(self, program):
+        expected = self.model.run(program)
+        self.pid_namespaces += 4
+        results = tuple(r.split(" | ")[0].rstrip("*") for r in expected.results)
+        return Trace(results, kernel="fake=1", extra={"slab": {"pid_namespace": self.pid_namespaces, "dentry": 7}})
+
+
+def test_campaign_records_a_leak(tmp_path):
+    profile = load_profile()
+    target = LeakyTarget(profile)
+    config = WorkerConfig(0, 1, profile, "fake=1", tmp_path / "out", tmp_path / "corpus", float("inf"),
+                          max_programs=2, seed_dirs=(SEEDS,))
+    stats = run_worker(config, target, lambda s: None, lambda: False)
+    assert "leak" in KERNEL_CLASSES
+    leaked = [load(d) for d in list_findings(tmp_path / "out") if load(d).divergence.cls == "leak"]
+    assert stats.findings["leak"] == 1 and len(leaked) == 1
+    assert leaked[0].divergence.detail.startswith("pid_namespace grew every run: baseline 4, after runs 8, 12, 16, 20")
+    assert leaked[0].reruns == (leaks.RERUNS, leaks.RERUNS)
+
+
+# ---- a stock kernel ------------------------------------------------------------------------
+
+@pytest.mark.kernel
+def test_stock_kernel_does_not_leak(qemu_target, monkeypatch):
+    programs = [program for _, program in load_directory(SEEDS)[0]]
+    oracle = LeakOracle()
+    monkeypatch.setattr(qemu_target, "measure_leaks", True)
+    seen = 0
+    for _ in range(2):
+        for program in programs:
+            trace = qemu_target.run(program)
+            assert trace.outcome == "ok", trace.title
+            slab = trace.extra["slab"]
+            assert {"proc_inode_cache", "dentry", "pid", "pid_namespace", "net_namespace", "task_struct"} <= set(slab)
+            found = oracle.check(slab, lambda: qemu_target.run(program).extra.get("slab"))
+            assert found == {}, f"{program.id}: {describe(found)}"
+            seen += 1
+    assert seen == 2 * len(programs)
+
+
+# Three nested pid namespaces, each with its own proc mount read once: with the zoo's leak_pidns
+# every readdir pins its namespace (and so the sandbox's, their parent).
+LEAK_PIDNS = parse_text("""\
+p2 = spawn p1 newpid=1
+m1 = mount_proc p2
+readdir p2 {m1}
+p3 = spawn p1 newpid=1
+m2 = mount_proc p3
+readdir p3 {m2}
+p4 = spawn p1 newpid=1
+m3 = mount_proc p4
+readdir p4 {m3}
+""")
+
+
+@pytest.mark.kernel
+def test_zoo_leak_is_caught():
+    from targets.qemu import QemuTarget
+    oracle = LeakOracle()
+    with QemuTarget(zoo=True) as target:
+        target.measure_leaks = True
+
+        def run():
+            trace = target.run(LEAK_PIDNS)
+            assert trace.outcome == "ok", trace.title
+            return trace.extra["slab"]
+        for _ in range(3):
+            assert oracle.check(run(), run) == {}
+        assert target.load_zoo("leak_pidns") == "ok"
+        found = oracle.check(run(), run)
+    series = found["pid_namespace"]
+    assert list(found) == ["pid_namespace"] and len(series) == 2 + leaks.RERUNS
+    assert all(b - a == 4 for a, b in zip(series, series[1:])), series
