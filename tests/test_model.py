@@ -1,6 +1,5 @@
 """Reference model semantics, one behaviour at a time, with expectations from fs/proc."""
 
-import pytest
 
 from reference.model import UNMODELLED
 from reference.profile import KernelProfile
