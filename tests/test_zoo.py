@@ -30,6 +30,43 @@ link_add p1 dummy0 kind=dummy
 lookup p1 {m1}/sys/net/ipv4/conf/dummy0
 """)
 
+STALE_TID = parse_text("""\
+m1 = mount_proc p1
+p2 = spawn p1
+t1 = spawn_thread p2
+lookup p1 {m1}/{p2}/task/{t1}
+exit t1
+lookup p1 {m1}/{p2}/task/{t1}
+""")
+
+SYSCTL_WRONG_NETNS = parse_text("""\
+m1 = mount_proc p1
+p2 = spawn p1
+unshare_net p2
+link_add p2 d0
+lookup p2 {m1}/sys/net/ipv4/conf/d0
+lookup p1 {m1}/sys/net/ipv4/conf/d0
+""")
+
+HIDEPID_WRONG_MOUNT = parse_text("""\
+m1 = mount_proc p1 hidepid=invisible
+p2 = spawn p1
+setgid p2 1000
+setuid p2 1000
+readdir p2 {m1}
+""")
+
+
+def _injected(program, bug):
+    """(model trace, trace of the program on a fresh default-kernel guest with the bug loaded);
+    the same guest agrees with the model before the bug is loaded."""
+    from targets.qemu import QemuTarget
+    model = ModelTarget(load_profile()).run(program)
+    with QemuTarget(zoo=True) as target:
+        assert compare(program, model, target.run(program)) is None
+        assert target.load_zoo(bug) == "ok"
+        return model, target.run(program)
+
 
 def test_zoo_module_is_in_the_image_but_not_loaded_by_init():
     items = {e.path: e for e in entries(b"agent", b"busybox", {"dummy": b"d"}, zoo=b"\x7fELFzoo")}
@@ -85,3 +122,38 @@ def test_injected_bug_survives_a_restart(zoo_target):
         assert zoo_target.load_zoo("stale_pid") == "ok"
     zoo_target.restart()
     assert zoo_target.run(STALE_PID).results[-1] == "ok:dir"
+
+
+@pytest.mark.kernel
+def test_stale_tid_is_caught():
+    """The agent itself waits for a thread's exit by lstat of /proc/<tgid>/task/<tid> (its own
+    /proc), which now stays: the first divergence is `exit t1` timing out; the stale lookup
+    follows."""
+    model, injected = _injected(STALE_TID, "stale_tid")
+    assert injected.outcome == "ok", injected.title
+    assert (model.results[-1], injected.results[-1]) == ("ENOENT", "ok:dir")
+    divergence = compare(STALE_TID, model, injected)
+    assert divergence is not None
+    assert (divergence.cls, divergence.index, divergence.expected, divergence.actual) == \
+        ("errno", 4, "ok", "ETIMEDOUT")
+
+
+@pytest.mark.kernel
+def test_sysctl_wrong_netns_is_caught_as_stale():
+    """p1 resolves conf/d0 through p2's cached dentry of p2's network namespace."""
+    model, injected = _injected(SYSCTL_WRONG_NETNS, "sysctl_wrong_netns")
+    divergence = compare(SYSCTL_WRONG_NETNS, model, injected)
+    assert divergence is not None
+    assert (divergence.cls, divergence.index, divergence.expected, divergence.actual) == \
+        ("stale", 5, "ENOENT", "ok:dir")
+
+
+@pytest.mark.kernel
+def test_hidepid_wrong_mount_is_caught_as_visibility():
+    """uid 1000 lists root's pid 1 on a hidepid=invisible mount."""
+    model, injected = _injected(HIDEPID_WRONG_MOUNT, "hidepid_wrong_mount")
+    divergence = compare(HIDEPID_WRONG_MOUNT, model, injected)
+    assert divergence is not None
+    assert (divergence.cls, divergence.index) == ("visibility", 4)
+    assert "1" not in divergence.expected[3:].split(",")
+    assert "1" in divergence.actual[3:].split(",")

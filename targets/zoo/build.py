@@ -28,7 +28,6 @@ from targets.kernels import KernelImage, resolve
 
 ZOO_DIR = Path(__file__).parent
 SOURCES = ("zoo.c", "Kbuild")
-BUGS = ("stale_pid", "stale_sysctl", "leak_pidns")
 # 6.12's headers enable BTF for modules; there is no pahole (nor vmlinux) to make it.
 MAKE_VARS = ["CONFIG_DEBUG_INFO_BTF_MODULES="]
 

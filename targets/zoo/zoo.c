@@ -13,6 +13,18 @@
  *                 its dentries: a cached
  *                 dentry outlives its table (e.g. /proc/sys/net/ipv4/conf/<dev> after link_del
  *                 and a re-add of the same name answers ENOENT from the old, dead table).
+ *   stale_tid     like stale_pid, but only for a thread's /proc/<pid>/task/<tid> dentry: its
+ *                 revalidation says "valid" after the thread exits, and the thread's own release
+ *                 no longer flushes its dentries (a thread group leader and /proc/<tid> are as usual).
+ *   sysctl_wrong_netns
+ *                 proc_sys_compare() matches any cached /proc/sys dentry of the same name, also
+ *                 one of another network namespace's tables: a reader sees the netns of whoever
+ *                 looked the name up first (e.g. net/ipv4/conf/<dev> of a device it does not have).
+ *   hidepid_wrong_mount
+ *                 readdir of a proc root filters tasks as if the mount had hidepid=off, as if
+ *                 the options of another proc mount of the same pid namespace applied (before
+ *                 5.8 hidepid lived in the pid namespace, shared by all its mounts): a
+ *                 hidepid=invisible|noaccess mount lists other users' processes.
  *   leak_pidns    every readdir of a proc mount's root (proc_pid_readdir) takes a reference on
  *                 the mount's pid namespace that is never dropped: the namespace outlives its
  *                 last task and mount, and the pid_namespace slab count grows run after run
@@ -33,10 +45,12 @@
 #include <linux/ptrace.h>
 #include <linux/string.h>
 #include <linux/namei.h>
+#include <linux/sched/signal.h>
 
 static char *bug = "";
 module_param(bug, charp, 0444);
-MODULE_PARM_DESC(bug, "the bug to inject: stale_pid | stale_sysctl | leak_pidns");
+MODULE_PARM_DESC(bug, "the bug to inject: stale_pid | stale_tid | stale_sysctl | sysctl_wrong_netns | "
+		 "hidepid_wrong_mount | leak_pidns");
 
 /* ---- common: force a d_revalidate-style return value from 0 to 1 ---------------------------- */
 
@@ -68,6 +82,55 @@ static struct kretprobe pid_revalidate_probe = {
 	.kp.symbol_name = "pid_revalidate",
 	.handler = force_valid_ret,
 	.maxactive = 64,
+};
+
+/* ---- stale_tid ------------------------------------------------------------------------------ */
+
+/* /proc/<pid>/task/<tid> of a thread other than the leader: parent "task", and a name that is
+ * not the thread group's own pid (the grandparent's name). */
+static bool is_thread_entry(const struct dentry *dentry)
+{
+	const struct dentry *parent = dentry->d_parent;
+
+	return strcmp(parent->d_name.name, "task") == 0 &&
+	       strcmp(dentry->d_name.name, parent->d_parent->d_name.name) != 0;
+}
+
+/* pid_revalidate(dentry, flags): decide at entry (the dentry is an argument), force at return. */
+static int tid_revalidate_entry(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	*(bool *)ri->data = is_thread_entry((const struct dentry *)regs->di);
+	return 0;
+}
+
+static int tid_revalidate_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	return *(bool *)ri->data ? force_valid_ret(ri, regs) : 0;
+}
+
+static struct kretprobe tid_revalidate_probe = {
+	.kp.symbol_name = "pid_revalidate",
+	.entry_handler = tid_revalidate_entry,
+	.handler = tid_revalidate_ret,
+	.data_size = sizeof(bool),
+	.maxactive = 64,
+};
+
+/* A thread that is not the leader is autoreaped: exit_notify calls release_task on itself, and
+ * release_task calls proc_flush_pid(its own pid).  Only that flush is neutralised; a leader's
+ * (released by its reaper, or by its last thread) still invalidates /proc/<pid>. */
+static int flush_tid_pre(struct kprobe *p, struct pt_regs *regs)
+{
+	struct pid *pid = (struct pid *)regs->di;
+
+	if (!thread_group_leader(current) && pid_nr(pid) == current->pid)
+		regs->di = (unsigned long)&empty_pid;
+	return 0;
+}
+
+static struct kprobe flush_tid_probe = {
+	.symbol_name = "proc_flush_pid",
+	.pre_handler = flush_tid_pre,
 };
 
 /* ---- stale_sysctl --------------------------------------------------------------------------- */
@@ -130,6 +193,44 @@ static struct kretprobe sys_compare_probe = {
 	.maxactive = 64,
 };
 
+/* ---- sysctl_wrong_netns ------------------------------------------------------------------- */
+
+/* sys_compare_probe alone: proc_sys_compare also refuses a dentry whose table the reader's
+ * network namespace does not see (sysctl_is_seen), and an equal name now matches anyway.
+ * proc_sys_revalidate and the invalidation on unregistering are left alone, so a dead table's
+ * dentry still goes (that is stale_sysctl); only a live table of another namespace leaks. */
+
+/* ---- hidepid_wrong_mount ------------------------------------------------------------------- */
+
+/* has_pid_permissions(fs_info, task, hide_pid_min) is inlined into its callers (it is not in
+ * kallsyms of 6.1 nor 6.12).  Past the mount's hidepid and gid= tests its answer is that of
+ * ptrace_may_access(task, PTRACE_MODE_READ_FSCREDS); for hidepid=off it is "allowed" before that.
+ * So when proc_pid_readdir asks, answer "allowed": the root listing filters as if the mount
+ * being read had hidepid=off (its other callers: lookup, getattr, permission, are untouched). */
+static int ptrace_access_entry(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	char caller[KSYM_SYMBOL_LEN];
+
+	sprint_symbol_no_offset(caller, *(unsigned long *)regs->sp);
+	*(bool *)ri->data = strcmp(caller, "proc_pid_readdir") == 0;
+	return 0;
+}
+
+static int ptrace_access_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	if (*(bool *)ri->data)
+		regs_set_return_value(regs, true);
+	return 0;
+}
+
+static struct kretprobe ptrace_access_probe = {
+	.kp.symbol_name = "ptrace_may_access",
+	.entry_handler = ptrace_access_entry,
+	.handler = ptrace_access_ret,
+	.data_size = sizeof(bool),
+	.maxactive = 64,
+};
+
 /* ---- leak_pidns ---------------------------------------------------------------------------- */
 
 /* proc_pid_readdir(struct file *file, struct dir_context *ctx) */
@@ -156,7 +257,10 @@ struct zoo_bug {
 
 static const struct zoo_bug bugs[] = {
 	{ "stale_pid", { &flush_pid_probe }, { &pid_revalidate_probe } },
+	{ "stale_tid", { &flush_tid_probe }, { &tid_revalidate_probe } },
 	{ "stale_sysctl", { &siblings_probe }, { &sys_revalidate_probe, &sys_compare_probe } },
+	{ "sysctl_wrong_netns", { NULL }, { &sys_compare_probe } },
+	{ "hidepid_wrong_mount", { NULL }, { &ptrace_access_probe } },
 	{ "leak_pidns", { &pid_readdir_probe }, { NULL } },
 };
 
