@@ -1603,11 +1603,27 @@ static int process_exited(const void *arg)
 	return others == 0;
 }
 
+/*
+ * A thread is done exiting once its thread group's task list no longer has it.  The list comes
+ * from the live thread list (proc_task_readdir), not from a lookup, so a kernel whose dentries
+ * for dead tids stay valid (a bug procfuzz hunts) cannot make this wait hang.
+ */
+struct thread_id { pid_t tgid; long tid; };
+
 static int thread_exited(const void *arg)
 {
-	const char *path = arg;
-	struct stat st;
-	return lstat(path, &st) < 0 && errno == ENOENT;
+	const struct thread_id *id = arg;
+	char path[64], name[24];
+	snprintf(path, sizeof path, "/proc/%d/task", id->tgid);
+	snprintf(name, sizeof name, "%ld", id->tid);
+	DIR *dir = opendir(path);
+	if (!dir)
+		return errno == ENOENT || errno == ESRCH;
+	int listed = 0;
+	for (struct dirent *d; !listed && (d = readdir(dir));)
+		listed = strcmp(d->d_name, name) == 0;
+	closedir(dir);
+	return !listed;
 }
 
 /* Every thread of process pn is gone with it (exit_group or exec). */
@@ -1623,7 +1639,6 @@ static void ctl_exit(struct sandbox *sb, const struct op *op, char *result)
 {
 	struct task *a = task_of(sb, op->actor);
 	struct cmd c = { .kind = OP_EXIT };
-	char path[96];
 	int done;
 	if (a->chan < 0 || send_msg(a->chan, &c, sizeof c, -1) < 0) {
 		drop_channel(a);
@@ -1635,8 +1650,8 @@ static void ctl_exit(struct sandbox *sb, const struct op *op, char *result)
 		done = poll_until(process_exited, &tgid, now_ns() + OP_DEADLINE_NS);
 		drop_threads_of(sb, a->proc);
 	} else {
-		snprintf(path, sizeof path, "/proc/%d/task/%ld", tgid, a->nspid[0]);
-		done = poll_until(thread_exited, path, now_ns() + OP_DEADLINE_NS);
+		struct thread_id id = { tgid, a->nspid[0] };
+		done = poll_until(thread_exited, &id, now_ns() + OP_DEADLINE_NS);
 	}
 	drop_channel(a);
 	strcpy(result, done == 0 ? "ok" : "ETIMEDOUT");
