@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from . import sysctl
 from .profile import KernelProfile
-from .program import Op, Program, substitute
+from .program import Op, substitute
 from .sysctl import CtlRef, NetDevice, NetNamespace
 from .trace import fnv1a64
 
@@ -1121,8 +1121,3 @@ def name_to_int(name: str) -> int | None:
 def read_result(data: bytes) -> str:
     data = data[:4096]
     return f"ok:{len(data)}:{fnv1a64(data)}"
-
-
-def run_program(program: Program, profile: KernelProfile) -> list[str]:
-    kernel = Kernel(profile)
-    return [kernel.apply(op) for op in program.ops]
