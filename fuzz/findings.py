@@ -46,9 +46,6 @@ class Finding:
         op = self.program.ops[d.index]
         return f"{d.cls} {op.kind} {path_pattern(_op_path(self.program, op))}".strip()
 
-    @property
-    def is_kernel_finding(self) -> bool:
-        return self.divergence.cls not in ("model-bug", "harness-error")
 
 
 def _op_path(program: Program, op) -> str:

@@ -75,10 +75,6 @@ class Task:
     comm: str
     netns: NetNamespace = None      # per thread: unshare/setns of CLONE_NEWNET act on one thread
 
-    @property
-    def is_leader(self) -> bool:
-        return self.process.leader is self
-
 
 @dataclass(eq=False)
 class Process:

@@ -289,9 +289,6 @@ class Program:
     def id(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
-    def replace_ops(self, ops: Iterable[Op]) -> "Program":
-        return Program(tuple(ops))
-
 
 # ---- construction and validation ------------------------------------------------------------
 

@@ -71,10 +71,6 @@ class KernelImage:
         return self.directory / "config"
 
     @property
-    def system_map(self) -> Path:
-        return self.directory / "System.map"
-
-    @property
     def modules_dir(self) -> Path:
         return self.directory / "modules"
 
