@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from reference.program import Program, ProgramError
@@ -63,13 +64,31 @@ def _profile(kernel: str | None):
         raise ToolError(str(err)) from None
 
 
-def _qemu(kernel: str | None):
-    from targets.kernels import KernelError
-    from targets.qemu import QemuTarget
+def target_options(args) -> dict:
+    """QemuTarget keyword arguments from --zoo and --load-module."""
+    from targets.qemu import ModuleSpec
     try:
-        return QemuTarget(kernel)
-    except KernelError as err:
+        modules = tuple(ModuleSpec.parse(text) for text in getattr(args, "load_module", None) or ())
+    except ValueError as err:
         raise ToolError(str(err)) from None
+    return {"zoo": getattr(args, "zoo", None), "modules": modules}
+
+
+@contextmanager
+def _qemu(args):
+    """A started QemuTarget for the command's --kernel, --zoo and --load-module."""
+    from targets.kernels import KernelError
+    from targets.qemu import ModuleLoadError, QemuTarget
+    from targets.zoo.build import ZooBuildError
+    try:
+        target = QemuTarget(args.kernel, **target_options(args))
+        target.start()
+    except (KernelError, ModuleLoadError, ZooBuildError, ValueError) as err:
+        raise ToolError(str(err)) from None
+    try:
+        yield target
+    finally:
+        target.close()
 
 
 def _known(path: Path | None) -> dict[str, str]:
@@ -120,7 +139,7 @@ def cmd_model(args) -> int:
 
 def cmd_exec(args) -> int:
     program, _ = _load_case(args.case)
-    with _qemu(args.kernel) as target:
+    with _qemu(args) as target:
         trace = target.run(program)
     print_trace(program, trace)
     return {"ok": EXIT_OK, "crash": EXIT_FOUND, "hang": EXIT_FOUND}.get(trace.outcome, EXIT_TOOL)
@@ -133,7 +152,7 @@ def cmd_repro(args) -> int:
     expected = ModelTarget(_profile(args.kernel)).run(program)
     if expected.outcome != "ok":
         raise ToolError(f"the model failed on this program (a procfuzz bug): {expected.title}")
-    with _qemu(args.kernel) as target:
+    with _qemu(args) as target:
         actual = target.run(program)
     divergence = compare(program, expected, actual)
     print_side_by_side(program, expected, actual, divergence.index if divergence else None)
@@ -153,7 +172,7 @@ def cmd_replay(args) -> int:
         print(f"skipped: {err}", file=sys.stderr)
     model = ModelTarget(_profile(args.kernel))
     failures = 0
-    with _qemu(args.kernel) as target:
+    with _qemu(args) as target:
         for path, program in programs:
             expected = model.run(program)
             actual = target.run(program) if expected.outcome == "ok" else expected
@@ -188,8 +207,11 @@ def cmd_run(args) -> int:
     known = frozenset(_known(Path(args.known) if args.known else None))
     seed = args.seed if args.seed is not None else int(time.time())
     deadline = time.monotonic() + budget
+    options = target_options(args)
     configs = [WorkerConfig(i, seed, profile, label, out, corpus, deadline, args.max_ops, known=known,
-                            seed_dirs=SEED_DIRS, leak_every=args.leak_every) for i in range(args.workers)]
+                            seed_dirs=SEED_DIRS, leak_every=args.leak_every,
+                            zoo_bug=options["zoo"], modules=options["modules"])
+               for i in range(args.workers)]
     stop = multiprocessing.get_context("spawn").Event()
 
     def request_stop(signum, _frame):
@@ -265,6 +287,12 @@ def _parser() -> argparse.ArgumentParser:
     def kernel_option(p):
         p.add_argument("--kernel", default=None, help="kernel pin name (default: the pins file's default)")
 
+    def module_options(p):
+        p.add_argument("--zoo", default=None, metavar="BUG",
+                       help="inject a bug-zoo bug (targets/zoo/README.md) into the guest kernel")
+        p.add_argument("--load-module", action="append", default=[], metavar="PATH.ko[:params]",
+                       help="load an out-of-tree module into the guest after every boot (repeatable)")
+
     p = command("show", cmd_show, "pretty-print a program or finding")
     p.add_argument("case")
     p.add_argument("--json", action="store_true", help="canonical JSON instead of text")
@@ -276,8 +304,11 @@ def _parser() -> argparse.ArgumentParser:
         p = command(name, func, help_text)
         p.add_argument(operand)
         kernel_option(p)
+        if name != "model":
+            module_options(p)
     p = command("run", cmd_run, "a fuzzing campaign")
     kernel_option(p)
+    module_options(p)
     p.add_argument("--budget", default="10m")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--corpus", default=None,
