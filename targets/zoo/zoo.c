@@ -2,7 +2,8 @@
 /*
  * procfuzz bug zoo: injects ONE known-shape /proc dentry bug into a stock kernel, so that the
  * differential fuzzer can be shown to catch it.  Loaded by the guest agent (`C` frame
- * `zoo <bug>`) with `bug=<name>`; never unloaded (the VM is thrown away).
+ * `zoo <bug>`) with `bug=<name>`; procfuzz never unloads it (the VM is thrown away), `rmmod zoo`
+ * undoes the bug.
  *
  * Bugs:
  *   stale_pid     pid_revalidate() answers "valid" even when the task is gone, and the release
@@ -29,6 +30,15 @@
  *                 the mount's pid namespace that is never dropped: the namespace outlives its
  *                 last task and mount, and the pid_namespace slab count grows run after run
  *                 (for the leak oracle, fuzz/leaks.py).
+ *   leak_dentry   every successful lookup of /proc/<pid> on a proc mount made inside a pid
+ *                 namespace (not the initial one) takes a dentry reference that is never
+ *                 dropped: at the task's release proc_flush_pid still unhashes the dentry
+ *                 (lookups answer ENOENT as they should) but cannot free it, so the dentry,
+ *                 its proc inode and its struct pid outlive the task, and the dentry and
+ *                 proc_inode_cache slab counts grow run after run.  Like a leaked struct path
+ *                 the reference keeps the superblock active, so unmounting does not trip over a
+ *                 busy dentry.  The references are kept in a bounded list and dropped when the
+ *                 module is unloaded (rmmod zoo): a leak for the kernel, a clean unload.
  *
  * Every probe only changes a return value or an argument, or takes a reference; nothing is
  * freed early, so an injected bug changes answers or leaks, not memory safety (the stale
@@ -50,7 +60,7 @@
 static char *bug = "";
 module_param(bug, charp, 0444);
 MODULE_PARM_DESC(bug, "the bug to inject: stale_pid | stale_tid | stale_sysctl | sysctl_wrong_netns | "
-		 "hidepid_wrong_mount | leak_pidns");
+		 "hidepid_wrong_mount | leak_pidns | leak_dentry");
 
 /* ---- common: force a d_revalidate-style return value from 0 to 1 ---------------------------- */
 
@@ -247,6 +257,67 @@ static struct kprobe pid_readdir_probe = {
 	.pre_handler = pid_readdir_pre,
 };
 
+/* ---- leak_dentry --------------------------------------------------------------------------- */
+
+/* Bounded so that a long campaign cannot exhaust the guest's memory: 8192 pins of dentry, inode
+ * and (mostly shared) superblock are a few MiB; past it the leak stops (said once on the console). */
+#define LEAKED_MAX 8192
+
+struct leaked_dentry {
+	struct dentry *dentry;
+	struct super_block *sb;     /* one s_active reference per entry */
+};
+
+static struct leaked_dentry leaked[LEAKED_MAX];
+static unsigned int n_leaked;
+static DEFINE_SPINLOCK(leaked_lock);
+
+/* proc_pid_lookup(dentry, flags): the dentry is an argument, the outcome the return value. */
+static int pid_lookup_entry(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	*(struct dentry **)ri->data = (struct dentry *)regs->di;
+	return 0;
+}
+
+/* NULL: the dentry itself is now the positive /proc/<pid> dentry; the caller (the path walk)
+ * holds a reference, so it cannot die under us.  The harness's own /proc (the initial pid
+ * namespace) is left alone: only the programs' mounts leak, so the leak follows their ops. */
+static int pid_lookup_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	struct dentry *dentry = *(struct dentry **)ri->data;
+	struct super_block *sb = dentry->d_sb;
+
+	if (regs_return_value(regs) != 0 || d_really_is_negative(dentry) || proc_pid_ns(sb) == &init_pid_ns)
+		return 0;
+	spin_lock(&leaked_lock);
+	/* The walk's mount keeps s_active above zero; the check is for form. */
+	if (n_leaked < LEAKED_MAX && atomic_inc_not_zero(&sb->s_active))
+		leaked[n_leaked++] = (struct leaked_dentry){ dget(dentry), sb };
+	else if (n_leaked == LEAKED_MAX)
+		pr_warn_once("procfuzz-zoo: leak_dentry: %d dentries pinned, no more\n", LEAKED_MAX);
+	spin_unlock(&leaked_lock);
+	return 0;
+}
+
+static struct kretprobe pid_lookup_probe = {
+	.kp.symbol_name = "proc_pid_lookup",
+	.entry_handler = pid_lookup_entry,
+	.handler = pid_lookup_ret,
+	.data_size = sizeof(struct dentry *),
+	.maxactive = 64,
+};
+
+/* At unload, after the probes are gone: the dentry first, then the superblock it pinned (the
+ * last s_active reference of an unmounted proc shuts it down, which needs its dentries unused). */
+static void release_leaked(void)
+{
+	for (unsigned int i = 0; i < n_leaked; i++) {
+		dput(leaked[i].dentry);
+		deactivate_super(leaked[i].sb);
+	}
+	n_leaked = 0;
+}
+
 /* ---- table ---------------------------------------------------------------------------------- */
 
 struct zoo_bug {
@@ -262,6 +333,7 @@ static const struct zoo_bug bugs[] = {
 	{ "sysctl_wrong_netns", { NULL }, { &sys_compare_probe } },
 	{ "hidepid_wrong_mount", { NULL }, { &ptrace_access_probe } },
 	{ "leak_pidns", { &pid_readdir_probe }, { NULL } },
+	{ "leak_dentry", { NULL }, { &pid_lookup_probe } },
 };
 
 static const struct zoo_bug *active;
@@ -309,6 +381,7 @@ static int __init zoo_init(void)
 static void __exit zoo_exit(void)
 {
 	unregister_all(active);
+	release_leaked();
 }
 
 module_init(zoo_init);
