@@ -1,6 +1,7 @@
 """Throughput of the QEMU target on a fixed program set.
 
     python bench/bench_target.py [--kernel 6.1-cloud] [--rounds 10] [--pings 200]
+                                 [--load-module PATH.ko[:params] ...]
 
 Prints boot-to-ready time, ping round trip, programs/s and ops/s, and where the wall time of
 the programs goes: executing ops in the guest (the agent's ops_us), the agent's sandbox set-up
@@ -17,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fuzz.cli import ToolError, _qemu  # noqa: E402
 from reference.program import parse_text  # noqa: E402
-from targets.qemu import QemuTarget  # noqa: E402
 
 PROGRAMS = [parse_text(text) for text in (
     """\
@@ -72,16 +73,19 @@ readdir p1 {m1}/sys/kernel
 )]
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", default=None, help="pin name or package[=version] (default: the default pin)")
     parser.add_argument("--rounds", type=int, default=10, help="times the program set is run")
     parser.add_argument("--pings", type=int, default=200)
+    parser.add_argument("--load-module", action="append", default=[], metavar="PATH.ko[:params]",
+                        help="load an out-of-tree module into the guest after boot (repeatable): "
+                             "what it costs shows in the figures")
     args = parser.parse_args()
 
-    target = QemuTarget(args.kernel)
-    with target:
-        print(f"kernel           {target.label} ({target.accel})")
+    with _qemu(args) as target:     # --kernel and --load-module, errors as ToolError
+        print(f"kernel           {target.label} ({target.accel})"
+              + "".join(f", module {spec.path.name} {spec.params}".rstrip() for spec in target.modules))
         print(f"boot to ready    {target.boot_seconds[0]:.2f} s")
         pings = [target.ping() for _ in range(args.pings)]
         print(f"ping round trip  median {statistics.median(pings) * 1e3:.2f} ms, "
@@ -110,7 +114,12 @@ def main() -> None:
             print(f"{len(failures)} program(s) did not run cleanly; first: {failures[0]}")
         if target.restarts:
             print(f"restarts         {target.restarts}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        sys.exit(main())
+    except ToolError as err:
+        print(f"procfuzz: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -328,8 +328,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default="out/corpus", help="working corpus to grow")
     p.add_argument("--runs", type=int, default=20000)
     p.add_argument("--max-ops", type=int, default=40)
-    p = command("bench", cmd_bench, "benchmarks: model or target")
-    p.add_argument("what", choices=("model", "target"))
+    p = command("bench", cmd_bench, "benchmarks: model, target or zoo")
+    p.add_argument("what", choices=("model", "target", "zoo"))
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 

@@ -1,0 +1,250 @@
+"""Bug zoo: time and programs to the first finding of each injected bug, then a control campaign.
+
+    procfuzz bench zoo [--budget-per-bug 5m] [--control-budget B] [--kernel K] [--bugs a,b]
+                       [--seed S] [--workers 1|2] [--seeded-only] [--json FILE] [--out DIR]
+
+For each bug of the zoo (targets/zoo): fresh VMs with the bug injected (WorkerConfig.zoo_bug) and
+a normal campaign (run_campaign: the seed corpus corpus/seeds + corpus/regressions replayed
+first, then programs from the Hypothesis strategy and mutations), fixed seed, stopped at the
+first new finding of the bug's class.  A seed that catches a bug is weak evidence (it was written
+by hand, often for that very shape), so a second campaign per bug runs without the seed corpus:
+generated and mutated programs only (skip it with --seeded-only).  A finding of another class
+is listed but does not count.  Then a control campaign on the stock kernel, which must have no
+findings beyond the known issues (corpus/known-issues.toml).
+
+Times are wall seconds from the campaign's start, VM boot included; programs are the count all
+workers had reported when the finding showed (workers report about once a second, so both can
+be late by a second's worth).  Exit 0 when every bug was found and the control is clean, 1 when
+not, 2 on a tool failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fuzz.campaign import Stats, WorkerConfig, run_campaign  # noqa: E402
+from fuzz.cli import KNOWN_ISSUES, SEED_DIRS, ToolError, parse_budget  # noqa: E402
+from fuzz.findings import list_findings  # noqa: E402
+from fuzz.known import load_known  # noqa: E402
+from fuzz.storage import atomic_write, load_directory  # noqa: E402
+
+# The class of divergence each bug must cause (targets/zoo/README.md; tests/test_zoo.py checks
+# that this lists exactly the bugs of zoo.c's table).
+EXPECTED_CLASS = {
+    "stale_pid": "stale",
+    "stale_tid": "stale",
+    "stale_sysctl": "missing",
+    "sysctl_wrong_netns": "stale",
+    "hidepid_wrong_mount": "visibility",
+    "leak_pidns": "leak",
+    "leak_dentry": "leak",
+}
+
+# A leak is confirmed only when the measured program itself leaks at each of its re-runs, so a
+# program run without slab counts can never be the finding.  With the counts on every Nth
+# program, the expected time to the finding is about (N * t_program + t_counts) / p (p: share
+# of programs that leak; t_program ~0.12 s, t_counts ~0.1 s under TCG): smallest at N = 1.
+# The other bugs keep the campaign default of `procfuzz run`.
+LEAK_EVERY_FOR_LEAKS = 1
+
+
+@dataclass
+class PassResult:
+    """One campaign: a bug (or the stock kernel, bug None) with or without the seed corpus."""
+    bug: str | None
+    seeded: bool
+    detected: bool = False
+    seconds: float | None = None        # to the first finding of the expected class
+    programs: int | None = None
+    origin: str | None = None           # "seed <file>" or "generated" (generated or mutated)
+    finding: str | None = None          # its directory
+    total_seconds: float = 0.0
+    total_programs: int = 0
+    findings: dict = field(default_factory=dict)    # class -> new findings (known issues excluded)
+    known: int = 0                      # findings of known issues and duplicates
+    errors: list = field(default_factory=list)
+
+
+def seed_origins() -> dict[str, str]:
+    """program id -> "seed <file name>" for the seed corpus."""
+    return {program.id: f"seed {path.name}" for directory in SEED_DIRS
+            for path, program in load_directory(directory)[0]}
+
+
+def first_finding(out: Path, cls: str, known: frozenset) -> Path | None:
+    """The earliest recorded new finding of class ``cls`` (``recorded`` has whole seconds: ties
+    go to the smaller program id)."""
+    candidates = []
+    for directory in list_findings(out):
+        meta = json.loads((directory / "meta.json").read_text())
+        if meta.get("class") == cls and meta.get("signature") not in known:
+            candidates.append((meta.get("recorded", 0), directory.name, directory))
+    return min(candidates)[2] if candidates else None
+
+
+def run_pass(result: PassResult, *, kernel: str | None, label: str, profile, out: Path, budget: float,
+             seed: int, workers: int, known: frozenset, stop_all, expected: str | None,
+             leak_every: int, origins: dict[str, str]) -> PassResult:
+    """One campaign into ``out``; stops early at the first new finding of ``expected``."""
+    corpus = out / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    configs = [WorkerConfig(i, seed, profile, label, out, corpus, started + budget, known=known,
+                            seed_dirs=SEED_DIRS if result.seeded else (), leak_every=leak_every,
+                            zoo_bug=result.bug) for i in range(workers)]
+    stop = multiprocessing.get_context("spawn").Event()
+
+    def on_update(stats: Stats) -> None:
+        if expected and not result.detected and stats.findings.get(expected):
+            result.detected = True
+            result.seconds = round(time.monotonic() - started, 1)
+            result.programs = stats.programs
+        if result.detected or stats.errors or stop_all.is_set():
+            stop.set()
+
+    stats = run_campaign(configs, kernel, on_update, stop)
+    result.total_seconds = round(time.monotonic() - started, 1)
+    result.total_programs = stats.programs
+    result.findings = dict(stats.findings)
+    result.known = stats.duplicates
+    result.errors = stats.errors
+    if expected and (directory := first_finding(out, expected, known)):
+        result.detected = True
+        result.finding = str(directory)
+        result.origin = origins.get(directory.name, "generated")
+    return result
+
+
+def corpus_name(seeded: bool) -> str:
+    return "seeds + generated" if seeded else "generated only"
+
+
+def render(results: list[PassResult], control: PassResult | None, expected: dict[str, str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title="bug zoo: first finding of the expected class")
+    for column in ("bug", "class", "corpus", "found", "seconds", "programs", "first finding from",
+                   "other findings", "programs run"):
+        table.add_column(column)
+    for r in results:
+        cls = expected[r.bug]
+        others = {c: n for c, n in r.findings.items() if c != cls}
+        table.add_row(r.bug, cls, corpus_name(r.seeded),
+                      "yes" if r.detected else "[bold red]NO[/]",
+                      "" if r.seconds is None else f"{r.seconds:.1f}",
+                      "" if r.programs is None else str(r.programs), r.origin or "",
+                      ", ".join(f"{c} {n}" for c, n in sorted(others.items())) or "-",
+                      f"{r.total_programs} in {r.total_seconds:.0f} s")
+    if control:
+        clean = not control.findings
+        table.add_row("(control)", "none", corpus_name(True), "clean" if clean else "[bold red]FINDINGS[/]",
+                      "", "", "", ", ".join(f"{c} {n}" for c, n in sorted(control.findings.items())) or "-",
+                      f"{control.total_programs} in {control.total_seconds:.0f} s", end_section=True)
+    Console(width=None if sys.stdout.isatty() else 150).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="procfuzz bench zoo", description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-per-bug", default="5m", help="budget of each campaign (e.g. 90s, 5m)")
+    parser.add_argument("--control-budget", default=None, help="budget of the control campaign "
+                        "(default: the budget per bug)")
+    parser.add_argument("--kernel", default=None)
+    parser.add_argument("--bugs", default=",".join(EXPECTED_CLASS), help="comma-separated zoo bugs")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workers", type=int, choices=(1, 2), default=2)
+    parser.add_argument("--seeded-only", action="store_true",
+                        help="skip the second campaign per bug without the seed corpus")
+    parser.add_argument("--no-control", action="store_true", help="skip the control campaign")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument("--out", default=None, help="findings of every campaign (default: a new temporary directory)")
+    args = parser.parse_args(argv)
+
+    from targets.kernels import KernelError, load_profile, resolve
+    budget = parse_budget(args.budget_per_bug)
+    control_budget = parse_budget(args.control_budget) if args.control_budget else budget
+    bugs = [b.strip() for b in args.bugs.split(",") if b.strip()]
+    unknown = [b for b in bugs if b not in EXPECTED_CLASS]
+    if unknown or not bugs:
+        raise ToolError(f"unknown zoo bug(s) {', '.join(unknown) or '(none given)'}: choose from {', '.join(EXPECTED_CLASS)}")
+    try:
+        profile, label = load_profile(args.kernel), resolve(args.kernel).label
+    except KernelError as err:
+        raise ToolError(str(err)) from None
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="procfuzz-bench-zoo-"))
+    known = frozenset(load_known(KNOWN_ISSUES))
+    origins = seed_origins()
+    stop_all = multiprocessing.get_context("spawn").Event()
+
+    def interrupt(signum, _frame):
+        print(f"\nprocfuzz: {signal.Signals(signum).name}: stopping", file=sys.stderr)
+        stop_all.set()
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    common = dict(kernel=args.kernel, label=label, profile=profile, seed=args.seed, workers=args.workers,
+                  known=known, stop_all=stop_all, origins=origins)
+    leak_every = {bug: LEAK_EVERY_FOR_LEAKS if EXPECTED_CLASS[bug] == "leak" else WorkerConfig.leak_every
+                  for bug in bugs}
+    started = datetime.datetime.now(datetime.timezone.utc)
+    print(f"bench zoo on {label}: {len(bugs)} bug(s), {budget:.0f} s per campaign, seed {args.seed}, "
+          f"{args.workers} worker(s), findings under {out}", flush=True)
+    results: list[PassResult] = []
+    control = None
+    try:
+        for bug in bugs:
+            for seeded in (True,) if args.seeded_only else (True, False):
+                if stop_all.is_set():
+                    break
+                result = run_pass(PassResult(bug, seeded), out=out / bug / ("seeded" if seeded else "generated"),
+                                  budget=budget, expected=EXPECTED_CLASS[bug], leak_every=leak_every[bug],
+                                  **common)
+                results.append(result)
+                print(f"{bug:20} {corpus_name(seeded):18} "
+                      + (f"found after {result.seconds} s, {result.programs} programs ({result.origin})"
+                         if result.detected else f"NOT found in {result.total_seconds} s, "
+                                                 f"{result.total_programs} programs"), flush=True)
+        if not args.no_control and not stop_all.is_set():
+            # The control runs the leak oracle as often as the most sensitive bug campaign did.
+            control = run_pass(PassResult(None, True), out=out / "control", budget=control_budget,
+                               expected=None, leak_every=min(leak_every.values()), **common)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    render(results, control, EXPECTED_CLASS)
+    errors = [e for r in results + ([control] if control else []) for e in r.errors]
+    done = all(r.detected for r in results) and control is not None and not control.findings
+    report = {
+        "kernel": label, "seed": args.seed, "workers": args.workers, "budget_per_bug_s": budget,
+        "control_budget_s": control_budget, "started": started.isoformat(timespec="seconds"),
+        "host": {"cpus": os.cpu_count(), "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+                 "kvm": os.access("/dev/kvm", os.R_OK | os.W_OK)},
+        "leak_every": leak_every, "expected_class": {b: EXPECTED_CLASS[b] for b in bugs},
+        "bugs": [asdict(r) for r in results], "control": asdict(control) if control else None,
+        "out": str(out), "done": done, "interrupted": stop_all.is_set(),
+    }
+    if args.json:
+        atomic_write(Path(args.json), json.dumps(report, indent=1, sort_keys=True))
+        print(f"results written to {args.json}")
+    for error in errors:
+        print(f"procfuzz: worker failed: {error}", file=sys.stderr)
+    if errors:
+        return 2
+    return 0 if done else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ToolError as err:
+        print(f"procfuzz: {err}", file=sys.stderr)
+        sys.exit(2)
