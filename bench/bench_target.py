@@ -73,6 +73,39 @@ readdir p1 {m1}/sys/kernel
 )]
 
 
+def measure(target, rounds: int, pings: int) -> None:
+    print(f"kernel           {target.label} ({target.accel})"
+          + "".join(f", module {spec.path.name} {spec.params}".rstrip() for spec in target.modules))
+    print(f"boot to ready    {target.boot_seconds[0]:.2f} s")
+    round_trips = [target.ping() for _ in range(pings)]
+    print(f"ping round trip  median {statistics.median(round_trips) * 1e3:.2f} ms, "
+          f"p90 {statistics.quantiles(round_trips, n=10)[-1] * 1e3:.2f} ms")
+
+    ops = programs = guest_us = agent_us = 0
+    failures = []
+    started = time.monotonic()
+    for _ in range(rounds):
+        for program in PROGRAMS:
+            trace = target.run(program)
+            programs += 1
+            ops += len(program)
+            if trace.outcome != "ok":
+                failures.append(f"{trace.outcome}: {trace.title}")
+                continue
+            guest_us += trace.guest_us
+            agent_us += trace.extra["total_us"] - trace.guest_us
+    wall_us = (time.monotonic() - started) * 1e6
+    print(f"programs         {programs} ({ops} ops) in {wall_us / 1e6:.2f} s: "
+          f"{programs / wall_us * 1e6:.1f} programs/s, {ops / wall_us * 1e6:.1f} ops/s")
+    print(f"time in ops      {guest_us / wall_us:6.1%}  (guest, agent's ops_us)")
+    print(f"sandbox          {agent_us / wall_us:6.1%}  (guest, agent's total_us - ops_us)")
+    print(f"transport/host   {1 - (guest_us + agent_us) / wall_us:6.1%}  (serial channel, host, restarts)")
+    if failures:
+        print(f"{len(failures)} program(s) did not run cleanly; first: {failures[0]}")
+    if target.restarts:
+        print(f"restarts         {target.restarts}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", default=None, help="pin name or package[=version] (default: the default pin)")
@@ -83,43 +116,14 @@ def main() -> int:
                              "what it costs shows in the figures")
     args = parser.parse_args()
 
-    with _qemu(args) as target:     # --kernel and --load-module, errors as ToolError
-        print(f"kernel           {target.label} ({target.accel})"
-              + "".join(f", module {spec.path.name} {spec.params}".rstrip() for spec in target.modules))
-        print(f"boot to ready    {target.boot_seconds[0]:.2f} s")
-        pings = [target.ping() for _ in range(args.pings)]
-        print(f"ping round trip  median {statistics.median(pings) * 1e3:.2f} ms, "
-              f"p90 {statistics.quantiles(pings, n=10)[-1] * 1e3:.2f} ms")
-
-        ops = programs = guest_us = agent_us = 0
-        failures = []
-        started = time.monotonic()
-        for _ in range(args.rounds):
-            for program in PROGRAMS:
-                trace = target.run(program)
-                programs += 1
-                ops += len(program)
-                if trace.outcome != "ok":
-                    failures.append(f"{trace.outcome}: {trace.title}")
-                    continue
-                guest_us += trace.guest_us
-                agent_us += trace.extra["total_us"] - trace.guest_us
-        wall_us = (time.monotonic() - started) * 1e6
-        print(f"programs         {programs} ({ops} ops) in {wall_us / 1e6:.2f} s: "
-              f"{programs / wall_us * 1e6:.1f} programs/s, {ops / wall_us * 1e6:.1f} ops/s")
-        print(f"time in ops      {guest_us / wall_us:6.1%}  (guest, agent's ops_us)")
-        print(f"sandbox          {agent_us / wall_us:6.1%}  (guest, agent's total_us - ops_us)")
-        print(f"transport/host   {1 - (guest_us + agent_us) / wall_us:6.1%}  (serial channel, host, restarts)")
-        if failures:
-            print(f"{len(failures)} program(s) did not run cleanly; first: {failures[0]}")
-        if target.restarts:
-            print(f"restarts         {target.restarts}")
+    try:
+        with _qemu(args) as target:
+            measure(target, args.rounds, args.pings)
+    except ToolError as err:        # a bad --kernel or --load-module
+        print(f"procfuzz: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ToolError as err:
-        print(f"procfuzz: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())
