@@ -11,6 +11,7 @@ across removals; remove many objects at once (init death, exec from a thread).
 from __future__ import annotations
 
 import random
+import re
 
 from hypothesis import strategies as st
 
@@ -78,8 +79,12 @@ def _path(draw, draft: _Draft, actor: str | None = None) -> str:
         return draw(st.sampled_from(relative)) if _has_cwd(draft, actor) else "."
     mount = "{" + draw(st.sampled_from(mounts)) + "}"
     tasks = draft.handles("pt")
-    task = "{" + draw(st.sampled_from(tasks)) + "}"
-    thread = "{" + draw(st.sampled_from(tasks)) + "}"
+    task = draw(st.sampled_from(tasks))
+    # task/<tid> of another thread group is always ENOENT: mostly aim at the task's own group,
+    # whose entries exist, go away with a thread's exit and so can go stale.
+    group = _thread_group(draft, task)
+    thread = "{" + draw(st.sampled_from(group if group and draw(st.integers(0, 3)) else tasks)) + "}"
+    task = "{" + task + "}"
     shape = draw(st.integers(0, 14))
     if shape >= 12:
         return _sysctl_path(draw, mount, shape)
@@ -107,6 +112,15 @@ def _path(draw, draft: _Draft, actor: str | None = None) -> str:
     if _has_cwd(draft, actor):
         return draw(st.sampled_from(relative))
     return f"{mount}/{task}"
+
+
+def _thread_group(draft: _Draft, handle: str) -> list[str]:
+    """The process and thread handles of the thread group that ``handle`` belongs to."""
+    def process_of(h):
+        obj = draft.kernel.handles.get(h)
+        return obj if h[0] == "p" else getattr(obj, "process", None)
+    process = process_of(handle)
+    return [h for h in draft.handles("pt") if process is not None and process_of(h) is process]
 
 
 def _sysctl_path(draw, mount: str, shape: int) -> str:
@@ -162,7 +176,14 @@ def _mutate(draw, draft: _Draft):
         if victims:
             draft.add("exit", actor=draw(st.sampled_from(victims)))
     elif choice == "reap":
-        draft.add("reap", actor=actor, child=draw(st.sampled_from(draft.handles("p"))))
+        # A random (actor, child) pair is nearly always ECHILD; releasing a zombie's pid is what
+        # /proc must flush, so mostly let a parent reap one of its zombies when there is one.
+        zombies = _parents_of_zombies(draft)
+        if zombies and draw(st.integers(0, 3)):
+            parent, child = draw(st.sampled_from(zombies))
+            draft.add("reap", actor=parent, child=child)
+        else:
+            draft.add("reap", actor=actor, child=draw(st.sampled_from(draft.handles("p"))))
     elif choice == "exec":
         draft.add("exec", actor=actor)
     elif choice == "setuid":
@@ -178,6 +199,14 @@ def _mutate(draw, draft: _Draft):
         draft.add("chdir", actor=actor, path=_path(draw, draft, actor))
     elif choice == "drop_caches":
         draft.add("drop_caches")
+
+
+def _parents_of_zombies(draft: _Draft) -> list[tuple[str, str]]:
+    """(live actor of the parent, zombie child) handle pairs."""
+    kernel = draft.kernel
+    return [(parent, child) for child in draft.handles("p") if kernel.handles[child].state == "zombie"
+            for parent in draft.live_actors()
+            if kernel.actor_task(parent).process is kernel.handles[child].parent]
 
 
 def _mutate_net(draw, draft: _Draft, actor: str):
@@ -212,13 +241,30 @@ def _mutate_net(draw, draft: _Draft, actor: str):
             draft.add("write", actor=actor, fd=handle, value=draw(st.sampled_from(("0", "1"))))
 
 
+def _remove_named_task(draft: _Draft, path: str):
+    """The task the path names last exits (a process is then reaped by its parent): the removal
+    whose flush the episode's second observation checks.  Random mutations rarely hit the one
+    task the path is about (exit and reap are 3 of 19 choices, each with a random target)."""
+    named = re.findall(r"\{([pt]\d+)\}", path)
+    victim = named[-1] if named else None
+    if victim in (None, "p1") or victim not in draft.live_actors():
+        return
+    draft.add("exit", actor=victim)
+    parents = [parent for parent, child in _parents_of_zombies(draft) if child == victim]
+    if parents:
+        draft.add("reap", actor=parents[0], child=victim)
+
+
 def _episode(draw, draft: _Draft):
-    """Observe a name, change the world, observe the same name again (maybe as someone else)."""
+    """Observe a name, change the world (a quarter of the time including the end of the task
+    the name is about), observe the same name again (maybe as someone else)."""
     first = _actor(draw, draft)
     path = _path(draw, draft, first)
     draft.add(draw(st.sampled_from(("lookup", "readdir"))), actor=first, path=path)
     for _ in range(draw(st.integers(1, 3))):
         _mutate(draw, draft)
+    if draw(st.integers(0, 3)) == 0:
+        _remove_named_task(draft, path)
     again = draw(st.sampled_from((first, _actor(draw, draft))))
     draft.add(draw(st.sampled_from(("lookup", "readdir"))), actor=again, path=path)
 

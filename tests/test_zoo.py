@@ -4,13 +4,18 @@ Plain tests check the image plumbing; ``-m kernel`` tests build targets/zoo/zoo.
 Debian's headers (cached), boot their own QemuTarget (not the shared session one: an injected bug
 stays for the life of that guest) and compare with the reference model."""
 
+import json
 import re
+import runpy
+import sys
 from pathlib import Path
 
 import pytest
 
+from fuzz import findings
+from fuzz.cli import main
 from fuzz.leaks import LeakOracle, describe
-from fuzz.oracle import compare
+from fuzz.oracle import Divergence, compare
 from reference.program import parse_text
 from targets.initramfs import entries, newc_archive
 from targets.kernels import load_profile
@@ -151,6 +156,8 @@ def test_hidepid_wrong_mount_is_caught_as_visibility():
     assert "1" not in expected[3:].split(",") and "1" in actual[3:].split(",")
 
 
+BENCH_ZOO = Path(__file__).resolve().parent.parent / "bench" / "bench_zoo.py"
+
 # A shell script of the guest image: busybox's rmmod (the agent loads modules, never unloads them).
 RMMOD_ZOO = ("opt/rmmod-zoo", b"#!/bin/sh\nexec /bin/busybox rmmod zoo\n")
 
@@ -214,3 +221,56 @@ def test_every_bug_loads_and_unloads(kernel):
             unload = target.run_file(RMMOD_ZOO[0], timeout=30)
             assert (bug, unload.status) == (bug, "exit 0"), unload.output
             target.zoo_bug = None       # gone: not to be injected again after a restart
+
+
+# ---- procfuzz bench zoo ----------------------------------------------------------------------
+
+def test_bench_knows_the_class_of_every_bug_of_the_table():
+    assert sorted(runpy.run_path(str(BENCH_ZOO))["EXPECTED_CLASSES"]) == sorted(zoo_bugs())
+
+
+def test_first_finding_is_the_earliest_new_one_of_the_class(tmp_path):
+    first_finding = runpy.run_path(str(BENCH_ZOO))["first_finding"]
+    profile = load_profile()
+
+    def record(program, cls, recorded):
+        trace = ModelTarget(profile).run(program)
+        finding = findings.Finding(program, trace, trace, Divergence(cls, None, "", "", "", f"{cls} of {program.id}"), "k")
+        directory, _ = findings.record(tmp_path, finding)
+        meta = json.loads((directory / "meta.json").read_text())
+        (directory / "meta.json").write_text(json.dumps({**meta, "recorded": recorded}))
+        return directory, finding.signature
+    later, _ = record(STALE_PID, "leak", 20)
+    _, known = record(STALE_TID, "leak", 10)
+    record(STALE_SYSCTL, "stale", 5)
+    earliest, _ = record(SYSCTL_WRONG_NETNS, "leak", 15)
+    assert first_finding(tmp_path, ("leak",), frozenset({known})) == earliest
+    assert first_finding(tmp_path, ("visibility", "missing"), frozenset()) is None
+    assert first_finding(tmp_path, ("leak", "stale"), frozenset({known})).name == STALE_SYSCTL.id
+    assert later != earliest
+
+
+def test_bench_zoo_rejects_an_unknown_bug(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", sys.argv[:])
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "zoo", "--bugs", "stale_pid,no_such_bug"])
+    assert exited.value.code == 2
+    assert "unknown zoo bug(s) no_such_bug" in capsys.readouterr().err
+
+
+@pytest.mark.kernel
+def test_bench_zoo_finds_leak_dentry_with_and_without_seeds_and_the_control_is_clean(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", sys.argv[:])
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "zoo", "--bugs", "leak_dentry", "--budget-per-bug", "90s", "--control-budget", "20s",
+              "--workers", "1", "--seed", "3", "--json", str(tmp_path / "zoo.json"), "--out", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "zoo.json").read_text())
+    assert exited.value.code == 0, report
+    assert [(r["bug"], r["seeded"], r["detected"]) for r in report["bugs"]] == \
+        [("leak_dentry", True, True), ("leak_dentry", False, True)]
+    generated = report["bugs"][1]
+    assert generated["origin"] == "generated" and generated["programs"] >= 2     # the first is the baseline
+    leak = findings.load(Path(generated["finding"])).divergence
+    assert leak.cls == "leak" and "dentry grew every run" in leak.detail and "proc_inode_cache grew" in leak.detail
+    assert report["leak_every"] == {"leak_dentry": 1} and report["control"]["findings"] == {}
+    assert report["done"] is True
