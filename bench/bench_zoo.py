@@ -6,11 +6,11 @@
 For each bug of the zoo (targets/zoo): fresh VMs with the bug injected (WorkerConfig.zoo_bug) and
 a normal campaign (run_campaign: the seed corpus corpus/seeds + corpus/regressions replayed
 first, then programs from the Hypothesis strategy and mutations), fixed seed, stopped at the
-first new finding of one of the bug's classes.  A seed that catches a bug is weak evidence (it was written
-by hand, often for that very shape), so a second campaign per bug runs without the seed corpus:
-generated and mutated programs only (skip it with --seeded-only).  A finding of another class
-is listed but does not count.  Then a control campaign on the stock kernel, which must have no
-findings beyond the known issues (corpus/known-issues.toml).
+first new finding of one of the bug's classes.  A seed that catches a bug is weak evidence (it
+was written by hand, often for that very shape), so a second campaign per bug runs without the
+seed corpus: generated and mutated programs only (skip it with --seeded-only).  A finding of
+another class is listed but does not count.  Then a control campaign on the stock kernel, which
+must have no findings beyond the known issues (corpus/known-issues.toml).
 
 Times are wall seconds from the campaign's start, VM boot included; programs are the count all
 workers had reported when the finding showed (workers report about once a second, so both can

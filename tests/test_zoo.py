@@ -128,6 +128,17 @@ def test_stale_sysctl_is_caught():
 
 
 @pytest.mark.kernel
+def test_stale_sysctl_leaves_the_pid_flush_alone():
+    """proc_invalidate_siblings_dcache also serves proc_flush_pid (a tail call: the caller's
+    name is release_task's): a dead task's cwd dentry must still be unhashed, ` (deleted)`."""
+    from reference.program import parse
+    seed = Path(__file__).resolve().parent.parent / "corpus" / "seeds" / "cwd-and-umount.prog"
+    program = parse(seed.read_text(), source=str(seed))
+    model, injected = _injected(program, "stale_sysctl")
+    assert compare(program, model, injected) is None
+
+
+@pytest.mark.kernel
 def test_injected_bug_survives_a_restart(zoo_target):
     if zoo_target.zoo_bug is None:
         assert zoo_target.load_zoo("stale_pid") == "ok"

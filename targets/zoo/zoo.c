@@ -148,13 +148,14 @@ static struct kprobe flush_tid_probe = {
 static struct hlist_head empty_inodes;
 
 /* proc_invalidate_siblings_dcache(inodes, lock) is shared by pid release and sysctl
- * unregistering; only the sysctl callers (anything but proc_flush_pid) get an empty list. */
+ * unregistering; only the sysctl callers get an empty list.  proc_flush_pid passes a struct
+ * pid's own inodes and lock, sysctl &head->inodes and &sysctl_lock.  (The caller's name cannot
+ * tell: proc_flush_pid tail-calls it, so the return address is release_task's.) */
 static int siblings_pre(struct kprobe *p, struct pt_regs *regs)
 {
-	char caller[KSYM_SYMBOL_LEN];
+	struct pid *pid = container_of((struct hlist_head *)regs->di, struct pid, inodes);
 
-	sprint_symbol_no_offset(caller, *(unsigned long *)regs->sp);
-	if (strcmp(caller, "proc_flush_pid") != 0)
+	if ((spinlock_t *)regs->si != &pid->lock)
 		regs->di = (unsigned long)&empty_inodes;
 	return 0;
 }
