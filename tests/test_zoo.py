@@ -285,3 +285,11 @@ def test_bench_zoo_finds_leak_dentry_with_and_without_seeds_and_the_control_is_c
     assert leak.cls == "leak" and "dentry grew every run" in leak.detail and "proc_inode_cache grew" in leak.detail
     assert report["leak_every"] == {"leak_dentry": 1} and report["control"]["findings"] == {}
     assert report["done"] is True
+
+
+def test_bench_target_rejects_a_module_that_is_not_there(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sys, "argv", sys.argv[:])
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "target", "--load-module", f"{tmp_path}/nope.ko:bug=stale_pid"])
+    assert exited.value.code == 2
+    assert "no such file" in capsys.readouterr().err
