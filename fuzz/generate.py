@@ -241,10 +241,19 @@ def _mutate_net(draw, draft: _Draft, actor: str):
             draft.add("write", actor=actor, fd=handle, value=draw(st.sampled_from(("0", "1"))))
 
 
-def _remove_named_task(draft: _Draft, path: str):
-    """The task the path names last exits (a process is then reaped by its parent): the removal
-    whose flush the episode's second observation checks.  Random mutations rarely hit the one
-    task the path is about (exit and reap are 3 of 19 choices, each with a random target)."""
+def _remove_named_object(draw, draft: _Draft, path: str, observer: str):
+    """The object the path names last goes: its network device is deleted (by the observer, in
+    whose namespace the name was looked at; half the time a new one of the same name follows),
+    or its task exits (a process is then reaped by its parent).  That is the removal whose flush
+    the episode's second observation checks; random mutations rarely hit the one object the path
+    is about (exit, reap, link_del, link_add: a few of 30 choices, each with a random target)."""
+    device = re.match(r"\{m\d+\}/sys/net/ipv[46]/(?:conf|neigh)/(\w+)", path)
+    if device:
+        if device.group(1) not in ("all", "default", "lo") and observer in draft.live_actors():
+            draft.add("link_del", actor=observer, name=device.group(1))
+            if draw(st.booleans()):
+                draft.add("link_add", actor=observer, name=device.group(1))
+        return
     named = re.findall(r"\{([pt]\d+)\}", path)
     victim = named[-1] if named else None
     if victim in (None, "p1") or victim not in draft.live_actors():
@@ -256,15 +265,15 @@ def _remove_named_task(draft: _Draft, path: str):
 
 
 def _episode(draw, draft: _Draft):
-    """Observe a name, change the world (a quarter of the time including the end of the task
-    the name is about), observe the same name again (maybe as someone else)."""
+    """Observe a name, change the world (a quarter of the time including the removal of the task
+    or device the name is about), observe the same name again (maybe as someone else)."""
     first = _actor(draw, draft)
     path = _path(draw, draft, first)
     draft.add(draw(st.sampled_from(("lookup", "readdir"))), actor=first, path=path)
     for _ in range(draw(st.integers(1, 3))):
         _mutate(draw, draft)
     if draw(st.integers(0, 3)) == 0:
-        _remove_named_task(draft, path)
+        _remove_named_object(draw, draft, path, first)
     again = draw(st.sampled_from((first, _actor(draw, draft))))
     draft.add(draw(st.sampled_from(("lookup", "readdir"))), actor=again, path=path)
 
