@@ -21,6 +21,7 @@ from reference.trace import Trace, result_matches
 EXIT_OK, EXIT_FOUND, EXIT_TOOL = 0, 1, 2
 SEED_DIRS = tuple(Path(__file__).resolve().parent.parent / "corpus" / d for d in ("seeds", "regressions"))
 KNOWN_ISSUES = Path(__file__).resolve().parent.parent / "corpus" / "known-issues.toml"
+RUNTIME_START_SLACK = 600.0     # image start, kernel boot and seed replay come on top of --budget
 
 
 class ToolError(Exception):
@@ -171,12 +172,25 @@ def parse_budget(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
+def _shard(text: str | None):
+    from .runtimes import WHOLE, Shard
+    try:
+        return Shard.parse(text) if text else WHOLE
+    except ValueError as err:
+        raise ToolError(str(err)) from None
+
+
 def cmd_run(args) -> int:
     from targets.kernels import KernelError, resolve
     from .campaign import WorkerConfig, run_campaign, write_summary
     from .status import StatusDisplay
+    if args.runtime != "local" or args.dry_run:
+        return _run_on_runtime(args)
     budget = parse_budget(args.budget)
-    out = Path(args.out)
+    shard = _shard(args.shard)
+    if args.workers < 1:
+        raise ToolError("--workers must be at least 1")
+    out = Path(args.out) / shard.dirname if args.shard else Path(args.out)
     corpus = Path(args.corpus) if args.corpus else out / "corpus"
     out.mkdir(parents=True, exist_ok=True)
     corpus.mkdir(parents=True, exist_ok=True)
@@ -188,8 +202,9 @@ def cmd_run(args) -> int:
     known = frozenset(_known(Path(args.known) if args.known else None))
     seed = args.seed if args.seed is not None else int(time.time())
     deadline = time.monotonic() + budget
-    configs = [WorkerConfig(i, seed, profile, label, out, corpus, deadline, args.max_ops, known=known,
-                            seed_dirs=SEED_DIRS, leak_every=args.leak_every) for i in range(args.workers)]
+    configs = [WorkerConfig(stream, seed, profile, label, out, corpus, deadline, args.max_ops, args.max_programs,
+                            known=known, seed_dirs=SEED_DIRS, leak_every=args.leak_every)
+               for stream in shard.streams(args.workers)]
     stop = multiprocessing.get_context("spawn").Event()
 
     def request_stop(signum, _frame):
@@ -206,7 +221,7 @@ def cmd_run(args) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     elapsed = time.monotonic() - started
-    summary = write_summary(out, stats, {"kernel": label, "seed": seed, "workers": args.workers,
+    summary = write_summary(out, stats, {"kernel": label, "seed": seed, "workers": args.workers, "shard": str(shard),
                                          "seconds": round(elapsed, 1),
                                          "programs_per_second": round(stats.programs / max(elapsed, 1e-9), 2),
                                          "interrupted": stop.is_set()})
@@ -215,6 +230,56 @@ def cmd_run(args) -> int:
     if tool_failed:
         return EXIT_TOOL
     return EXIT_FOUND if sum(stats.findings.values()) else EXIT_OK
+
+
+def _run_on_runtime(args) -> int:
+    """`run --runtime docker|kubernetes`: one job (one worker) per shard, merged into --out."""
+    from .merge import MergeError
+    from .runtimes import WHOLE, Job, RuntimeUnavailable, combined_exit, make_runtime
+    if args.shard:
+        raise ToolError("--shard runs one shard here; --runtime docker|kubernetes starts every shard "
+                        "itself, one per --workers")
+    if args.dry_run and args.runtime != "kubernetes":
+        raise ToolError("--dry-run prints the Kubernetes manifests: use it with --runtime kubernetes")
+    if args.corpus or args.known:
+        raise ToolError("--corpus and --known name host files, which containers do not see: the "
+                        "image's corpus and known issues are used")
+    if args.workers < 1:
+        raise ToolError("--workers must be at least 1")
+    budget = int(parse_budget(args.budget))
+    seed = args.seed if args.seed is not None else int(time.time())
+    extra = ("--max-ops", str(args.max_ops), "--leak-every", str(args.leak_every))
+    jobs = [Job(shard, seed, budget, args.kernel, 1, args.max_programs, extra) for shard in WHOLE.split(args.workers)]
+    out = Path(args.out)
+    runtime = make_runtime(args.runtime, out, image=args.image, namespace=args.namespace, claim=args.claim)
+    if args.dry_run:
+        sys.stdout.write(runtime.manifest_yaml(jobs))
+        return EXIT_OK
+    try:
+        runtime.prepare()
+        handles = runtime.submit(jobs)
+        print(f"procfuzz: {len(handles)} {args.runtime} workers started (seed {seed})", file=sys.stderr)
+        try:
+            codes = runtime.wait(handles, time.monotonic() + budget + RUNTIME_START_SLACK)
+        except KeyboardInterrupt:
+            print("\nprocfuzz: interrupted: stopping the workers, keeping everything", file=sys.stderr)
+            codes = runtime.wait(handles, time.monotonic())
+        runtime.collect(handles, out)
+    except (RuntimeUnavailable, MergeError) as err:
+        raise ToolError(str(err)) from None
+    print(json.dumps(json.loads((out / "summary.json").read_text()), indent=1, sort_keys=True))
+    return combined_exit(codes)
+
+
+def cmd_merge(args) -> int:
+    from .merge import MergeError, merge
+    try:
+        summary = merge(Path(args.out), [Path(source) for source in args.sources])
+    except (MergeError, OSError) as err:
+        raise ToolError(f"merge: {err}") from None
+    print(f"merged {len(summary['runs'])} runs into {args.out}: {summary['distinct_findings']} findings, "
+          f"{summary['corpus_programs']} corpus programs")
+    return EXIT_OK
 
 
 def cmd_kernels(args) -> int:
@@ -289,6 +354,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--leak-every", type=int, default=10,
                    help="measure slab counts after every Nth program for the leak oracle (0: never)")
     p.add_argument("--known", default=None, help="known-issues file (default corpus/known-issues.toml)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run shard I of N (0-based: I is 0..N-1) of a campaign: its own random streams, "
+                        "output in OUT/shard-I-of-N/; give every shard the same --seed and --workers")
+    p.add_argument("--max-programs", type=int, default=None,
+                   help="stop each worker after this many programs (with --seed: a reproducible campaign)")
+    p.add_argument("--runtime", choices=("local", "docker", "kubernetes"), default="local",
+                   help="where workers run: here (default), one docker container per worker, or one pod "
+                        "per worker of a Kubernetes Indexed Job")
+    p.add_argument("--image", default=None,
+                   help="docker/kubernetes worker image (default procfuzz-worker:latest, which the docker "
+                        "runtime builds from this checkout's ci/Dockerfile)")
+    p.add_argument("--dry-run", action="store_true", help="with --runtime kubernetes: print the manifests")
+    p.add_argument("--namespace", default="default", help="kubernetes namespace")
+    p.add_argument("--claim", default="procfuzz-findings",
+                   help="kubernetes PersistentVolumeClaim (ReadWriteMany) the pods write findings to")
+    p = command("merge", cmd_merge, "fold run outputs (shards, nights, kernels) into one directory")
+    p.add_argument("out", help="the merged output directory (may be one of the sources)")
+    p.add_argument("sources", nargs="+",
+                   help="run outputs, or directories holding them (e.g. OUT of sharded runs)")
     p = command("kernels", cmd_kernels, "list, fetch or profile pinned kernels")
     p.add_argument("action", choices=("list", "fetch", "profile"))
     p.add_argument("name", nargs="?", default=None)
@@ -298,7 +382,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=20000)
     p.add_argument("--max-ops", type=int, default=40)
     p = command("bench", cmd_bench, "benchmarks: model or target")
-    p.add_argument("what", choices=("model", "target"))
+    p.add_argument("what", choices=("model", "target", "scaling"))
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
