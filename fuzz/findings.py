@@ -19,12 +19,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from reference.program import Program, ProgramError, parse
+from reference.program import Program, ProgramError, parse, templates
 from reference.trace import Trace
 
 from .oracle import Divergence
 
 _NUMBER = re.compile(r"(?<![A-Za-z])\d+")
+_LEAK_CACHE = re.compile(r"(?:^|; )([\w.-]+) grew every run")   # fuzz/leaks.py describe()
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,22 @@ class Finding:
 
     @property
     def signature(self) -> str:
-        """Stable across runs: class, op kind and the op's path with handles abstracted."""
+        """Stable across runs, workers and kernels: no handle, pid, device name or count in it.
+
+        Divergences: class, op kind, the op's path pattern and the op that removed or changed
+        what the path names (``stale lookup /proc/<pid> after reap``); crash and hang: the
+        console title; leak: the caches that grew."""
         d = self.divergence
+        if d.cls in ("crash", "hang"):
+            return f"{d.cls}: {' '.join(d.detail.split()) or 'untitled'}"
+        if d.cls == "leak" and (caches := _LEAK_CACHE.findall(d.detail)):
+            return "leak " + ", ".join(caches)
         if d.index is None or d.index >= len(self.program.ops):
             return f"{d.cls}: {_NUMBER.sub('N', d.detail)[:120]}"
         op = self.program.ops[d.index]
-        return f"{d.cls} {op.kind} {path_pattern(_op_path(self.program, op))}".strip()
-
+        removal = last_removal(self.program, d.index)
+        words = (d.cls, op.kind, path_pattern(_op_path(self.program, op)), removal and f"after {removal}")
+        return " ".join(word for word in words if word)
 
 
 def _op_path(program: Program, op) -> str:
@@ -63,6 +73,76 @@ def path_pattern(path: str) -> str:
     pattern = re.sub(r"\{m\d+\}", "/proc", pattern)
     pattern = re.sub(r"\{f\d+\}", "<fd>", pattern)
     return re.sub(r"/(conf|neigh)/(?!all\b|default\b)[a-z][a-z0-9]*", r"/\1/<dev>", pattern)
+
+
+# Ops that end or swap the object a path names: the "after <kind>" of a signature.
+#   exit, reap, exec       a task (and its /proc/<pid> dir) goes away; exec's de_thread swaps tids
+#   setuid, setgid         ownership and hidepid visibility of the task's /proc entries change
+#                          (the observer's own credentials decide what hidepid lets it see)
+#   chdir, close           /proc/<pid>/cwd, /proc/<pid>/fd/<fd> and cwd-relative paths change
+#   umount                 the mount the path goes through
+#   unshare_net, setns_net the netns that /proc/sys/net and /proc/<pid>/net resolve in
+#   link_del, link_rename, link_set_netns   a device's sysctl dirs are unregistered
+# Left out: creations (spawn, open, mount_proc, link_add: nothing stale can come of them),
+# link_up/link_down and write (state changes that keep every dentry), drop_caches (a cache
+# flush, not a lifetime event; fuzzed programs sprinkle it anywhere, and counting it would
+# split one bug into several signatures).
+_TASK_REMOVALS = ("exit", "exec", "setuid", "setgid", "chdir")
+_LINK_REMOVALS = ("link_del", "link_rename", "link_set_netns")
+_DEVICE = re.compile(r"/(?:conf|neigh)/(?!all\b|default\b)([a-z][a-z0-9]*)")
+
+
+def last_removal(program: Program, index: int) -> str:
+    """The kind of the last op before op ``index`` that removed or changed what that op's path
+    names (task, fd, mount, network namespace or device), or "" if none did."""
+    op = program.ops[index]
+    path = _op_path(program, op)
+    if not path:
+        return ""
+    process_of = {"p1": "p1"}          # task handle -> the process (thread group) it belongs to
+    peers: dict[str, str] = {}         # veth ends: deleting one deletes both (renaming does not)
+    cwd_mount: dict[str, str] = {}     # process -> the mount of its last chdir
+    for earlier in program.ops[:index]:
+        if earlier.kind == "spawn":
+            process_of[earlier.ret] = earlier.ret
+        elif earlier.kind == "spawn_thread":
+            process_of[earlier.ret] = process_of.get(earlier.actor, earlier.actor)
+        elif earlier.kind == "link_add" and earlier.arg("peer"):
+            peers[earlier.arg("name")], peers[earlier.arg("peer")] = earlier.arg("peer"), earlier.arg("name")
+        elif earlier.kind == "chdir" and earlier.arg("path").startswith("{m"):
+            cwd_mount[process_of.get(earlier.actor, earlier.actor)] = templates(earlier.arg("path"))[0]
+    refs = templates(path)
+    observer = process_of.get(op.actor, op.actor)
+    processes = {process_of.get(h, h) for h in refs if h[0] in "pt"}
+    mount = refs[0] if path.startswith("{m") else cwd_mount.get(observer)
+    lists_tasks = path == "{" + refs[0] + "}" if refs else False   # the proc root lists every task
+    is_net = "sys/net" in path or "/net/" in path or path.endswith("/net")
+    devices = set(_DEVICE.findall(path))
+
+    def relevant(earlier) -> bool:
+        kind, process = earlier.kind, process_of.get(earlier.actor, earlier.actor)
+        if kind in _TASK_REMOVALS:
+            return process in processes or (kind == "exit" and lists_tasks) \
+                or (kind in ("setuid", "setgid") and process == observer) \
+                or (kind == "chdir" and process == observer and not path.startswith("{m"))
+        if kind == "reap":
+            return earlier.arg("child") in processes or lists_tasks
+        if kind == "close":
+            return earlier.arg("fd") in refs
+        if kind == "umount":
+            return earlier.arg("mount") == mount
+        if kind in ("unshare_net", "setns_net"):
+            return is_net and (process == observer or process in processes)
+        if kind in _LINK_REMOVALS:
+            gone = {earlier.arg("name")}
+            if kind == "link_rename":
+                gone.add(earlier.arg("new"))
+            elif kind == "link_del":
+                gone.add(peers.get(earlier.arg("name"), ""))
+            return is_net and (not devices or bool(gone & devices))
+        return False
+
+    return next((e.kind for e in reversed(program.ops[:index]) if relevant(e)), "")
 
 
 def record(out: Path, finding: Finding) -> tuple[Path, bool]:
