@@ -75,32 +75,39 @@ def path_pattern(path: str) -> str:
     return re.sub(r"/(conf|neigh)/(?!all\b|default\b)[a-z][a-z0-9]*", r"/\1/<dev>", pattern)
 
 
-# Ops that end or swap the object a path names: the "after <kind>" of a signature.
-#   exit, reap, exec       a task (and its /proc/<pid> dir) goes away; exec's de_thread swaps tids
-#   setuid, setgid         ownership and hidepid visibility of the task's /proc entries change
-#                          (the observer's own credentials decide what hidepid lets it see)
-#   chdir, close           /proc/<pid>/cwd, /proc/<pid>/fd/<fd> and cwd-relative paths change
-#   umount                 the mount the path goes through
-#   unshare_net, setns_net the netns that /proc/sys/net and /proc/<pid>/net resolve in
-#   link_del, link_rename, link_set_netns   a device's sysctl dirs are unregistered
-# Left out: creations (spawn, open, mount_proc, link_add: nothing stale can come of them),
-# link_up/link_down and write (state changes that keep every dentry), drop_caches (a cache
-# flush, not a lifetime event; fuzzed programs sprinkle it anywhere, and counting it would
-# split one bug into several signatures).
-_TASK_REMOVALS = ("exit", "exec", "setuid", "setgid", "chdir")
-_LINK_REMOVALS = ("link_del", "link_rename", "link_set_netns")
+# The "after <kind>" of a signature: the last op before the divergent one that ended or
+# changed the object the divergent op's path names.  Which ops count, and for what:
+#   exit, reap, exec       the task named in the path (exec's de_thread swaps tids); exit and
+#                          reap also for the proc root, which lists every task
+#   setuid, setgid         by the task named in the path (owner and content of its entries); by
+#                          the observer, for a lookup of a task path (hidepid checks its creds)
+#   close                  /proc/<pid>/fd/<fd> of that fd
+#   link_del, link_rename, link_set_netns   the device named in the path (deleting a veth end
+#                          deletes its peer), or any device for a listing of conf/ or neigh/
+#   umount, chdir, unshare_net, setns_net   the mount, cwd or netns a lookup resolves in (a
+#                          dentry cached in the old one is the classic stale bug)
+# An op on a held fd works on what its open found: only ops after that open count, and of
+# those not the four above.  A device created again (link_add) is a new object: removals of
+# the old one before it do not count.
+# Left out, so that incidental ops do not split one bug into several signatures: creations
+# (spawn, open, mount_proc, link_add: nothing stale comes of them), link_up/link_down and write
+# (every dentry stays), drop_caches (a cache flush, not a lifetime event; fuzzed programs
+# sprinkle it anywhere), and namespace teardown by the exit of a netns's last task (not
+# modelled here: such a signature has no "after").
 _DEVICE = re.compile(r"/(?:conf|neigh)/(?!all\b|default\b)([a-z][a-z0-9]*)")
 
 
 def last_removal(program: Program, index: int) -> str:
-    """The kind of the last op before op ``index`` that removed or changed what that op's path
-    names (task, fd, mount, network namespace or device), or "" if none did."""
+    """The kind of the last op before op ``index`` that ended or changed what that op's path
+    names, or "" if none did (see above)."""
     op = program.ops[index]
     path = _op_path(program, op)
     if not path:
         return ""
+    fd = dict(op.args).get("fd")
+    opened = next((i for i, o in enumerate(program.ops[:index]) if o.kind == "open" and o.ret == fd), None)
     process_of = {"p1": "p1"}          # task handle -> the process (thread group) it belongs to
-    peers: dict[str, str] = {}         # veth ends: deleting one deletes both (renaming does not)
+    peers: dict[str, str] = {}         # veth ends
     cwd_mount: dict[str, str] = {}     # process -> the mount of its last chdir
     for earlier in program.ops[:index]:
         if earlier.kind == "spawn":
@@ -112,37 +119,46 @@ def last_removal(program: Program, index: int) -> str:
         elif earlier.kind == "chdir" and earlier.arg("path").startswith("{m"):
             cwd_mount[process_of.get(earlier.actor, earlier.actor)] = templates(earlier.arg("path"))[0]
     refs = templates(path)
+    relative = not path.startswith("{m")
     observer = process_of.get(op.actor, op.actor)
     processes = {process_of.get(h, h) for h in refs if h[0] in "pt"}
-    mount = refs[0] if path.startswith("{m") else cwd_mount.get(observer)
-    lists_tasks = path == "{" + refs[0] + "}" if refs else False   # the proc root lists every task
+    mount = cwd_mount.get(observer) if relative else refs[0]
+    lists_tasks = not relative and path == "{" + refs[0] + "}"
     is_net = "sys/net" in path or "/net/" in path or path.endswith("/net")
     devices = set(_DEVICE.findall(path))
+    lists_devices = re.search(r"/(conf|neigh)/?$", path) is not None
 
     def relevant(earlier) -> bool:
         kind, process = earlier.kind, process_of.get(earlier.actor, earlier.actor)
-        if kind in _TASK_REMOVALS:
-            return process in processes or (kind == "exit" and lists_tasks) \
-                or (kind in ("setuid", "setgid") and process == observer) \
-                or (kind == "chdir" and process == observer and not path.startswith("{m"))
+        if kind in ("exit", "exec"):
+            return process in processes or (kind == "exit" and lists_tasks)
         if kind == "reap":
             return earlier.arg("child") in processes or lists_tasks
+        if kind in ("setuid", "setgid"):
+            return process in processes or (process == observer and opened is None and bool(processes))
         if kind == "close":
             return earlier.arg("fd") in refs
-        if kind == "umount":
-            return earlier.arg("mount") == mount
-        if kind in ("unshare_net", "setns_net"):
-            return is_net and (process == observer or process in processes)
-        if kind in _LINK_REMOVALS:
+        if kind in ("link_del", "link_rename", "link_set_netns"):
             gone = {earlier.arg("name")}
             if kind == "link_rename":
                 gone.add(earlier.arg("new"))
             elif kind == "link_del":
                 gone.add(peers.get(earlier.arg("name"), ""))
-            return is_net and (not devices or bool(gone & devices))
+            return is_net and (lists_devices or bool(gone & devices))
+        if kind == "umount":
+            return opened is None and earlier.arg("mount") == mount
+        if kind == "chdir":
+            return opened is None and relative and process == observer
+        if kind in ("unshare_net", "setns_net"):
+            return opened is None and is_net and (process == observer or process in processes)
         return False
 
-    return next((e.kind for e in reversed(program.ops[:index]) if relevant(e)), "")
+    for earlier in reversed(program.ops[(opened + 1 if opened is not None else 0):index]):
+        if earlier.kind == "link_add" and {earlier.arg("name"), earlier.arg("peer")} & devices:
+            return ""
+        if relevant(earlier):
+            return earlier.kind
+    return ""
 
 
 def record(out: Path, finding: Finding) -> tuple[Path, bool]:

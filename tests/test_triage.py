@@ -157,8 +157,8 @@ def _signature(text: str, index: int, cls: str = "stale") -> str:
      "stale lookup /proc/sys/net/ipv4/conf/<dev> after link_del"),
     ("m1 = mount_proc p1\np2 = spawn p1\nlink_add p1 d0\nunshare_net p1\nlink_del p1 d0\n"
      "readdir p1 {m1}/sys/net/ipv4/conf\n", 5, "stale readdir /proc/sys/net/ipv4/conf after link_del"),
-    ("m1 = mount_proc p1\np2 = spawn p1\nf1 = open p1 {m1}/sys/net/ipv4/conf/lo/forwarding\nexit p2\n"
-     "setns_net p1 p2\nread p1 f1\n", 5, "stale read /proc/sys/net/ipv4/conf/<dev>/forwarding after setns_net"),
+    ("m1 = mount_proc p1\np2 = spawn p1\nunshare_net p2\nsetns_net p1 p2\nexit p2\n"
+     "lookup p1 {m1}/sys/net/ipv4/conf/lo\n", 5, "stale lookup /proc/sys/net/ipv4/conf/<dev> after setns_net"),
     ("m1 = mount_proc p1 hidepid=invisible\np2 = spawn p1\nsetuid p1 1000\nexit p2\nlookup p1 {m1}/{p2}\n", 4,
      "stale lookup /proc/<pid> after exit"),
     ("m1 = mount_proc p1 hidepid=invisible\np2 = spawn p1\nsetuid p1 1000\nlookup p1 {m1}/{p2}\n", 3,
@@ -173,6 +173,18 @@ def _signature(text: str, index: int, cls: str = "stale") -> str:
 ])
 def test_divergence_signature_names_the_op_that_removed_the_object(text, index, signature):
     assert _signature(text, index) == signature
+
+
+@pytest.mark.parametrize("incidental", [
+    "setns_net p1 p2\n", "unshare_net p1\n", "umount p1 m1 lazy=1\n", "setuid p1 1000\n",
+    "link_del p1 d0\n", "link_rename p1 d0 e0\n", "exit p2\n", "drop_caches\nlink_down p1 d0\n",
+])
+def test_ops_that_leave_a_held_fd_s_object_alone_do_not_split_the_known_short_write(incidental):
+    """The fd keeps the table it opened: later netns, mount or credential changes, and other
+    devices' removal, are not what makes its write short."""
+    text = ("m1 = mount_proc p1\np2 = spawn p1\nunshare_net p2\nlink_add p1 d0\n"
+            "f1 = open p1 {m1}/sys/net/ipv6/conf/all/forwarding rw=1\n" + incidental + "write p1 f1 1\n")
+    assert _signature(text, len(parse_text(text)) - 1, "errno") == SIGNATURES["ipv6_all"]
 
 
 def test_signature_ignores_handles_devices_and_unrelated_ops():
