@@ -104,6 +104,7 @@ def write_reports(bugs: list[Bug], out_dir: Path, meta: dict, source_root: Path 
     paths = {}
     for name, text in documents.items():
         atomic_write(out_dir / name, text)
+        (out_dir / name).chmod(0o644)        # for people and web servers, unlike a temporary file
         paths[name] = out_dir / name
     return paths
 
@@ -179,6 +180,7 @@ def markdown(bugs: list[Bug], out_dir: Path, meta: dict) -> str:
         lines += ["", f"## {number}. {_md_code(bug.signature)}", ""]
         if bug.note:
             lines += [f"Known issue: {_md_text(bug.note)}", ""]
+        lines += [f"Divergence: {_md_text(bug.representative.divergence.summary())}", ""]
         text, program_file, what = _shown_program(bug)
         lines += [f"Program ({what}): `{_relative(program_file, out_dir)}`; finding "
                   f"`{_relative(bug.directory, out_dir)}` on {_md_text(bug.representative.kernel)}", ""]
@@ -208,10 +210,14 @@ table.bugs > thead th { position: sticky; top: 0; background: #eef; }
 table.bugs > tbody > tr > td, table.bugs > thead th { border: 1px solid #ccd; padding: 6px; vertical-align: top; }
 tr.bug.new > td.status { background: #fdd; font-weight: bold; }
 tr.bug.known > td.status { background: #dfd; }
-td.signature code { font-weight: bold; white-space: pre-wrap; word-break: break-word; }
+td.signature { min-width: 18em; }
+td.signature code { font-weight: bold; white-space: pre-wrap; overflow-wrap: anywhere; }
 .note { color: #555; font-size: 12px; max-width: 40em; white-space: pre-wrap; }
 pre { background: #f6f6f8; padding: 6px; overflow: auto; max-width: 70em; max-height: 30em; margin: 4px 0; }
-table.trace td { font-family: monospace; font-size: 12px; padding: 1px 6px; border-bottom: 1px solid #eee; white-space: pre-wrap; }
+div.evidence { max-width: max(30em, calc(100vw - 50em)); overflow-x: auto; }
+div.evidence code { word-break: break-all; }
+table.trace td { font-family: monospace; font-size: 12px; padding: 1px 6px; border-bottom: 1px solid #eee;
+                 white-space: pre-wrap; word-break: break-all; max-width: 30em; }
 table.trace tr.differs { background: #fff4cc; }
 table.trace tr.divergent { background: #f99; font-weight: bold; }
 summary { cursor: pointer; color: #225; }
@@ -253,10 +259,11 @@ def _html_row(number: int, bug: Bug, out_dir: Path) -> str:
              f"<pre>{_e(_repro_text(bug))}</pre></details>" if bug.repro_c else "")
     # Not minimised, the program is the trace's op column: no need to show it twice.
     program = f"<pre class=\"program\">{_e(text)}</pre>" if bug.minimized is not None else ""
-    evidence = (f"<div>program ({_e(what)}): <code>{_e(_relative(program_file, out_dir))}</code></div>{program}"
+    evidence = (f"<div class=\"evidence\"><div class=\"divergence\">{_e(finding.divergence.summary())}</div>"
+                f"<div>program ({_e(what)}): <code>{_e(_relative(program_file, out_dir))}</code></div>{program}"
                 f"<details class=\"trace\" open><summary>model vs kernel, program {_e(finding.program.id)} on "
                 f"{_e(finding.kernel)}</summary><table class=\"trace\"><tr><th>#</th><th>op</th><th>model</th>"
-                f"<th>kernel</th></tr>{trace}</table>{outcome}</details>{console}{repro}")
+                f"<th>kernel</th></tr>{trace}</table>{outcome}</details>{console}{repro}</div>")
     cells = [str(number), _e(bug.status()), f"<code>{_e(bug.signature)}</code>{note}", _e(bug.cls),
              "<br>".join(map(_e, bug.kernels)), _e(_when(bug.first_seen)), _e(_when(bug.last_seen)),
              str(bug.count), "<br>".join(map(_e, _reproducibility(bug))), evidence]
