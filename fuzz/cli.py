@@ -219,7 +219,7 @@ def cmd_run(args) -> int:
 
 def cmd_triage(args) -> int:
     from .known import load_known_issues
-    from .report import write_reports
+    from .report import clean, write_reports
     from .triage import collect
     dirs = [Path(d) for d in args.dirs]
     missing = [str(d) for d in dirs if not d.is_dir()]
@@ -237,8 +237,8 @@ def cmd_triage(args) -> int:
         raise ToolError(f"cannot write the reports to {out}: {err.strerror or err}") from None
     for bug in bugs:
         partly_known = f"  (known on {', '.join(bug.known_on)})" if bug.is_new and bug.known_on else ""
-        print(f"{'new' if bug.is_new else 'known':5} {bug.count:5}x  {bug.signature}  "
-              f"[{', '.join(bug.kernels)}]{partly_known}")
+        print(clean(f"{'new' if bug.is_new else 'known':5} {bug.count:5}x  {bug.signature}  "
+                    f"[{', '.join(bug.kernels)}]{partly_known}"))
     new = sum(bug.is_new for bug in bugs)
     print(f"{len(bugs)} bugs, {new} new; reports in {out}")
     return EXIT_FOUND if new else EXIT_OK

@@ -47,15 +47,20 @@ class Finding:
         console title; leak: the caches that grew."""
         d = self.divergence
         if d.cls in ("crash", "hang"):
-            return f"{d.cls}: {' '.join(d.detail.split()) or 'untitled'}"
+            return f"{d.cls}: {_one_line(d.detail) or 'untitled'}"
         if d.cls == "leak" and (caches := _LEAK_CACHE.findall(d.detail)):
             return "leak " + ", ".join(caches)
         if d.index is None or d.index >= len(self.program.ops):
-            return f"{d.cls}: {_NUMBER.sub('N', d.detail)[:120]}"
+            return f"{d.cls}: {_NUMBER.sub('N', _one_line(d.detail))[:120]}"
         op = self.program.ops[d.index]
         removal = last_removal(self.program, d.index)
         words = (d.cls, op.kind, path_pattern(_op_path(self.program, op)), removal and f"after {removal}")
         return " ".join(word for word in words if word)
+
+
+def _one_line(text: str) -> str:
+    """Whitespace collapsed, anything unprintable (kernel output may hold it) as '?'."""
+    return "".join(ch if ch.isprintable() else "?" for ch in " ".join(text.split()))
 
 
 def _op_path(program: Program, op) -> str:

@@ -173,7 +173,7 @@ def markdown(bugs: list[Bug], out_dir: Path, meta: dict) -> str:
               "|---|---|---|---|---|---|---|---|---|"]
     for number, bug in enumerate(bugs, 1):
         cells = [str(number), f"**{_md_text(bug.status())}**" if bug.is_new else "known", _md_code(bug.signature),
-                 bug.cls, "<br>".join(map(_md_text, bug.kernels)), _when(bug.first_seen), _when(bug.last_seen),
+                 _md_text(bug.cls), "<br>".join(map(_md_text, bug.kernels)), _when(bug.first_seen), _when(bug.last_seen),
                  str(bug.count), "<br>".join(map(_md_text, _reproducibility(bug)))]
         lines.append("| " + " | ".join(cells) + " |")
     for number, bug in enumerate(bugs, 1):
@@ -285,14 +285,14 @@ def junit(bugs: list[Bug]) -> str:
     suites = ET.Element("testsuites", name="procfuzz triage", **counts)
     suite = ET.SubElement(suites, "testsuite", name="procfuzz.triage", **counts)
     for bug in bugs:
-        case = ET.SubElement(suite, "testcase", classname=f"procfuzz.{bug.cls}", name=clean(bug.signature))
+        case = ET.SubElement(suite, "testcase", classname=clean(f"procfuzz.{bug.cls}"), name=clean(bug.signature))
         details = "\n".join([f"kernels: {', '.join(bug.kernels)}", f"findings: {bug.count}",
                              f"first seen: {_when(bug.first_seen)}", f"last seen: {_when(bug.last_seen)}",
                              f"reproducibility: {'; '.join(_reproducibility(bug))}",
                              f"finding: {bug.directory}", bug.representative.divergence.summary(), "",
                              _shown_program(bug)[0]])
         if bug.is_new:
-            failure = ET.SubElement(case, "failure", type=bug.cls, message=clean(f"{bug.status()}: {bug.signature}"))
+            failure = ET.SubElement(case, "failure", type=clean(bug.cls), message=clean(f"{bug.status()}: {bug.signature}"))
             failure.text = clean(details)
         else:
             ET.SubElement(case, "skipped", message=clean(f"known issue: {bug.note}"))
@@ -315,7 +315,7 @@ def sarif(bugs: list[Bug], out_dir: Path, source_root: Path | None = None) -> di
         rules.append({
             "id": rule_id, "name": clean(bug.signature),
             "shortDescription": {"text": clean(bug.signature)},
-            "fullDescription": {"text": clean(f"{bug.cls} divergence between the reference model and the kernel"
+            "fullDescription": {"text": clean(f"procfuzz finding of class {bug.cls}"
                                               + (f"; known issue: {bug.note}" if bug.note else ""))},
             "help": {"text": "Reproduce with `procfuzz repro <finding directory>`."},
             "defaultConfiguration": {"level": "error"},

@@ -106,6 +106,17 @@ def test_markdown_has_one_table_row_per_bug_whatever_the_title_holds(tmp_path):
     assert len(cells) == 11 and cells[3] == " ``crash: BUG: `odd`  <b>title</b>`` "
 
 
+def test_control_characters_from_the_kernel_keep_every_report_parseable(tmp_path):
+    record_at(tmp_path / "run", _crash("BUG: \x01bad\x7f \ud800title", K61), NIGHT1)
+    bugs = collect([tmp_path / "run"], {}, warn=lambda m: None)
+    paths = write_reports(bugs, tmp_path / "report", META)
+    case = ET.parse(paths["junit.xml"]).getroot().find("testsuite/testcase")
+    assert bugs[0].signature == case.get("name") == "crash: BUG: ?bad? ?title"
+    assert json.loads(paths["report.sarif"].read_text())["runs"][0]["results"][0]["message"]["text"].startswith(
+        "crash: BUG: ?bad")
+    assert "\x01" not in paths["report.html"].read_text() and "\x01" not in paths["report.md"].read_text()
+
+
 # ---- the HTML page in a real browser ------------------------------------------------------------
 
 class _Dom(HTMLParser):
