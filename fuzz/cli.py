@@ -230,7 +230,8 @@ def cmd_triage(args) -> int:
     known_file = Path(args.known) if args.known else KNOWN_ISSUES
     bugs = collect(dirs, load_known_issues(known_file))
     out = Path(args.report) if args.report else dirs[0] / "report"
-    meta = {"generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "sources": [str(d) for d in dirs], "known_issues": str(known_file)}
+    meta = {"generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "sources": [str(d) for d in dirs], "known_issues": str(known_file)}
     try:
         write_reports(bugs, out, meta, source_root=Path.cwd())
     except OSError as err:

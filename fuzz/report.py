@@ -253,7 +253,8 @@ def _html_row(number: int, bug: Bug, out_dir: Path) -> str:
         for index, op, want, got, same in trace_rows(bug))
     outcome = ("" if finding.actual.outcome == "ok"
                else f"<div>kernel outcome: {_e(finding.actual.outcome)}: {_e(finding.actual.title)}</div>")
-    console = (f"<details class=\"console\"><summary>console excerpt</summary><pre>{_e(_excerpt(finding.console))}</pre></details>"
+    console = (f"<details class=\"console\"><summary>console excerpt</summary>"
+               f"<pre>{_e(_excerpt(finding.console))}</pre></details>"
                if finding.console.strip() else "")
     repro = (f"<details class=\"repro\"><summary>C reproducer ({_e(_relative(bug.repro_c, out_dir))})</summary>"
              f"<pre>{_e(_repro_text(bug))}</pre></details>" if bug.repro_c else "")
@@ -292,7 +293,8 @@ def junit(bugs: list[Bug]) -> str:
                              f"finding: {bug.directory}", bug.representative.divergence.summary(), "",
                              _shown_program(bug)[0]])
         if bug.is_new:
-            failure = ET.SubElement(case, "failure", type=clean(bug.cls), message=clean(f"{bug.status()}: {bug.signature}"))
+            failure = ET.SubElement(case, "failure", type=clean(bug.cls),
+                                    message=clean(f"{bug.status()}: {bug.signature}"))
             failure.text = clean(details)
         else:
             ET.SubElement(case, "skipped", message=clean(f"known issue: {bug.note}"))
@@ -323,7 +325,8 @@ def sarif(bugs: list[Bug], out_dir: Path, source_root: Path | None = None) -> di
         })
         _, program_file, what = _shown_program(bug)
         divergent = bug.representative.divergence.index
-        shows_divergent_op = bug.minimized is None and divergent is not None and divergent < len(bug.representative.program)
+        shows_divergent_op = (bug.minimized is None and divergent is not None
+                              and divergent < len(bug.representative.program))
         line = divergent + 1 if shows_divergent_op else 1
         base = "%SRCROOT%" if source_root is not None and \
             Path(program_file).resolve().is_relative_to(bases["%SRCROOT%"]) else "REPORTDIR"
