@@ -68,11 +68,11 @@ def _stderr(message: str) -> None:
     print(f"procfuzz: warning: {message}", file=sys.stderr)
 
 
-def finding_dirs(dirs: list[Path]) -> list[Path]:
+def finding_dirs(dirs: list[Path], warn: Callable[[str], None] = _stderr) -> list[Path]:
     """Every finding directory in every ``findings/`` at or below ``dirs``, each once."""
     found: dict[Path, None] = {}
     for top in dirs:
-        for root, subdirs, _ in os.walk(top):
+        for root, subdirs, _ in os.walk(top, onerror=lambda err: warn(f"skipped {err.filename}: {err.strerror}")):
             subdirs.sort()
             if Path(root).name == "findings":
                 found.update((Path(root, d).resolve(), None) for d in subdirs if not d.startswith("."))
@@ -100,7 +100,7 @@ def collect(dirs: list[Path], known: dict[str, tuple[str, tuple[str, ...]]] | No
     fuzz.known.load_known_issues()'s mapping; an unreadable finding is skipped with a warning."""
     known = known or {}
     groups: dict[str, list[tuple[Finding, int, Path]]] = defaultdict(list)
-    for directory in finding_dirs([Path(d) for d in dirs]):
+    for directory in finding_dirs([Path(d) for d in dirs], warn):
         try:
             finding, recorded = _read(directory)
         except ProgramError as err:

@@ -251,7 +251,8 @@ def test_an_entry_without_kernels_matches_every_kernel(runs, tmp_path):
 
 def test_broken_findings_are_skipped_with_a_warning(runs):
     root, _ = runs
-    _, _, warnings = triage(root)
+    _, _, warnings = triage(root, root / "vanished")
+    assert f"skipped {root / 'vanished'}: No such file or directory" in warnings
     assert len([w for w in warnings if "not a readable finding" in w]) == 2
     assert any("0000badbadbad000" in w for w in warnings) and any("1111half1111half" in w for w in warnings)
     assert not any(".tmp-staging" in w for w in warnings)
