@@ -19,7 +19,6 @@ from dataclasses import dataclass
 EXCERPT_BEFORE = 5
 EXCERPT_LINES = 300
 TITLE_LIMIT = 200
-STACK_SCAN_LINES = 400      # how far past a report's first line its stack may be
 OWN_FRAMES_LIMIT = 4
 
 _ANSI = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|[^\[])")
@@ -170,7 +169,7 @@ def clean_lines(text: str) -> list[str]:
     control characters."""
     lines = []
     for raw in _ANSI.sub("", text.replace("\r", "")).split("\n"):
-        line = "".join(ch if ch.isprintable() else "?" for ch in raw)
+        line = raw if raw.isprintable() else "".join(ch if ch.isprintable() else "?" for ch in raw)
         lines.append(_PREFIX.sub("", line))
     return lines
 
@@ -193,8 +192,7 @@ def _report(kind: _Kind, match: re.Match, lines: list[str], index: int) -> Repor
     frames = _stack(lines, index, kind.stall)
     fields = {name: value if name == "func" else _stable(value)
               for name, value in match.groupdict().items() if value}
-    fields["access"] = ""
-    if kind.title.startswith("KASAN"):
+    if "{access}" in kind.title:        # KASAN: the access follows on one of the next lines
         access = next((m for later in lines[index:index + 5] if (m := _ACCESS.search(later))), None)
         fields["access"] = f" {access.group(1)}" if access else ""
     title = kind.title.format_map(_Blank(fields))
@@ -223,10 +221,11 @@ def _stable(text: str) -> str:
 
 def _stack(lines: list[str], index: int, stall: bool) -> list[_Frame]:
     """Reliable frames (the faulting RIP first) of the report starting at ``lines[index]``, up to
-    the end of its first task stack, its end marker, or the next report."""
+    the end of its first task stack, its end marker, or the next report. Only the excerpt's
+    lines are read, so that a saved excerpt parses to the same report."""
     frames: list[_Frame] = []
     sections: list[str] = []
-    for line in lines[index + 1:index + STACK_SCAN_LINES]:
+    for line in lines[index + 1:index + EXCERPT_LINES]:
         if section := _SECTION.match(line):
             if section["close"]:
                 if section["name"] == "TASK" and frames:

@@ -36,6 +36,13 @@ def test_saved_console_gives_expected_title_and_frames(name):
     assert report.title.split(" in ")[0].split(":")[0] in report.excerpt
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_excerpt_alone_gives_the_same_report(name):
+    # findings keep the excerpt (console.log), not the whole console
+    report = find_report(LOGS[name])
+    assert find_report(report.excerpt) == report
+
+
 # A number a title may keep: none. Function names may hold digits (do_syscall_64), numbers alone not.
 _NUMBER = re.compile(r"(?<![\w.])(?:0x)?\d[\w]*")
 
