@@ -52,6 +52,8 @@ _GENERIC = re.compile("|".join([
     r"^do_wait_for_common", r"^wait_for_completion", r"^_*mutex_", r"^_*rt_mutex_", r"^rwsem_",
     r"^_*down(?:_|$)", r"^_*up(?:_|$)", r"_spin_lock", r"_spin_unlock", r"^_*read_lock", r"^_*write_lock",
     r"^_*wait_on_bit", r"^out_of_line_wait_on_bit", r"^bit_wait", r"^_*flush_work", r"^percpu_",
+    r"^_*switch_to", r"^_*folio_(?:wait|lock|unlock|alloc)", r"^_*filemap_get_folio",
+    r"^truncate_inode_pages_range",
     r"^do_syscall_", r"^entry_SYSCALL", r"^syscall_", r"^_*x64_sys_", r"^ret_from_fork", r"^kthread$",
     r"^worker_thread", r"^process_one_work", r"^process_scheduled_works", r"^context_switch",
     r"^irqentry_", r"^_*sysvec_", r"^asm_sysvec_", r"^_*irq_exit", r"^asm_common_interrupt",

@@ -26,6 +26,7 @@ def test_every_log_has_an_expectation_and_both_kernels_are_covered():
     assert len(real) >= 6
     kinds = {EXPECTED[name]["title"].split(" in ")[0].split(":")[0] for name in real}
     assert len(kinds) >= 4
+    assert all(EXPECTED[name].get("source") for name in set(EXPECTED) - set(real))   # found, not captured
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
