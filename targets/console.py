@@ -192,7 +192,7 @@ def normalize_function(name: str) -> str:
 
 def _report(kind: _Kind, match: re.Match, lines: list[str], index: int) -> Report:
     frames = _stack(lines, index, kind.stall)
-    fields = {name: value if name == "func" else _stable(value)
+    fields = {name: value if name == "func" else _stable(value[:TITLE_LIMIT])
               for name, value in match.groupdict().items() if value}
     if "{access}" in kind.title:        # KASAN: the access follows on one of the next lines
         access = next((m for later in lines[index:index + 5] if (m := _ACCESS.search(later))), None)
