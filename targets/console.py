@@ -60,8 +60,8 @@ _GENERIC = re.compile("|".join([
     r"^kprobe", r"^_*kretprobe", r"^pre_handler_kretprobe", r"^trampoline_handler", r"^arch_rethook",
     r"^rethook_", r"^_*ftrace", r"^fprobe", r"^opt_pre_handler", r"^optimized_callback",
     r"^refcount_warn", r"^_*refcount_", r"^_*list_(?:add|del)", r"^_*check_(?:object|heap)", r"^check_copy_size",
-    r"^_*kasan", r"^_*asan_", r"^kasan_", r"^print_report", r"^print_address_description",
-    r"^_*ubsan", r"^might_sleep", r"^_*might_resched", r"^_*might_fault", r"^_*might_sleep",
+    r"^_*kasan", r"^_*asan_", r"^print_report", r"^print_address_description",
+    r"^_*ubsan", r"^_*might_resched", r"^_*might_fault", r"^_*might_sleep",
 ]))
 # Stalls are detected from an interrupt; the stalled code is the interrupted task's.
 _STALL_IRQ_SECTIONS = ("IRQ", "NMI", "SOFTIRQ")
@@ -144,7 +144,7 @@ _KINDS = [
     _Kind(re.compile(r"INFO: task (?P<comm>\S+?):\d+ blocked for more than"), "INFO: task hung",
           fallback="INFO: task hung: {comm}"),
     _Kind(re.compile(r"INFO: \S+ (?:self-)?detected stalls?"), "INFO: rcu detected stall", stall=True),
-    _Kind(re.compile(r"^Oops: (?!Oops)|^Oops: Oops"), "Oops"),
+    _Kind(re.compile(r"^Oops: "), "Oops"),
     _Kind(re.compile(r"invalid opcode: "), "invalid opcode"),
     _Kind(re.compile(r"Kernel panic - not syncing: (?P<what>.+)"), "Kernel panic - not syncing: {what}",
           with_func=False),
