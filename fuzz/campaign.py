@@ -129,6 +129,8 @@ class WorkerConfig:
     reruns: int = 1                 # re-runs of a divergent program, to tell flaky from reliable
     seed_dirs: tuple = ()           # read-only program directories replayed first (corpus/seeds)
     leak_every: int = 10            # slab counts (L frames, ~3x the cost) for every Nth program; 0: never
+    zoo_bug: str | None = None      # a bug-zoo bug injected into this worker's kernel
+    modules: tuple = ()             # targets.qemu.ModuleSpec: out-of-tree modules loaded after every boot
 
 
 def starting_programs(config: WorkerConfig) -> list[Program]:
@@ -213,7 +215,7 @@ def _worker_main(config: WorkerConfig, kernel: str, start: list[Program], queue,
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when to stop
     from targets.qemu import QemuTarget
     try:
-        with QemuTarget(kernel) as target:
+        with QemuTarget(kernel, zoo=config.zoo_bug, modules=config.modules) as target:
             run_worker(config, target, lambda s: queue.put((config.index, s)), stop_event.is_set, start)
     except Exception:  # noqa: BLE001 - reported to the parent as a tool failure
         failed = Stats(errors=[f"worker {config.index}: {traceback.format_exc(limit=6)}"])

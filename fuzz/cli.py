@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from reference.program import Program, ProgramError
@@ -64,13 +65,31 @@ def _profile(kernel: str | None):
         raise ToolError(str(err)) from None
 
 
-def _qemu(kernel: str | None):
-    from targets.kernels import KernelError
-    from targets.qemu import QemuTarget
+def target_options(args) -> dict:
+    """QemuTarget keyword arguments from --zoo and --load-module."""
+    from targets.qemu import ModuleSpec
     try:
-        return QemuTarget(kernel)
-    except KernelError as err:
+        modules = tuple(ModuleSpec.parse(text) for text in getattr(args, "load_module", None) or ())
+    except ValueError as err:
         raise ToolError(str(err)) from None
+    return {"zoo": getattr(args, "zoo", None), "modules": modules}
+
+
+@contextmanager
+def _qemu(args):
+    """A started QemuTarget for the command's --kernel, --zoo and --load-module."""
+    from targets.kernels import KernelError
+    from targets.qemu import ModuleLoadError, QemuTarget
+    from targets.zoo.build import ZooBuildError
+    try:
+        target = QemuTarget(args.kernel, **target_options(args))
+        target.start()
+    except (KernelError, ModuleLoadError, ZooBuildError, ValueError) as err:
+        raise ToolError(str(err)) from None
+    try:
+        yield target
+    finally:
+        target.close()
 
 
 def _known(path: Path | None) -> dict[str, str]:
@@ -121,7 +140,7 @@ def cmd_model(args) -> int:
 
 def cmd_exec(args) -> int:
     program, _ = _load_case(args.case)
-    with _qemu(args.kernel) as target:
+    with _qemu(args) as target:
         trace = target.run(program)
     print_trace(program, trace)
     return {"ok": EXIT_OK, "crash": EXIT_FOUND, "hang": EXIT_FOUND}.get(trace.outcome, EXIT_TOOL)
@@ -134,7 +153,7 @@ def cmd_repro(args) -> int:
     expected = ModelTarget(_profile(args.kernel)).run(program)
     if expected.outcome != "ok":
         raise ToolError(f"the model failed on this program (a procfuzz bug): {expected.title}")
-    with _qemu(args.kernel) as target:
+    with _qemu(args) as target:
         actual = target.run(program)
     divergence = compare(program, expected, actual)
     print_side_by_side(program, expected, actual, divergence.index if divergence else None)
@@ -154,7 +173,7 @@ def cmd_replay(args) -> int:
         print(f"skipped: {err}", file=sys.stderr)
     model = ModelTarget(_profile(args.kernel))
     failures = 0
-    with _qemu(args.kernel) as target:
+    with _qemu(args) as target:
         for path, program in programs:
             expected = model.run(program)
             actual = target.run(program) if expected.outcome == "ok" else expected
@@ -202,8 +221,10 @@ def cmd_run(args) -> int:
     known = frozenset(_known(Path(args.known) if args.known else None))
     seed = args.seed if args.seed is not None else int(time.time())
     deadline = time.monotonic() + budget
+    options = target_options(args)
     configs = [WorkerConfig(stream, seed, profile, label, out, corpus, deadline, args.max_ops, args.max_programs,
-                            known=known, seed_dirs=SEED_DIRS, leak_every=args.leak_every)
+                            known=known, seed_dirs=SEED_DIRS, leak_every=args.leak_every,
+                            zoo_bug=options["zoo"], modules=options["modules"])
                for stream in shard.streams(args.workers)]
     stop = multiprocessing.get_context("spawn").Event()
 
@@ -241,9 +262,12 @@ def _run_on_runtime(args) -> int:
                         "itself, one per --workers")
     if args.dry_run and args.runtime != "kubernetes":
         raise ToolError("--dry-run prints the Kubernetes manifests: use it with --runtime kubernetes")
-    if args.corpus or args.known:
-        raise ToolError("--corpus and --known name host files, which containers do not see: the "
-                        "image's corpus and known issues are used")
+    if args.corpus or args.known or args.load_module:
+        raise ToolError("--corpus, --known and --load-module name host files, which containers do not "
+                        "see: the image's corpus and known issues are used")
+    if args.zoo:
+        raise ToolError("--zoo builds a module against the kernel's headers, which the worker image "
+                        "does not carry: run zoo campaigns with the local runtime")
     if args.workers < 1:
         raise ToolError("--workers must be at least 1")
     budget = int(parse_budget(args.budget))
@@ -280,6 +304,34 @@ def cmd_merge(args) -> int:
     print(f"merged {len(summary['runs'])} runs into {args.out}: {summary['distinct_findings']} findings, "
           f"{summary['corpus_programs']} corpus programs")
     return EXIT_OK
+
+
+def cmd_triage(args) -> int:
+    from .known import load_known_issues
+    from .report import clean, write_reports
+    from .triage import collect
+    dirs = [Path(d) for d in args.dirs]
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise ToolError(f"not a directory: {', '.join(missing)}")
+    if args.known and not Path(args.known).is_file():
+        raise ToolError(f"no known-issues file {args.known}")
+    known_file = Path(args.known) if args.known else KNOWN_ISSUES
+    bugs = collect(dirs, load_known_issues(known_file))
+    out = Path(args.report) if args.report else dirs[0] / "report"
+    meta = {"generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "sources": [str(d) for d in dirs], "known_issues": str(known_file)}
+    try:
+        write_reports(bugs, out, meta, source_root=Path.cwd())
+    except OSError as err:
+        raise ToolError(f"cannot write the reports to {out}: {err.strerror or err}") from None
+    for bug in bugs:
+        partly_known = f"  (known on {', '.join(bug.known_on)})" if bug.is_new and bug.known_on else ""
+        print(clean(f"{'new' if bug.is_new else 'known':5} {bug.count:5}x  {bug.signature}  "
+                    f"[{', '.join(bug.kernels)}]{partly_known}"))
+    new = sum(bug.is_new for bug in bugs)
+    print(f"{len(bugs)} bugs, {new} new; reports in {out}")
+    return EXIT_FOUND if new else EXIT_OK
 
 
 def cmd_kernels(args) -> int:
@@ -330,6 +382,12 @@ def _parser() -> argparse.ArgumentParser:
     def kernel_option(p):
         p.add_argument("--kernel", default=None, help="kernel pin name (default: the pins file's default)")
 
+    def module_options(p):
+        p.add_argument("--zoo", default=None, metavar="BUG",
+                       help="inject a bug-zoo bug (targets/zoo/README.md) into the guest kernel")
+        p.add_argument("--load-module", action="append", default=[], metavar="PATH.ko[:params]",
+                       help="load an out-of-tree module into the guest after every boot (repeatable)")
+
     p = command("show", cmd_show, "pretty-print a program or finding")
     p.add_argument("case")
     p.add_argument("--json", action="store_true", help="canonical JSON instead of text")
@@ -341,8 +399,11 @@ def _parser() -> argparse.ArgumentParser:
         p = command(name, func, help_text)
         p.add_argument(operand)
         kernel_option(p)
+        if name != "model":
+            module_options(p)
     p = command("run", cmd_run, "a fuzzing campaign")
     kernel_option(p)
+    module_options(p)
     p.add_argument("--budget", default="10m")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--corpus", default=None,
@@ -373,6 +434,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="the merged output directory (may be one of the sources)")
     p.add_argument("sources", nargs="+",
                    help="run outputs, or directories holding them (e.g. OUT of sharded runs)")
+    p = command("triage", cmd_triage, "one row per bug from run directories; Markdown, HTML, JSON, JUnit, SARIF reports")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run output directories (every findings/ below them)")
+    p.add_argument("--known", default=None, help="known-issues file (default corpus/known-issues.toml)")
+    p.add_argument("--report", default=None, help="report directory (default DIR/report of the first DIR)")
     p = command("kernels", cmd_kernels, "list, fetch or profile pinned kernels")
     p.add_argument("action", choices=("list", "fetch", "profile"))
     p.add_argument("name", nargs="?", default=None)

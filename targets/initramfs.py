@@ -65,17 +65,21 @@ def build_agent(source: Path = AGENT_SOURCE, cache: Path | None = None) -> Path:
 
 
 def entries(agent: bytes, busybox: bytes, modules: dict[str, bytes] | None = None,
-            zoo: bytes | None = None) -> list[Entry]:
+            files: dict[str, bytes] | None = None) -> list[Entry]:
     """modules: name -> .ko contents, loaded by /init in kernels.MODULES order (then by name).
-    zoo: the bug zoo's module (targets/zoo), put at /lib/modules/zoo.ko and not loaded: the
-    agent loads it on request (`C` frame `zoo <bug>`)."""
-    modules = modules or {}
+    files: more files, guest path (relative to /) -> contents, executable and not loaded or run
+    by /init: the agent loads modules among them (`C load`) and runs programs (`C run`) on request
+    (the bug zoo's module, --load-module modules, C reproducers)."""
+    modules, files = modules or {}, files or {}
     order = [m for m in MODULES if m in modules] + sorted(set(modules) - set(MODULES))
-    dirs = ["bin", "dev", "mnt", "proc", "sys", "tmp"] + (["lib", MODULE_DIR] if modules or zoo else [])
-    out = [Entry(d, stat.S_IFDIR | 0o755) for d in dirs]
+    paths = [f"{MODULE_DIR}/{name}.ko" for name in order] + list(files)
+    dirs = {"bin", "dev", "mnt", "proc", "sys", "tmp"}
+    for path in paths:
+        parts = path.split("/")[:-1]
+        dirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    out = [Entry(d, stat.S_IFDIR | 0o755) for d in sorted(dirs)]
     out += [Entry(f"{MODULE_DIR}/{name}.ko", stat.S_IFREG | 0o644, modules[name]) for name in order]
-    if zoo is not None:
-        out.append(Entry(f"{MODULE_DIR}/zoo.ko", stat.S_IFREG | 0o644, zoo))
+    out += [Entry(path, stat.S_IFREG | 0o755, data) for path, data in sorted(files.items())]
     out += [Entry("bin/busybox", stat.S_IFREG | 0o755, busybox),
             Entry("agent", stat.S_IFREG | 0o755, agent),
             Entry("init", stat.S_IFREG | 0o755, init_script(order)),
@@ -113,13 +117,21 @@ def kernel_modules(modules_dir: Path) -> dict[str, bytes]:
     return {name: (modules_dir / f"{name}.ko").read_bytes() for name in MODULES}
 
 
+def image_file_path(path: str) -> str:
+    """A guest path for `files`: relative, no '..', printable; ValueError otherwise."""
+    clean = path.strip("/")
+    if not clean or ".." in clean.split("/") or not clean.isprintable() or " " in clean or len(clean) > 150:
+        raise ValueError(f"bad guest file path {path!r}")
+    return clean
+
+
 def build_initramfs(agent: Path, busybox: Path = BUSYBOX, cache: Path | None = None,
-                    modules_dir: Path | None = None, zoo: Path | None = None) -> Path:
+                    modules_dir: Path | None = None, files: dict[str, bytes] | None = None) -> Path:
     """The archive; with modules_dir (a kernel's, see kernel_modules) /init loads its modules;
-    with zoo (a built zoo.ko, see targets/zoo/build.py) it is in the image, not loaded."""
+    files (see entries) are in the image, not loaded."""
     modules = kernel_modules(modules_dir) if modules_dir is not None else {}
-    archive = newc_archive(entries(agent.read_bytes(), busybox.read_bytes(), modules,
-                                   zoo.read_bytes() if zoo is not None else None))
+    files = {image_file_path(path): data for path, data in (files or {}).items()}
+    archive = newc_archive(entries(agent.read_bytes(), busybox.read_bytes(), modules, files))
     final = (cache or cache_root()) / "initramfs" / hashlib.sha256(archive).hexdigest()[:16]
     if not (final / "initramfs.cpio.gz").is_file():
         with publish(final) as out:
@@ -128,7 +140,7 @@ def build_initramfs(agent: Path, busybox: Path = BUSYBOX, cache: Path | None = N
 
 
 def guest_image(source: Path = AGENT_SOURCE, cache: Path | None = None,
-                modules_dir: Path | None = None, zoo: Path | None = None) -> Path:
+                modules_dir: Path | None = None, files: dict[str, bytes] | None = None) -> Path:
     """The initramfs for the current agent source and a kernel's modules (its
-    KernelImage.modules_dir), optionally with the bug zoo's module: built on first use, then cached."""
-    return build_initramfs(build_agent(source, cache), cache=cache, modules_dir=modules_dir, zoo=zoo)
+    KernelImage.modules_dir), plus extra files: built on first use, then cached."""
+    return build_initramfs(build_agent(source, cache), cache=cache, modules_dir=modules_dir, files=files)

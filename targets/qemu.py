@@ -10,7 +10,12 @@ Only a VM that cannot be started at all raises (VmError).
 
 from __future__ import annotations
 
+import math
+import re
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
 
 from reference.program import Program
 from reference.trace import Trace
@@ -26,20 +31,67 @@ WATCHDOG_PER_OP = 0.25
 EXIT_GRACE = 10.0           # after the channel closes, time for QEMU to finish writing and exit
 
 
+ZOO_MODULE = "/lib/modules/zoo.ko"
+EXTRA_MODULES = "lib/modules/extra"
+
+
+class ModuleLoadError(RuntimeError):
+    """A module given to the target (zoo or --load-module) did not load into the guest."""
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """An out-of-tree module loaded into the guest after every boot (`--load-module`)."""
+    path: Path
+    params: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> "ModuleSpec":
+        """``PATH.ko[:name=value ...]``."""
+        path, _, params = text.partition(":")
+        spec = cls(Path(path), params.strip())
+        if spec.path.suffix != ".ko":
+            raise ValueError(f"--load-module {text!r}: not a .ko file (PATH.ko[:params])")
+        if not spec.path.is_file():
+            raise ValueError(f"--load-module {text!r}: no such file {spec.path}")
+        if not all(re.fullmatch(r"[\w.-]+(=[\w.,:/+-]*)?", word) for word in spec.params.split()):
+            raise ValueError(f"--load-module {text!r}: parameters are space-separated name=value words")
+        return spec
+
+    @property
+    def guest_path(self) -> str:
+        return f"/{EXTRA_MODULES}/{self.path.name}"
+
+
+@dataclass(frozen=True)
+class FileRun:
+    status: str     # "exit N", "signal N", "timeout", or "crash" (output: the report title)
+    output: str
+
+
 class QemuTarget:
     measure_leaks = False       # send L frames: slab counts after each program (leak oracle)
 
     def __init__(self, kernel: str | KernelImage | None = None, *, accel: str | None = None,
                  watchdog_base: float = WATCHDOG_BASE, watchdog_per_op: float = WATCHDOG_PER_OP,
-                 agent_source=AGENT_SOURCE, zoo: bool = False):
+                 agent_source=AGENT_SOURCE, zoo: str | bool | None = None,
+                 modules: Sequence[ModuleSpec] = (), files: Mapping[str, bytes] | None = None):
+        """zoo: a bug-zoo bug name to inject after every boot, or True to only carry the zoo's
+        module (targets/zoo) for load_zoo(); modules: loaded after every boot, in order; files:
+        guest path -> contents, executables for run_file()."""
         self.image = kernel if isinstance(kernel, KernelImage) else resolve(kernel)
-        # zoo: the guest image carries the bug zoo's module (targets/zoo), loaded by load_zoo().
-        zoo_ko = None
+        image_files = dict(files or {})
         if zoo:
             from targets.zoo.build import build_zoo
-            zoo_ko = build_zoo(self.image)
+            image_files[ZOO_MODULE.lstrip("/")] = build_zoo(self.image).read_bytes()
+        names = [spec.path.name for spec in modules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two modules with the same file name: {names}")
+        image_files.update({spec.guest_path.lstrip("/"): spec.path.read_bytes() for spec in modules})
+        self.modules = tuple(modules)
         self.zoo_bug: str | None = None     # injected bug, injected again after every restart
-        self.initrd = guest_image(agent_source, modules_dir=self.image.modules_dir, zoo=zoo_ko)
+        self._zoo_at_boot = zoo if isinstance(zoo, str) else None
+        self.initrd = guest_image(agent_source, modules_dir=self.image.modules_dir, files=image_files)
         self.accel = accel or choose_accel(self.image.vmlinuz, self.initrd)
         self.watchdog_base, self.watchdog_per_op = watchdog_base, watchdog_per_op
         self.vm: Vm | None = None
@@ -58,12 +110,17 @@ class QemuTarget:
             raise RuntimeError(f"guest runs {release}, expected {self.image.release}")
         self.vm = vm
         self.boot_seconds.append(vm.boot_seconds)
-        if self.zoo_bug:
-            vm.channel.send("C", f"zoo {self.zoo_bug}".encode())
+        loads = [(spec.path.name, f"{spec.guest_path} {spec.params}".strip()) for spec in self.modules]
+        bug = self.zoo_bug or self._zoo_at_boot
+        if bug:
+            loads.append((f"zoo bug {bug}", _zoo_load(bug)))
+        for name, request in loads:
+            vm.channel.send("C", f"load {request}".encode())
             frame = vm.channel.recv(time.monotonic() + self.watchdog_base)
             if frame.kind != "R" or frame.payload != b"ok":
                 self.close()
-                raise RuntimeError(f"re-injecting zoo bug {self.zoo_bug}: {frame.kind} {frame.payload[:200]!r}")
+                raise ModuleLoadError(f"loading {name} into {self.label}: {frame.payload[:200].decode('ascii', 'replace')}")
+        self.zoo_bug = bug
 
     def close(self) -> None:
         if self.vm:
@@ -109,19 +166,32 @@ class QemuTarget:
     def load_zoo(self, bug: str) -> str:
         """Inject a bug-zoo bug (needs QemuTarget(zoo=True)): "ok" or the errno name of
         finit_module (EEXIST: a bug is already loaded). Kept across restarts once "ok"."""
-        trace, _ = self._exchange("C", f"zoo {bug}".encode(), 0)
+        trace, _ = self._exchange("C", f"load {_zoo_load(bug)}".encode(), 0)
         if trace.outcome != "ok":
             raise RuntimeError(f"zoo {bug}: {trace.outcome}: {trace.title}")
         if trace.results == ("ok",):
             self.zoo_bug = bug
         return trace.results[0]
 
-    def _exchange(self, kind: str, payload: bytes, n_ops: int) -> tuple[Trace, float]:
+    def run_file(self, guest_path: str, timeout: float = 60.0) -> FileRun:
+        """Run an executable of the image (see `files`) as root in the guest's root namespaces."""
+        seconds = max(1, math.ceil(timeout))
+        trace, _ = self._exchange("C", f"run {seconds} /{guest_path.lstrip('/')}".encode(), 0,
+                                  timeout=seconds + self.watchdog_base)
+        if trace.outcome in ("crash", "hang"):
+            return FileRun("crash" if trace.outcome == "crash" else "timeout", trace.title)
+        if trace.outcome != "ok":
+            raise RuntimeError(f"run {guest_path}: {trace.outcome}: {trace.title}")
+        status, _, output = trace.results[0].partition("\n")
+        return FileRun(status, output)
+
+    def _exchange(self, kind: str, payload: bytes, n_ops: int,
+                  timeout: float | None = None) -> tuple[Trace, float]:
         if not self.vm:
             self.start()
         vm = self.vm
         console_from = vm.console_size()
-        timeout = self.watchdog_base + self.watchdog_per_op * n_ops
+        timeout = timeout or self.watchdog_base + self.watchdog_per_op * n_ops
         started = time.monotonic()
         try:
             vm.channel.send(kind, payload)
@@ -156,8 +226,8 @@ class QemuTarget:
             ops_us, total_us, results, slab = parse_results(frame.payload, n_ops)
             return Trace(results, kernel=self.label, guest_us=ops_us,
                          extra={"total_us": total_us, "wall_us": int(seconds * 1e6), "slab": slab})
-        if kind == "C" and frame.kind == "R":      # zoo: one word, "ok" or an errno name
-            return Trace((text(frame.payload, "zoo reply"),), kernel=self.label)
+        if kind == "C" and frame.kind == "R":      # load: "ok" or an errno name; run: status + output
+            return Trace((frame.payload.decode("utf-8", "replace"),), kernel=self.label)
         raise ProtocolError(f"unexpected {frame.kind!r} frame in reply to {kind!r}")
 
     def _failed(self, outcome: str, fallback_title: str, console_from: int) -> Trace:
@@ -176,3 +246,9 @@ class QemuTarget:
         title, excerpt = (report.title, report.excerpt) if report else (fallback_title, console[-8000:])
         self.restart()
         return Trace((), outcome, title, self.label, extra={"console": excerpt})
+
+
+def _zoo_load(bug: str) -> str:
+    if not re.fullmatch(r"[a-z0-9_]{1,40}", bug):
+        raise ValueError(f"bad zoo bug name {bug!r}")
+    return f"{ZOO_MODULE} bug={bug}"

@@ -48,3 +48,14 @@ def test_budget_parsing():
     assert parse_budget("90s") == 90 and parse_budget("10m") == 600 and parse_budget("2h") == 7200
     with pytest.raises(ToolError):
         parse_budget("ten minutes")
+
+
+@pytest.mark.kernel
+def test_repro_with_an_injected_bug_reproduces_and_a_bad_module_is_a_clear_error(tmp_path, capsys):
+    from tests.test_zoo import STALE_PID
+    case = tmp_path / "stale.prog"
+    case.write_text(STALE_PID.to_text())
+    assert main(["repro", str(case), "--zoo", "stale_pid"]) == 1
+    assert "reproduced: stale" in capsys.readouterr().out
+    assert main(["exec", str(case), "--load-module", str(tmp_path / "missing.ko")]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -279,3 +279,62 @@ def test_silent_agent_is_a_hang_then_the_vm_restarts(qemu_target):
     assert trace.outcome == "hang" and trace.title.startswith("hang: no reply")
     assert qemu_target.restarts == restarts + 1
     assert qemu_target.run(SMALL_PROGRAM).outcome == "ok"
+
+
+# ---- files and modules carried into the guest (C reproducers, --load-module) --------------------
+
+HELLO_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    (void)argc;
+    if (argv[0][5] == 's') { sleep(100); return 0; }      /* /opt/sleep */
+    printf("hello from %s, uid %d\n", argv[0], (int)getuid());
+    return 3;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def static_hello(tmp_path_factory) -> bytes:
+    import subprocess
+    directory = tmp_path_factory.mktemp("hello")
+    (directory / "hello.c").write_text(HELLO_C)
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(directory / "hello"), str(directory / "hello.c")], check=True)
+    return (directory / "hello").read_bytes()
+
+
+@pytest.mark.kernel
+def test_run_file_reports_status_and_output_and_a_module_is_loaded_at_every_boot(static_hello):
+    from targets.qemu import ModuleSpec
+    from targets.zoo.build import build_zoo
+    from tests.test_zoo import STALE_PID
+    zoo_ko = build_zoo(None)
+    spec = ModuleSpec.parse(f"{zoo_ko}:bug=stale_pid")
+    with QemuTarget(modules=[spec], files={"opt/hello": static_hello, "opt/sleep": static_hello}) as target:
+        run = target.run_file("/opt/hello", timeout=20)
+        assert (run.status, run.output) == ("exit 3", "hello from /opt/hello, uid 0\n")
+        assert target.run_file("opt/sleep", timeout=1).status == "timeout"
+        # The module is the zoo's, loaded as a user's module: its bug shows, before and after a restart.
+        assert target.run(STALE_PID).results[-1] == "ok:dir"
+        target.restart()
+        assert target.run(STALE_PID).results[-1] == "ok:dir"
+
+
+@pytest.mark.kernel
+def test_a_module_that_does_not_load_is_a_clear_error(tmp_path):
+    from targets.qemu import ModuleLoadError, ModuleSpec
+    bogus = tmp_path / "bogus.ko"
+    bogus.write_bytes(b"not an ELF module")
+    with pytest.raises(ModuleLoadError, match=r"bogus\.ko.*ENOEXEC"):
+        QemuTarget(modules=[ModuleSpec.parse(str(bogus))]).start()
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("/nonexistent/x.ko", "no such file"),
+    ("README.md", "not a .ko"),
+])
+def test_module_spec_rejects_bad_arguments(text, problem):
+    from targets.qemu import ModuleSpec
+    with pytest.raises(ValueError, match=problem):
+        ModuleSpec.parse(text)

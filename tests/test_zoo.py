@@ -78,7 +78,8 @@ def _first_divergence(program, bug):
 
 
 def test_zoo_module_is_in_the_image_but_not_loaded_by_init():
-    items = {e.path: e for e in entries(b"agent", b"busybox", {"dummy": b"d"}, zoo=b"\x7fELFzoo")}
+    items = {e.path: e for e in entries(b"agent", b"busybox", {"dummy": b"d"},
+                                               files={"lib/modules/zoo.ko": b"\x7fELFzoo"})}
     assert items["lib/modules/zoo.ko"].data == b"\x7fELFzoo"
     assert b"zoo" not in items["init"].data
     without = entries(b"agent", b"busybox", {"dummy": b"d"})

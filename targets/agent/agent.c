@@ -28,6 +28,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -2119,22 +2120,116 @@ static void run_program(struct link *l, const char *text, size_t len, int measur
 	send_frame(l, 'R', payload, out.len + ops.len);
 }
 
-/* Bug zoo (targets/zoo): `zoo <bug>` loads /lib/modules/zoo.ko with bug=<bug>; answers an R
- * frame "ok" or the errno name (ENOENT: the guest image has no zoo module). */
-static void load_zoo(struct link *l, const char *bug, size_t len)
+/* Files of the guest image the host may name: modules and executables it put there. */
+static int image_path_ok(const char *path, size_t len, const char *prefix)
 {
-	char params[80], result[32];
-	if (len == 0 || len > 48 || memchr(bug, ' ', len) || memchr(bug, '\0', len)) {
-		send_error(l, "zoo: bad bug name");
+	size_t plen = strlen(prefix);
+	if (len <= plen || len >= 200 || memcmp(path, prefix, plen) != 0)
+		return 0;
+	for (size_t i = 0; i < len; i++) {
+		if (path[i] <= ' ' || path[i] > '~')
+			return 0;
+	}
+	return memmem(path, len, "/..", 3) == NULL;
+}
+
+/* `load <path> [params]`: finit_module of a module in the image (the bug zoo's, or a user's
+ * --load-module); answers an R frame "ok" or the errno name (EEXIST: already loaded). */
+static void load_module(struct link *l, const char *what, size_t len)
+{
+	char path[200], params[1024], result[32];
+	const char *space = memchr(what, ' ', len);
+	size_t plen = space ? (size_t)(space - what) : len;
+	size_t rest = space ? len - plen - 1 : 0;
+	if (!image_path_ok(what, plen, "/lib/modules/") || rest >= sizeof params ||
+	    memchr(what, '\0', len)) {
+		send_error(l, "load: bad module path or parameters");
 		return;
 	}
-	snprintf(params, sizeof params, "bug=%.*s", (int)len, bug);
-	int fd = open("/lib/modules/zoo.ko", O_RDONLY | O_CLOEXEC);
+	memcpy(path, what, plen);
+	path[plen] = '\0';
+	memcpy(params, what + len - rest, rest);
+	params[rest] = '\0';
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	long rc = fd < 0 ? -1 : syscall(SYS_finit_module, fd, params, 0);
 	put_status(result, (int)rc);
 	if (fd >= 0)
 		close(fd);
 	send_frame(l, 'R', result, strlen(result));
+}
+
+/* `run <timeout s> <path>`: runs an executable of the image as root in the root namespaces
+ * (a C reproducer, a debugging tool) and answers "exit N", "signal N" or "timeout", a newline,
+ * then its stdout+stderr (the first RUN_OUTPUT_CAP bytes; the rest is read and dropped). */
+enum { RUN_OUTPUT_CAP = 64 * 1024 };
+static void run_file(struct link *l, const char *what, size_t len)
+{
+	static char reply[64 + RUN_OUTPUT_CAP];
+	char path[200], scratch[4096];
+	const char *space = memchr(what, ' ', len);
+	long seconds = space ? strtol(what, NULL, 10) : 0;
+	size_t plen = space ? len - (size_t)(space - what) - 1 : 0;
+	if (seconds <= 0 || seconds > 3600 || !image_path_ok(space + 1, plen, "/")) {
+		send_error(l, "run: bad timeout or path");
+		return;
+	}
+	memcpy(path, space + 1, plen);
+	path[plen] = '\0';
+	int pipefd[2];
+	if (pipe2(pipefd, O_CLOEXEC) < 0) {
+		send_error(l, "run: pipe: %s", strerror(errno));
+		return;
+	}
+	pid_t child = fork();
+	if (child < 0) {
+		send_error(l, "run: fork: %s", strerror(errno));
+		close(pipefd[0]);
+		close(pipefd[1]);
+		return;
+	}
+	if (child == 0) {
+		setpgid(0, 0);
+		int null = open("/dev/null", O_RDONLY);
+		dup2(null, 0);
+		dup2(pipefd[1], 1);
+		dup2(pipefd[1], 2);
+		char *argv[] = { path, NULL }, *envp[] = { "PATH=/bin", NULL };
+		execve(path, argv, envp);
+		dprintf(2, "execve %s: %s\n", path, strerror(errno));
+		_exit(127);
+	}
+	close(pipefd[1]);
+	size_t got = 0;
+	long long deadline = now_ns() + seconds * 1000000000LL;
+	int timed_out = 0;
+	for (;;) {
+		long long left_ms = (deadline - now_ns()) / 1000000;
+		struct pollfd pfd = { pipefd[0], POLLIN, 0 };
+		if (left_ms <= 0 || poll(&pfd, 1, (int)left_ms) == 0) {
+			timed_out = 1;
+			break;
+		}
+		size_t room = RUN_OUTPUT_CAP - got;
+		ssize_t n = read(pipefd[0], room ? reply + 64 + got : scratch, room ? room : sizeof scratch);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		if (room)
+			got += (size_t)n;
+	}
+	close(pipefd[0]);
+	if (timed_out)
+		kill(-child, SIGKILL);
+	int status = 0;
+	while (waitpid(child, &status, 0) < 0 && errno == EINTR)
+		;
+	char head[64];
+	int hlen = timed_out ? snprintf(head, sizeof head, "timeout\n")
+		 : WIFEXITED(status) ? snprintf(head, sizeof head, "exit %d\n", WEXITSTATUS(status))
+		 : snprintf(head, sizeof head, "signal %d\n", WTERMSIG(status));
+	memmove(reply + 64 - hlen, head, (size_t)hlen);
+	send_frame(l, 'R', reply + 64 - hlen, (size_t)hlen + got);
 }
 
 static void control(struct link *l, const char *what, size_t len)
@@ -2152,8 +2247,12 @@ static void control(struct link *l, const char *what, size_t len)
 			close(fd);
 		return;
 	}
-	if (len > 4 && memcmp(what, "zoo ", 4) == 0) {
-		load_zoo(l, what + 4, len - 4);
+	if (len > 5 && memcmp(what, "load ", 5) == 0) {
+		load_module(l, what + 5, len - 5);
+		return;
+	}
+	if (len > 4 && memcmp(what, "run ", 4) == 0) {
+		run_file(l, what + 4, len - 4);
 		return;
 	}
 	send_error(l, "unknown control '%.*s'", (int)(len > 32 ? 32 : len), what);
