@@ -394,7 +394,8 @@ class KubernetesRuntime(Runtime):
         while len(codes) < count and time.monotonic() < deadline:
             pods = client.CoreV1Api().list_namespaced_pod(self.namespace, label_selector=f"job-name={name}")
             for pod in pods.items:
-                index = int(pod.metadata.annotations.get("batch.kubernetes.io/job-completion-index", -1))
+                annotations = pod.metadata.annotations or {}
+                index = int(annotations.get("batch.kubernetes.io/job-completion-index", -1))
                 for status in pod.status.container_statuses or []:
                     if status.state.terminated and index >= 0:
                         codes[index] = status.state.terminated.exit_code
