@@ -97,9 +97,14 @@ def _merge_finding(out: Path, source: Path, index: dict[tuple[str, str], Path]) 
         index[(program_id, kernel)] = final
         return
     with publish(final) as staging:     # a dot-named directory beside it, renamed into place
-        for path in sorted(source.iterdir()):
-            if path.is_file() and not path.is_symlink():
-                _copy_synced(path, staging / path.name)
+        for path in sorted(source.rglob("*")):
+            target = staging / path.relative_to(source)
+            if path.is_symlink():
+                continue                # never follow a link out of the finding
+            if path.is_dir():
+                target.mkdir(exist_ok=True)
+            else:
+                _copy_synced(path, target)
     index[(program_id, kernel)] = final
 
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -41,17 +42,26 @@ def finding_keys(out: Path) -> set[tuple[str, str]]:
     return {(d.name, findings.load(d).signature) for d in findings.list_findings(out)}
 
 
-@pytest.fixture
-def seeds(tmp_path):
-    directory = tmp_path / "seeds"
-    directory.mkdir()
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("seeds")
     (directory / "zombie.prog").write_text(ZOMBIE.to_text())     # every shard finds this one
     return directory
 
 
+@pytest.fixture(scope="module")
+def shard_runs(tmp_path_factory, seeds):
+    runs = tmp_path_factory.mktemp("runs")
+    for i in range(2):
+        run_shard(runs, Shard(i, 2), seeds)
+    return runs
+
+
 @pytest.fixture
-def shards(tmp_path, seeds):
-    return [run_shard(tmp_path / "runs", Shard(i, 2), seeds) for i in range(2)]
+def shards(tmp_path, shard_runs):
+    """A fresh copy of two shards' outputs, for each test to merge or spoil."""
+    runs = shutil.copytree(shard_runs, tmp_path / "runs")
+    return [runs / Shard(i, 2).dirname for i in range(2)]
 
 
 def test_shard_parsing_is_zero_based_with_clear_errors():
@@ -124,6 +134,8 @@ def test_corpus_files_are_renamed_by_content_and_finding_files_all_kept(tmp_path
     for path in finding.iterdir():
         (copied / path.name).write_bytes(path.read_bytes())
     (copied / "minimized.prog").write_text("# a later tool's extra file\n")
+    (copied / "reruns").mkdir()
+    (copied / "reruns" / "6.12.json").write_text("{}")
     out = tmp_path / "merged"
     merge(out, [source])
     assert sorted(p.name for p in (out / "corpus").iterdir()) == [f"{ZOMBIE.id}.prog"]
