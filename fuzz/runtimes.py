@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .cli import EXIT_FOUND, EXIT_OK, EXIT_TOOL
 from .merge import merge
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +30,6 @@ BASE_IMAGE_SCRIPT = REPO / "ci" / "base-image.sh"
 DEFAULT_IMAGE = "procfuzz-worker:latest"
 WORKER_UID = 10001                 # the image's procfuzz user (ci/Dockerfile)
 EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
-EXIT_OK, EXIT_FOUND, EXIT_TOOL = 0, 1, 2
 STOP_GRACE_SECONDS = 60            # after SIGTERM a run stops its VMs and writes its summary
 RUNTIMES = ("local", "docker", "kubernetes")
 
