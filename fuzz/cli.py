@@ -265,6 +265,98 @@ def cmd_atheris(args) -> int:
     return EXIT_OK
 
 
+# ---- minimize, reproduce, export-c -------------------------------------------------------------
+# minimize: 0 minimised (minimized.prog + minimize.json written), 1 the finding does not reproduce,
+# 2 tool error.  reproduce: 1 it reproduces on at least one kernel, 0 on none, 2 tool error.
+# export-c: 0 written, 2 tool error (an op export-c does not support is named).
+
+def _finding_program(directory: Path, finding) -> tuple[Program, str]:
+    """The minimised program when the finding has one, else its own; with a word saying which."""
+    from .storage import load_program
+    minimized = directory / "minimized.prog"
+    if minimized.is_file():
+        return load_program(minimized), "minimised"
+    return finding.program, "original"
+
+
+def cmd_minimize(args) -> int:
+    from targets.model import ModelTarget
+    from .findings import load as load_finding
+    from .minimize import NotReproduced, minimize
+    from .storage import atomic_write
+    directory = Path(args.finding)
+    finding = load_finding(directory)
+    if args.retries < 1:
+        raise ToolError("--retries must be at least 1")
+    model = ModelTarget(_profile(args.kernel))
+    with _qemu(args) as target:
+        try:
+            result = minimize(finding.program, finding.signature, target.run, model, retries=args.retries)
+        except NotReproduced as err:
+            print(f"not minimised: {err} ({err.kernel_runs} kernel runs)")
+            return EXIT_FOUND
+    atomic_write(directory / "minimized.prog", result.program.to_text())
+    summary = {"signature": finding.signature, "kernel": target.label,
+               "original_ops": [op.to_text() for op in finding.program.ops],
+               "minimized_ops": [op.to_text() for op in result.program.ops],
+               "kernel_runs": result.kernel_runs, "seconds": round(result.seconds, 2),
+               "steps": result.steps, "retries": args.retries}
+    atomic_write(directory / "minimize.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    print(f"# {finding.signature}: {len(finding.program)} -> {len(result.program)} ops, "
+          f"{result.kernel_runs} kernel runs, {result.seconds:.1f} s")
+    sys.stdout.write(result.program.to_text())
+    return EXIT_OK
+
+
+def cmd_reproduce(args) -> int:
+    from .findings import load as load_finding
+    from .reproduce import reproducibility, verdict
+    from .storage import atomic_write
+    directory = Path(args.finding)
+    finding = load_finding(directory)
+    kernels = [name.strip() for name in args.kernels.split(",") if name.strip()]
+    if not kernels or args.runs < 1:
+        raise ToolError("--kernels needs at least one kernel name and --runs at least 1")
+    program, which = _finding_program(directory, finding)
+    try:
+        counts = reproducibility(program, finding.signature, kernels, args.runs,
+                                 open_target=lambda name: _qemu(argparse.Namespace(**{**vars(args), "kernel": name})),
+                                 model_for=_profile_model)
+    except ValueError as err:
+        raise ToolError(str(err)) from None
+    doc = {kernel: {"diverged": diverged, "runs": runs} for kernel, (diverged, runs) in counts.items()}
+    atomic_write(directory / "reproducibility.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    print(f"# {finding.signature} ({which} program, {len(program)} ops)")
+    for kernel, (diverged, runs) in counts.items():
+        print(f"{kernel:16} {verdict(diverged, runs)}")
+    return EXIT_FOUND if any(diverged for diverged, _ in counts.values()) else EXIT_OK
+
+
+def _profile_model(kernel: str | None):
+    from targets.model import ModelTarget
+    return ModelTarget(_profile(kernel))
+
+
+def cmd_export_c(args) -> int:
+    from .export_c import ExportError, export_c
+    from .findings import load as load_finding
+    from .storage import atomic_write
+    directory = Path(args.finding)
+    finding = load_finding(directory)
+    program, which = _finding_program(directory, finding)
+    expected = _profile_model(finding.kernel or None).run(program)
+    summary = f"{finding.signature} (first seen as: {finding.divergence.summary()})"
+    try:
+        source = export_c(program, expected, kernel=finding.kernel or "unknown", summary=summary)
+    except ExportError as err:
+        raise ToolError(str(err)) from None
+    out = Path(args.output) if args.output else directory / "repro.c"
+    atomic_write(out, source)
+    print(f"{out}: C reproducer of the {which} program ({len(program)} ops); "
+          f"build: gcc -static -O2 -Wall -o repro {out}")
+    return EXIT_OK
+
+
 def cmd_bench(args) -> int:
     import runpy
     bench = Path(__file__).resolve().parent.parent / "bench" / f"bench_{args.what}.py"
@@ -331,6 +423,20 @@ def _parser() -> argparse.ArgumentParser:
     p = command("bench", cmd_bench, "benchmarks: model or target")
     p.add_argument("what", choices=("model", "target"))
     p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = command("minimize", cmd_minimize, "shrink a finding to a 1-minimal program with the same signature")
+    p.add_argument("finding", help="finding directory")
+    kernel_option(p)
+    module_options(p)
+    p.add_argument("--retries", type=int, default=3,
+                   help="kernel runs per candidate before it counts as not reproducing (flaky bugs)")
+    p = command("reproduce", cmd_reproduce, "re-run a finding N times on each kernel: reliable, flaky or not")
+    p.add_argument("finding", help="finding directory")
+    p.add_argument("--kernels", required=True, help="comma-separated kernel pin names, e.g. 6.1-cloud,6.12-cloud")
+    p.add_argument("--runs", type=int, default=10)
+    module_options(p)
+    p = command("export-c", cmd_export_c, "write a standalone C reproducer of a finding")
+    p.add_argument("finding", help="finding directory")
+    p.add_argument("-o", "--output", default=None, help="output file (default FINDING/repro.c)")
     return parser
 
 

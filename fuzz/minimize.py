@@ -51,6 +51,16 @@ def signature_of(program: Program, expected: Trace, actual: Trace, divergence: D
     return Finding(program, expected, actual, divergence, actual.kernel).signature
 
 
+def divergence_with(signature: str, program: Program, expected: Trace, actual: Trace) -> tuple[Divergence | None, str]:
+    """(the divergence of this kernel run when its signature is `signature`, else None; the
+    signature the run showed, '' when it agrees with the model)."""
+    divergence = compare(program, expected, actual)
+    if divergence is None:
+        return None, ""
+    seen = signature_of(program, expected, actual, divergence)
+    return (divergence if seen == signature else None), seen
+
+
 class _Reproducer:
     """Answers "does this candidate reproduce?" with the kernel runs it costs, cached."""
 
@@ -74,15 +84,11 @@ class _Reproducer:
         if expected.outcome == "ok":
             for _ in range(self.retries):
                 self.kernel_runs += 1
-                actual = self.run_kernel(program)
-                divergence = compare(program, expected, actual)
-                if divergence is None:
-                    continue
-                seen = signature_of(program, expected, actual, divergence)
-                if seen == self.signature:
+                divergence, seen = divergence_with(self.signature, program, expected, self.run_kernel(program))
+                if divergence is not None:
                     verdict = len(program.ops) - 1 if divergence.index is None else divergence.index
                     break
-                self.last_seen = seen
+                self.last_seen = seen or self.last_seen
         self.verdicts[program.id] = verdict
         return verdict
 
