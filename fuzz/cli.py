@@ -270,6 +270,17 @@ def cmd_atheris(args) -> int:
 # 2 tool error.  reproduce: 1 it reproduces on at least one kernel, 0 on none, 2 tool error.
 # export-c: 0 written, 2 tool error (an op export-c does not support is named).
 
+def _kernel_finding(directory: Path):
+    """A finding whose class a re-run can show again (divergence, inconsistency, crash, hang)."""
+    from .findings import load as load_finding
+    from .oracle import KERNEL_CLASSES
+    finding = load_finding(directory)
+    if finding.divergence.cls not in KERNEL_CLASSES or finding.divergence.cls == "leak":
+        raise ToolError(f"{directory}: a {finding.divergence.cls!r} finding cannot be re-run against the model "
+                        "(leaks need the leak oracle's repeated runs; model-bug and harness-error are ours)")
+    return finding
+
+
 def _finding_program(directory: Path, finding) -> tuple[Program, str]:
     """The minimised program when the finding has one, else its own; with a word saying which."""
     from .storage import load_program
@@ -281,11 +292,10 @@ def _finding_program(directory: Path, finding) -> tuple[Program, str]:
 
 def cmd_minimize(args) -> int:
     from targets.model import ModelTarget
-    from .findings import load as load_finding
     from .minimize import NotReproduced, minimize
     from .storage import atomic_write
     directory = Path(args.finding)
-    finding = load_finding(directory)
+    finding = _kernel_finding(directory)
     if args.retries < 1:
         raise ToolError("--retries must be at least 1")
     model = ModelTarget(_profile(args.kernel))
@@ -309,11 +319,10 @@ def cmd_minimize(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .findings import load as load_finding
     from .reproduce import reproducibility, verdict
     from .storage import atomic_write
     directory = Path(args.finding)
-    finding = load_finding(directory)
+    finding = _kernel_finding(directory)
     kernels = [name.strip() for name in args.kernels.split(",") if name.strip()]
     if not kernels or args.runs < 1:
         raise ToolError("--kernels needs at least one kernel name and --runs at least 1")
@@ -344,8 +353,11 @@ def cmd_export_c(args) -> int:
     directory = Path(args.finding)
     finding = load_finding(directory)
     program, which = _finding_program(directory, finding)
-    expected = _profile_model(finding.kernel or None).run(program)
+    expected = _profile_model(args.kernel or finding.kernel or None).run(program)
     summary = f"{finding.signature} (first seen as: {finding.divergence.summary()})"
+    if finding.divergence.cls in ("inconsistent", "leak"):
+        print(f"note: the reproducer compares each result with the model's; it does not check this "
+              f"{finding.divergence.cls!r} finding's own condition", file=sys.stderr)
     try:
         source = export_c(program, expected, kernel=finding.kernel or "unknown", summary=summary)
     except ExportError as err:
@@ -423,19 +435,23 @@ def _parser() -> argparse.ArgumentParser:
     p = command("bench", cmd_bench, "benchmarks: model or target")
     p.add_argument("what", choices=("model", "target"))
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p = command("minimize", cmd_minimize, "shrink a finding to a 1-minimal program with the same signature")
+    p = command("minimize", cmd_minimize, "shrink a finding to a 1-minimal program with the same signature "
+                "(exit 0 minimised, 1 it does not reproduce, 2 error)")
     p.add_argument("finding", help="finding directory")
     kernel_option(p)
     module_options(p)
     p.add_argument("--retries", type=int, default=3,
                    help="kernel runs per candidate before it counts as not reproducing (flaky bugs)")
-    p = command("reproduce", cmd_reproduce, "re-run a finding N times on each kernel: reliable, flaky or not")
+    p = command("reproduce", cmd_reproduce, "re-run a finding N times on each kernel: reliable, flaky or not "
+                "(exit 1 it reproduces somewhere, 0 nowhere, 2 error)")
     p.add_argument("finding", help="finding directory")
     p.add_argument("--kernels", required=True, help="comma-separated kernel pin names, e.g. 6.1-cloud,6.12-cloud")
     p.add_argument("--runs", type=int, default=10)
     module_options(p)
     p = command("export-c", cmd_export_c, "write a standalone C reproducer of a finding")
     p.add_argument("finding", help="finding directory")
+    p.add_argument("--kernel", default=None,
+                   help="kernel whose profile gives the expected results (default: the finding's)")
     p.add_argument("-o", "--output", default=None, help="output file (default FINDING/repro.c)")
     return parser
 

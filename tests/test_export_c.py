@@ -114,3 +114,10 @@ def test_reproducer_is_silent_on_the_stock_kernel(stale_pid_binary):
     with QemuTarget(files={"opt/repro": stale_pid_binary}) as target:
         run = target.run_file("/opt/repro")
     assert (run.status, run.output) == ("exit 0", "procfuzz-repro: OK\n")
+
+
+def test_an_op_kind_without_recipe_is_named(monkeypatch):
+    from fuzz import export_c as module
+    monkeypatch.delitem(module.ACTOR_RECIPES, "readlink")
+    with pytest.raises(ExportError, match="does not support the op.s. readlink"):
+        reproducer(parse_text("m1 = mount_proc p1\nreadlink p1 {m1}/self\n"))

@@ -4,7 +4,10 @@
 import json
 from contextlib import contextmanager
 
+import pytest
+
 from fuzz.cli import main
+from fuzz.minimize import signature_of
 from fuzz.reproduce import reproducibility, verdict
 from reference.program import parse_text
 from test_minimize import CORE, MODEL, BUGGY, CountingKernel, _finding_dir, signature
@@ -76,3 +79,20 @@ def test_cli_needs_kernels(tmp_path, capsys):
     directory, _ = _finding_dir(tmp_path, PROGRAM)
     assert main(["reproduce", str(directory), "--kernels", ",", "--runs", "2"]) == 2
     assert "at least one kernel" in capsys.readouterr().err
+
+
+@pytest.mark.kernel
+def test_zoo_bug_reproduces_at_every_run():
+    from fuzz.oracle import compare
+    from reference.trace import Trace
+    from targets.kernels import load_profile
+    from targets.model import ModelTarget
+    from targets.qemu import QemuTarget
+    from test_minimize import STALE_PID_CORE
+    program = parse_text(STALE_PID_CORE)
+    expected = ModelTarget(load_profile("6.1-cloud")).run(program)
+    stale = Trace(expected.results[:-1] + ("ok:dir",))      # what tests/test_zoo.py shows
+    wanted = signature_of(program, expected, stale, compare(program, expected, stale))
+    counts = reproducibility(program, wanted, ["6.1-cloud"], runs=3,
+                             open_target=lambda name: QemuTarget(name, zoo="stale_pid"))
+    assert counts == {"6.1-cloud": (3, 3)}
