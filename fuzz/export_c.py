@@ -23,7 +23,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from reference.program import OP_SPECS, Op, Program
+from reference.program import HIDEPID_VALUES, LINK_KINDS, OP_SPECS, SUBSET_VALUES, Op, Program
 from reference.trace import Trace
 from targets.initramfs import AGENT_SOURCE
 
@@ -181,11 +181,10 @@ def _op_initialiser(op: Op) -> str:
     if op.kind in ("setuid", "setgid"):
         fields.append(f".id = {args['uid' if op.kind == 'setuid' else 'gid']}")
     choices = []
-    for name, _, default in spec.options:
+    for name, _, _ in spec.options:
         if name in ("peer", "peer_in"):
             continue
-        allowed = {"hidepid": ("off", "noaccess", "invisible", "ptraceable"), "subset": ("none", "pid"),
-                   "kind": ("dummy", "veth")}.get(name, (0, 1))
+        allowed = {"hidepid": HIDEPID_VALUES, "subset": SUBSET_VALUES, "kind": LINK_KINDS}.get(name, (0, 1))
         choices.append(str(allowed.index(args[name])))
     if choices:
         fields.append(f".opt = {{ {', '.join(choices)} }}")

@@ -77,12 +77,14 @@ def test_c_strings_escape_everything_unusual():
 @needs_gcc
 def test_cli_writes_repro_c_of_the_minimised_program(tmp_path, capsys):
     directory, finding = _finding_dir(tmp_path, parse_text(CORE + "readdir p1 {m1}\n"))
-    assert main(["export-c", str(directory)]) == 0
+    assert main(["export-c", str(directory)]) == 2      # no profile of the fake kernel
+    assert "buggy-kernel" in capsys.readouterr().err
+    assert main(["export-c", str(directory), "--kernel", "6.1-cloud"]) == 0
     assert "original program (6 ops)" in capsys.readouterr().out
     assert "readdir p1 {m1}" in (directory / "repro.c").read_text()
     (directory / "minimized.prog").write_text(CORE)
     out = tmp_path / "elsewhere.c"
-    assert main(["export-c", str(directory), "-o", str(out)]) == 0
+    assert main(["export-c", str(directory), "--kernel", "6.1-cloud", "-o", str(out)]) == 0
     source = out.read_text()
     assert "readdir p1 {m1}" not in source and finding.signature in source
     build(source, tmp_path)
@@ -121,3 +123,36 @@ def test_an_op_kind_without_recipe_is_named(monkeypatch):
     monkeypatch.delitem(module.ACTOR_RECIPES, "readlink")
     with pytest.raises(ExportError, match="does not support the op.s. readlink"):
         reproducer(parse_text("m1 = mount_proc p1\nreadlink p1 {m1}/self\n"))
+
+
+# The other zoo bugs (tests/test_zoo.py programs): threads, netlink, network namespaces, hidepid.
+OTHER_ZOO_BUGS = ("stale_tid", "stale_sysctl", "sysctl_wrong_netns", "hidepid_wrong_mount")
+
+
+@pytest.fixture(scope="module")
+def zoo_binaries(tmp_path_factory):
+    import test_zoo
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc")
+    return {f"opt/{bug}": build(reproducer(getattr(test_zoo, bug.upper())), tmp_path_factory.mktemp(bug)).read_bytes()
+            for bug in OTHER_ZOO_BUGS}
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+@pytest.mark.parametrize("bug", OTHER_ZOO_BUGS)
+def test_reproducers_of_the_other_zoo_bugs(bug, zoo_binaries):
+    from targets.qemu import QemuTarget
+    with QemuTarget(zoo=bug, files=zoo_binaries) as target:
+        run = target.run_file(f"/opt/{bug}")
+    assert run.status == "exit 1" and run.output.endswith("procfuzz-repro: DIVERGES (1 ops)\n"), run.output
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_reproducers_of_the_other_zoo_bugs_are_silent_on_the_stock_kernel(zoo_binaries):
+    from targets.qemu import QemuTarget
+    with QemuTarget(files=zoo_binaries) as target:
+        runs = {path: target.run_file("/" + path) for path in zoo_binaries}
+    assert {path: (run.status, run.output) for path, run in runs.items()} == \
+        {path: ("exit 0", "procfuzz-repro: OK\n") for path in zoo_binaries}
