@@ -2,6 +2,7 @@
 the command writes repro.c, and (-m kernel) the reproducer of the stale_pid zoo bug reports the bug
 on the injected kernel and nothing on the stock one."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -89,6 +90,15 @@ def test_cli_writes_repro_c_of_the_minimised_program(tmp_path, capsys):
     assert "readdir p1 {m1}" not in source and finding.signature in source
     build(source, tmp_path)
 
+
+@needs_gcc
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_without_root_it_says_so_and_exits_2(tmp_path):
+    binary = build(reproducer(parse_text(CORE)), tmp_path)
+    tmp_path.chmod(0o755)
+    run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(binary)],
+                         capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (2, "procfuzz-repro: cannot set up: run me as root (namespaces, mounts)\n")
 
 # ---- in the guest --------------------------------------------------------------------------------
 
