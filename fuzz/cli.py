@@ -192,6 +192,7 @@ def parse_budget(text: str) -> float:
 
 def cmd_run(args) -> int:
     from targets.kernels import KernelError, resolve
+    from targets.qemu import kernel_label
     from .campaign import WorkerConfig, run_campaign, write_summary
     from .status import StatusDisplay
     budget = parse_budget(args.budget)
@@ -200,14 +201,14 @@ def cmd_run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     corpus.mkdir(parents=True, exist_ok=True)
     profile = _profile(args.kernel)
+    options = target_options(args)
     try:
-        label = resolve(args.kernel).label
+        label = kernel_label(resolve(args.kernel).label, options["zoo"], options["modules"])
     except KernelError as err:
         raise ToolError(str(err)) from None
     known = frozenset(_known(Path(args.known) if args.known else None))
     seed = args.seed if args.seed is not None else int(time.time())
     deadline = time.monotonic() + budget
-    options = target_options(args)
     configs = [WorkerConfig(i, seed, profile, label, out, corpus, deadline, args.max_ops, known=known,
                             seed_dirs=SEED_DIRS, leak_every=args.leak_every,
                             zoo_bug=options["zoo"], modules=options["modules"])

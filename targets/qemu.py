@@ -100,7 +100,7 @@ class QemuTarget:
 
     @property
     def label(self) -> str:
-        return self.image.label
+        return kernel_label(self.image.label, self.zoo_bug or self._zoo_at_boot, self.modules)
 
     def start(self) -> None:
         vm = Vm(self.image.vmlinuz, self.initrd, accel=self.accel)
@@ -246,6 +246,18 @@ class QemuTarget:
         title, excerpt = (report.title, report.excerpt) if report else (fallback_title, console[-8000:])
         self.restart()
         return Trace((), outcome, title, self.label, extra={"console": excerpt})
+
+
+def kernel_label(image_label: str, zoo_bug: str | None, modules: Sequence[ModuleSpec]) -> str:
+    """Findings name the kernel they ran on; a kernel with an injected bug or extra modules is
+    not the stock one, and triage must keep the two apart."""
+    extras = ([f"zoo:{zoo_bug}"] if zoo_bug else []) + [spec.path.name for spec in modules]
+    return " +".join([image_label, *extras])
+
+
+def stock_label(label: str) -> str:
+    """The stock kernel of a kernel_label."""
+    return label.split(" +", 1)[0]
 
 
 def _zoo_load(bug: str) -> str:

@@ -148,6 +148,7 @@ class ScriptedTarget(QemuTarget):
         self.tmp_path, self.vm, self.restarts = tmp_path, None, 0
         self.watchdog_base, self.watchdog_per_op = 0.5, 0.0
         self.image = type("Image", (), {"label": "test=1"})()
+        self.zoo_bug, self._zoo_at_boot, self.modules = None, None, ()
 
     def start(self):
         self.vm = ScriptedVm(self.tmp_path)
