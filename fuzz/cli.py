@@ -192,6 +192,7 @@ def parse_budget(text: str) -> float:
 
 def cmd_run(args) -> int:
     from targets.kernels import KernelError, resolve
+    from targets.qemu import kernel_label
     from .campaign import WorkerConfig, run_campaign, write_summary
     from .status import StatusDisplay
     budget = parse_budget(args.budget)
@@ -200,14 +201,14 @@ def cmd_run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     corpus.mkdir(parents=True, exist_ok=True)
     profile = _profile(args.kernel)
+    options = target_options(args)
     try:
-        label = resolve(args.kernel).label
+        label = kernel_label(resolve(args.kernel).label, options["zoo"], options["modules"])
     except KernelError as err:
         raise ToolError(str(err)) from None
     known = frozenset(_known(Path(args.known) if args.known else None))
     seed = args.seed if args.seed is not None else int(time.time())
     deadline = time.monotonic() + budget
-    options = target_options(args)
     configs = [WorkerConfig(i, seed, profile, label, out, corpus, deadline, args.max_ops, known=known,
                             seed_dirs=SEED_DIRS, leak_every=args.leak_every,
                             zoo_bug=options["zoo"], modules=options["modules"])
@@ -237,6 +238,34 @@ def cmd_run(args) -> int:
     if tool_failed:
         return EXIT_TOOL
     return EXIT_FOUND if sum(stats.findings.values()) else EXIT_OK
+
+
+def cmd_triage(args) -> int:
+    from .known import load_known_issues
+    from .report import clean, write_reports
+    from .triage import collect
+    dirs = [Path(d) for d in args.dirs]
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise ToolError(f"not a directory: {', '.join(missing)}")
+    if args.known and not Path(args.known).is_file():
+        raise ToolError(f"no known-issues file {args.known}")
+    known_file = Path(args.known) if args.known else KNOWN_ISSUES
+    bugs = collect(dirs, load_known_issues(known_file))
+    out = Path(args.report) if args.report else dirs[0] / "report"
+    meta = {"generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "sources": [str(d) for d in dirs], "known_issues": str(known_file)}
+    try:
+        write_reports(bugs, out, meta, source_root=Path.cwd())
+    except OSError as err:
+        raise ToolError(f"cannot write the reports to {out}: {err.strerror or err}") from None
+    for bug in bugs:
+        partly_known = f"  (known on {', '.join(bug.known_on)})" if bug.is_new and bug.known_on else ""
+        print(clean(f"{'new' if bug.is_new else 'known':5} {bug.count:5}x  {bug.signature}  "
+                    f"[{', '.join(bug.kernels)}]{partly_known}"))
+    new = sum(bug.is_new for bug in bugs)
+    print(f"{len(bugs)} bugs, {new} new; reports in {out}")
+    return EXIT_FOUND if new else EXIT_OK
 
 
 def cmd_kernels(args) -> int:
@@ -424,6 +453,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--leak-every", type=int, default=10,
                    help="measure slab counts after every Nth program for the leak oracle (0: never)")
     p.add_argument("--known", default=None, help="known-issues file (default corpus/known-issues.toml)")
+    p = command("triage", cmd_triage, "one row per bug from run directories; Markdown, HTML, JSON, JUnit, SARIF reports")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run output directories (every findings/ below them)")
+    p.add_argument("--known", default=None, help="known-issues file (default corpus/known-issues.toml)")
+    p.add_argument("--report", default=None, help="report directory (default DIR/report of the first DIR)")
     p = command("kernels", cmd_kernels, "list, fetch or profile pinned kernels")
     p.add_argument("action", choices=("list", "fetch", "profile"))
     p.add_argument("name", nargs="?", default=None)

@@ -100,7 +100,7 @@ def test_inconsistency_inside_one_kernel_trace():
 def test_finding_round_trip_and_signature(tmp_path):
     expected, actual = ModelTarget(PROFILE).run(ZOMBIE), BuggyTarget(PROFILE).run(ZOMBIE)
     finding = findings.Finding(ZOMBIE, expected, actual, compare(ZOMBIE, expected, actual), "k=1", "log")
-    assert finding.signature == "stale lookup /proc/<pid>"
+    assert finding.signature == "stale lookup /proc/<pid> after reap"
     directory, new = findings.record(tmp_path, finding)
     assert new and directory.name == ZOMBIE.id
     assert findings.record(tmp_path, finding) == (directory, False)
