@@ -366,7 +366,7 @@ def cmd_reproduce(args) -> int:
     atomic_write(directory / "reproducibility.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
     print(f"# {finding.signature} ({which} program, {len(program)} ops)")
     for kernel, (diverged, runs) in counts.items():
-        print(f"{kernel:16} {verdict(diverged, runs)}")
+        print(f"{verdict(diverged, runs):28} {kernel}")
     return EXIT_FOUND if any(diverged for diverged, _ in counts.values()) else EXIT_OK
 
 
@@ -376,13 +376,14 @@ def _profile_model(kernel: str | None):
 
 
 def cmd_export_c(args) -> int:
+    from targets.qemu import stock_label
     from .export_c import ExportError, export_c
     from .findings import load as load_finding
     from .storage import atomic_write
     directory = Path(args.finding)
     finding = load_finding(directory)
     program, which = _finding_program(directory, finding)
-    expected = _profile_model(args.kernel or finding.kernel or None).run(program)
+    expected = _profile_model(args.kernel or stock_label(finding.kernel) or None).run(program)
     summary = f"{finding.signature} (first seen as: {finding.divergence.summary()})"
     if finding.divergence.cls in ("inconsistent", "leak"):
         print(f"note: the reproducer compares each result with the model's; it does not check this "

@@ -13,19 +13,21 @@ from .minimize import divergence_with
 
 def verdict(diverged: int, runs: int) -> str:
     if runs and diverged == runs:
-        return "reliable"
+        return f"reliable ({runs} of {runs})"
     if diverged:
         return f"flaky ({diverged} of {runs})"
-    return "not reproducible"
+    return f"not reproducible (0 of {runs})"
 
 
 def reproducibility(program: Program, signature: str, kernels: Iterable, runs: int,
                     open_target: Callable[[str], object] | None = None,
                     model_for: Callable[[str], object] | None = None) -> dict[str, tuple[int, int]]:
-    """{kernel: (runs that diverged with the signature, runs)}.  A kernel is a pin name, booted
-    with open_target(name) (a context manager giving a target; default: QemuTarget(name)), or a
-    started target (its `label` names it).  model_for(name or label) gives the model target with
-    that kernel's profile (default: ModelTarget(load_profile(...)))."""
+    """{kernel label: (runs that diverged with the signature, runs)}, keyed by the label of the
+    kernel that ran (targets/qemu.py kernel_label: package=version, plus any injected zoo bug or
+    module, as findings and triage name kernels).  A kernel is a pin name, booted with
+    open_target(name) (a context manager giving a target; default: QemuTarget(name)), or a started
+    target.  model_for(name or label) gives the model target with that kernel's profile (default:
+    ModelTarget(load_profile(...)))."""
     from targets.kernels import load_profile
     from targets.model import ModelTarget
     model_for = model_for or (lambda kernel: ModelTarget(load_profile(kernel)))
@@ -36,7 +38,7 @@ def reproducibility(program: Program, signature: str, kernels: Iterable, runs: i
     for kernel in kernels:
         if isinstance(kernel, str):
             with open_target(kernel) as target:
-                counts[kernel] = _count(program, signature, target, model_for(kernel), runs)
+                counts[target.label] = _count(program, signature, target, model_for(kernel), runs)
         else:
             counts[kernel.label] = _count(program, signature, kernel, model_for(kernel.label), runs)
     return counts

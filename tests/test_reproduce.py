@@ -38,9 +38,9 @@ def test_other_signature_is_not_counted():
 
 
 def test_verdicts():
-    assert verdict(5, 5) == "reliable"
+    assert verdict(5, 5) == "reliable (5 of 5)"
     assert verdict(2, 5) == "flaky (2 of 5)"
-    assert verdict(0, 5) == "not reproducible"
+    assert verdict(0, 5) == "not reproducible (0 of 5)"
 
 
 def test_cli_writes_reproducibility_json(tmp_path, monkeypatch, capsys):
@@ -49,7 +49,7 @@ def test_cli_writes_reproducibility_json(tmp_path, monkeypatch, capsys):
     @contextmanager
     def fake_qemu(args):
         booted.append((args.kernel, args.zoo))
-        yield Kernel(args.kernel, BUGGY.run if args.kernel == "6.1-cloud" else MODEL.run)
+        yield Kernel(f"{args.kernel} +zoo:{args.zoo}", BUGGY.run if args.kernel == "6.1-cloud" else MODEL.run)
     monkeypatch.setattr("fuzz.cli._qemu", fake_qemu)
     monkeypatch.setattr("fuzz.cli._profile", lambda kernel: PROFILE)
     directory, _ = _finding_dir(tmp_path, PROGRAM)
@@ -58,9 +58,10 @@ def test_cli_writes_reproducibility_json(tmp_path, monkeypatch, capsys):
     assert code == 1
     assert booted == [("6.1-cloud", "stale_pid"), ("6.12-cloud", "stale_pid")]
     assert json.loads((directory / "reproducibility.json").read_text()) == {
-        "6.1-cloud": {"diverged": 3, "runs": 3}, "6.12-cloud": {"diverged": 0, "runs": 3}}
+        "6.1-cloud +zoo:stale_pid": {"diverged": 3, "runs": 3}, "6.12-cloud +zoo:stale_pid": {"diverged": 0, "runs": 3}}
     out = capsys.readouterr().out.splitlines()
-    assert out[1:] == ["6.1-cloud        reliable", "6.12-cloud       not reproducible"]
+    assert [line.split() for line in out[1:]] == [["reliable", "(3", "of", "3)", "6.1-cloud", "+zoo:stale_pid"],
+                                                  ["not", "reproducible", "(0", "of", "3)", "6.12-cloud", "+zoo:stale_pid"]]
 
 
 def test_cli_prefers_the_minimised_program(tmp_path, monkeypatch, capsys):
@@ -95,4 +96,5 @@ def test_zoo_bug_reproduces_at_every_run():
     wanted = signature_of(program, expected, stale, compare(program, expected, stale))
     counts = reproducibility(program, wanted, ["6.1-cloud"], runs=3,
                              open_target=lambda name: QemuTarget(name, zoo="stale_pid"))
-    assert counts == {"6.1-cloud": (3, 3)}
+    assert list(counts.values()) == [(3, 3)]
+    assert next(iter(counts)).endswith(" +zoo:stale_pid")
