@@ -310,6 +310,19 @@ def _kernel_finding(directory: Path):
     return finding
 
 
+def _as_recorded(args, finding) -> argparse.Namespace:
+    """args with --kernel and --zoo defaulting to the kernel the finding ran on (its label names
+    the package and any injected zoo bug)."""
+    from targets.kernels import load_pins
+    from targets.qemu import stock_label
+    package = stock_label(finding.kernel).split("=", 1)[0]
+    kernel = args.kernel or next((name for name, pin in load_pins()[1].items() if pin.package == package), None)
+    zoo = args.zoo or (match.group(1) if (match := re.search(r" \+zoo:(\w+)", finding.kernel)) else None)
+    if (kernel, zoo) != (args.kernel, args.zoo):
+        print(f"# as recorded: kernel {kernel or 'default'}" + (f", zoo bug {zoo}" if zoo else ""))
+    return argparse.Namespace(**{**vars(args), "kernel": kernel, "zoo": zoo})
+
+
 def _finding_program(directory: Path, finding) -> tuple[Program, str]:
     """The minimised program when the finding has one, else its own; with a word saying which."""
     from .storage import load_program
@@ -327,6 +340,7 @@ def cmd_minimize(args) -> int:
     finding = _kernel_finding(directory)
     if args.retries < 1:
         raise ToolError("--retries must be at least 1")
+    args = _as_recorded(args, finding)
     model = ModelTarget(_profile(args.kernel))
     with _qemu(args) as target:
         try:
@@ -474,6 +488,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("finding", help="finding directory")
     kernel_option(p)
     module_options(p)
+    p.epilog = "--kernel and --zoo default to what the finding's kernel label names"
     p.add_argument("--retries", type=int, default=3,
                    help="kernel runs per candidate before it counts as not reproducing (flaky bugs)")
     p = command("reproduce", cmd_reproduce, "re-run a finding N times on each kernel: reliable, flaky or not "

@@ -224,3 +224,23 @@ def test_cli_refuses_findings_a_rerun_cannot_show(tmp_path, capsys):
     directory, _ = findings.record(tmp_path, leak)
     assert main(["minimize", str(directory)]) == 2
     assert "'leak' finding cannot be re-run" in capsys.readouterr().err
+
+
+def test_cli_boots_the_kernel_and_zoo_bug_the_finding_ran_on(tmp_path, monkeypatch, capsys):
+    booted = []
+
+    @contextmanager
+    def recording_qemu(args):
+        booted.append((args.kernel, args.zoo))
+        yield type("FakeTarget", (), {"run": staticmethod(BUGGY.run), "label": "buggy-kernel"})()
+    monkeypatch.setattr("fuzz.cli._qemu", recording_qemu)
+    monkeypatch.setattr("fuzz.cli._profile", lambda kernel: PROFILE)
+    program = parse_text(CORE)
+    expected, actual = MODEL.run(program), BUGGY.run(program)
+    label = "linux-image-6.12.117+deb12-cloud-amd64-unsigned=6.12.117-1~deb12u1 +zoo:stale_pid"
+    finding = findings.Finding(program, expected, actual, compare(program, expected, actual), label)
+    directory, _ = findings.record(tmp_path, finding)
+    assert main(["minimize", str(directory), "--retries", "1"]) == 0
+    assert main(["minimize", str(directory), "--kernel", "6.1-cloud", "--zoo", "stale_tid"]) == 0
+    assert booted == [("6.12-cloud", "stale_pid"), ("6.1-cloud", "stale_tid")]
+    assert "# as recorded: kernel 6.12-cloud, zoo bug stale_pid" in capsys.readouterr().out
