@@ -489,7 +489,8 @@ def _parser() -> argparse.ArgumentParser:
     kernel_option(p)
     module_options(p)
     p.epilog = "--kernel and --zoo default to what the finding's kernel label names"
-    p.add_argument("--retries", type=int, default=3,
+    from .minimize import DEFAULT_RETRIES
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
                    help="kernel runs per candidate before it counts as not reproducing (flaky bugs)")
     p = command("reproduce", cmd_reproduce, "re-run a finding N times on each kernel: reliable, flaky or not "
                 "(exit 1 it reproduces somewhere, 0 nowhere, 2 error)")

@@ -27,8 +27,6 @@ from reference.program import HIDEPID_VALUES, LINK_KINDS, OP_SPECS, SUBSET_VALUE
 from reference.trace import Trace
 from targets.initramfs import AGENT_SOURCE
 
-REPRO_PREFIX = "procfuzz-repro:"
-
 
 class ExportError(ValueError):
     """The program cannot be exported (an op kind without a recipe, or an agent.c it cannot read)."""
