@@ -252,6 +252,8 @@ def cmd_triage(args) -> int:
         raise ToolError(f"no known-issues file {args.known}")
     known_file = Path(args.known) if args.known else KNOWN_ISSUES
     bugs = collect(dirs, load_known_issues(known_file))
+    if args.minimize or args.kernels:
+        bugs = [_follow_up(bug, args) for bug in bugs]
     out = Path(args.report) if args.report else dirs[0] / "report"
     meta = {"generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "sources": [str(d) for d in dirs], "known_issues": str(known_file)}
@@ -266,6 +268,30 @@ def cmd_triage(args) -> int:
     new = sum(bug.is_new for bug in bugs)
     print(f"{len(bugs)} bugs, {new} new; reports in {out}")
     return EXIT_FOUND if new else EXIT_OK
+
+
+def _follow_up(bug, args):
+    """`triage --minimize/--kernels`: a new bug's representative finding is minimised, re-run
+    on the kernels and exported as C, exactly as `procfuzz minimize`, `reproduce` and
+    `export-c` would do it; a step that fails is reported and the row keeps what it has."""
+    from .minimize import DEFAULT_RETRIES
+    from .triage import with_artifacts
+    if not bug.is_new or bug.cls in ("leak", "model-bug", "harness-error"):
+        return bug
+    print(f"# following up: {bug.signature}")
+    common = {"finding": str(bug.directory), "kernel": None, "zoo": None, "load_module": []}
+    try:
+        recorded = _as_recorded(argparse.Namespace(**common), bug.representative)
+        if args.minimize and bug.minimized is None and \
+                cmd_minimize(argparse.Namespace(**vars(recorded), retries=DEFAULT_RETRIES)) != EXIT_OK:
+            return with_artifacts(bug)
+        if args.kernels:
+            cmd_reproduce(argparse.Namespace(**vars(recorded), kernels=args.kernels, runs=args.runs))
+        if args.minimize:
+            cmd_export_c(argparse.Namespace(**common, output=None))
+    except ToolError as err:
+        print(f"procfuzz: {bug.signature}: {err}", file=sys.stderr)
+    return with_artifacts(bug)
 
 
 def cmd_kernels(args) -> int:
@@ -472,6 +498,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="run output directories (every findings/ below them)")
     p.add_argument("--known", default=None, help="known-issues file (default corpus/known-issues.toml)")
     p.add_argument("--report", default=None, help="report directory (default DIR/report of the first DIR)")
+    p.add_argument("--minimize", action="store_true",
+                   help="minimise each new bug's representative and export its C reproducer")
+    p.add_argument("--kernels", default=None, metavar="K1,K2",
+                   help="re-run each new bug on these kernel pins (with its zoo bug, if any)")
+    p.add_argument("--runs", type=int, default=5, help="re-runs per kernel for --kernels")
     p = command("kernels", cmd_kernels, "list, fetch or profile pinned kernels")
     p.add_argument("action", choices=("list", "fetch", "profile"))
     p.add_argument("name", nargs="?", default=None)

@@ -25,6 +25,7 @@ from targets.qemu import stock_label
 
 from . import findings as findings_store
 from .findings import Finding
+from .reproduce import verdict
 from .storage import load_program
 
 REPRODUCIBILITY_FILE = "reproducibility.json"   # {"<kernel label>": {"diverged": k, "runs": n}}
@@ -56,10 +57,7 @@ class Bug:
         return not set(self.kernels) <= set(self.known_on)
 
     def verdict(self, kernel: str) -> str:
-        diverged, runs = self.reproducibility[kernel]
-        if diverged == runs:
-            return f"reliable ({runs} of {runs})"
-        return f"flaky ({diverged} of {runs})" if diverged else f"not reproducible (0 of {runs})"
+        return verdict(*self.reproducibility[kernel])
 
     def status(self) -> str:
         if not self.is_new:
