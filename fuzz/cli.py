@@ -201,6 +201,7 @@ def _shard(text: str | None):
 
 def cmd_run(args) -> int:
     from targets.kernels import KernelError, resolve
+    from targets.qemu import kernel_label
     from .campaign import WorkerConfig, run_campaign, write_summary
     from .status import StatusDisplay
     if args.runtime != "local" or args.dry_run:
@@ -214,14 +215,14 @@ def cmd_run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     corpus.mkdir(parents=True, exist_ok=True)
     profile = _profile(args.kernel)
+    options = target_options(args)
     try:
-        label = resolve(args.kernel).label
+        label = kernel_label(resolve(args.kernel).label, options["zoo"], options["modules"])
     except KernelError as err:
         raise ToolError(str(err)) from None
     known = frozenset(_known(Path(args.known) if args.known else None))
     seed = args.seed if args.seed is not None else int(time.time())
     deadline = time.monotonic() + budget
-    options = target_options(args)
     configs = [WorkerConfig(stream, seed, profile, label, out, corpus, deadline, args.max_ops, args.max_programs,
                             known=known, seed_dirs=SEED_DIRS, leak_every=args.leak_every,
                             zoo_bug=options["zoo"], modules=options["modules"])
@@ -318,6 +319,8 @@ def cmd_triage(args) -> int:
         raise ToolError(f"no known-issues file {args.known}")
     known_file = Path(args.known) if args.known else KNOWN_ISSUES
     bugs = collect(dirs, load_known_issues(known_file))
+    if args.minimize or args.kernels:
+        bugs = [_follow_up(bug, args) for bug in bugs]
     out = Path(args.report) if args.report else dirs[0] / "report"
     meta = {"generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "sources": [str(d) for d in dirs], "known_issues": str(known_file)}
@@ -332,6 +335,30 @@ def cmd_triage(args) -> int:
     new = sum(bug.is_new for bug in bugs)
     print(f"{len(bugs)} bugs, {new} new; reports in {out}")
     return EXIT_FOUND if new else EXIT_OK
+
+
+def _follow_up(bug, args):
+    """`triage --minimize/--kernels`: a new bug's representative finding is minimised, re-run
+    on the kernels and exported as C, exactly as `procfuzz minimize`, `reproduce` and
+    `export-c` would do it; a step that fails is reported and the row keeps what it has."""
+    from .minimize import DEFAULT_RETRIES
+    from .triage import with_artifacts
+    if not bug.is_new or bug.cls in ("leak", "model-bug", "harness-error"):
+        return bug
+    print(f"# following up: {bug.signature}")
+    common = {"finding": str(bug.directory), "kernel": None, "zoo": None, "load_module": []}
+    try:
+        recorded = _as_recorded(argparse.Namespace(**common), bug.representative)
+        if args.minimize and bug.minimized is None and \
+                cmd_minimize(argparse.Namespace(**vars(recorded), retries=DEFAULT_RETRIES)) != EXIT_OK:
+            return with_artifacts(bug)
+        if args.kernels:
+            cmd_reproduce(argparse.Namespace(**vars(recorded), kernels=args.kernels, runs=args.runs))
+        if args.minimize:
+            cmd_export_c(argparse.Namespace(**common, output=None))
+    except ToolError as err:
+        print(f"procfuzz: {bug.signature}: {err}", file=sys.stderr)
+    return with_artifacts(bug)
 
 
 def cmd_kernels(args) -> int:
@@ -357,6 +384,125 @@ def cmd_atheris(args) -> int:
     from .atheris_driver import grow_corpus
     added = grow_corpus(_profile(args.kernel), Path(args.corpus), args.runs, args.max_ops, args.kernel)
     print(f"{added} programs with new model coverage saved to {args.corpus}")
+    return EXIT_OK
+
+
+# ---- minimize, reproduce, export-c -------------------------------------------------------------
+# minimize: 0 minimised (minimized.prog + minimize.json written), 1 the finding does not reproduce,
+# 2 tool error.  reproduce: 1 it reproduces on at least one kernel, 0 on none, 2 tool error.
+# export-c: 0 written, 2 tool error (an op export-c does not support is named).
+
+def _kernel_finding(directory: Path):
+    """A finding whose class a re-run can show again (divergence, inconsistency, crash, hang)."""
+    from .findings import load as load_finding
+    from .oracle import KERNEL_CLASSES
+    finding = load_finding(directory)
+    if finding.divergence.cls not in KERNEL_CLASSES or finding.divergence.cls == "leak":
+        raise ToolError(f"{directory}: a {finding.divergence.cls!r} finding cannot be re-run against the model "
+                        "(leaks need the leak oracle's repeated runs; model-bug and harness-error are ours)")
+    return finding
+
+
+def _as_recorded(args, finding) -> argparse.Namespace:
+    """args with --kernel and --zoo defaulting to the kernel the finding ran on (its label names
+    the package and any injected zoo bug)."""
+    from targets.kernels import load_pins
+    from targets.qemu import stock_label
+    package = stock_label(finding.kernel).split("=", 1)[0]
+    kernel = args.kernel or next((name for name, pin in load_pins()[1].items() if pin.package == package), None)
+    zoo = args.zoo or (match.group(1) if (match := re.search(r" \+zoo:(\w+)", finding.kernel)) else None)
+    if (kernel, zoo) != (args.kernel, args.zoo):
+        print(f"# as recorded: kernel {kernel or 'default'}" + (f", zoo bug {zoo}" if zoo else ""))
+    return argparse.Namespace(**{**vars(args), "kernel": kernel, "zoo": zoo})
+
+
+def _finding_program(directory: Path, finding) -> tuple[Program, str]:
+    """The minimised program when the finding has one, else its own; with a word saying which."""
+    from .storage import load_program
+    minimized = directory / "minimized.prog"
+    if minimized.is_file():
+        return load_program(minimized), "minimised"
+    return finding.program, "original"
+
+
+def cmd_minimize(args) -> int:
+    from targets.model import ModelTarget
+    from .minimize import NotReproduced, minimize
+    from .storage import atomic_write
+    directory = Path(args.finding)
+    finding = _kernel_finding(directory)
+    if args.retries < 1:
+        raise ToolError("--retries must be at least 1")
+    args = _as_recorded(args, finding)
+    model = ModelTarget(_profile(args.kernel))
+    with _qemu(args) as target:
+        try:
+            result = minimize(finding.program, finding.signature, target.run, model, retries=args.retries)
+        except NotReproduced as err:
+            print(f"not minimised: {err} ({err.kernel_runs} kernel runs)")
+            return EXIT_FOUND
+    atomic_write(directory / "minimized.prog", result.program.to_text())
+    summary = {"signature": finding.signature, "kernel": target.label,
+               "original_ops": [op.to_text() for op in finding.program.ops],
+               "minimized_ops": [op.to_text() for op in result.program.ops],
+               "kernel_runs": result.kernel_runs, "seconds": round(result.seconds, 2),
+               "steps": result.steps, "retries": args.retries}
+    atomic_write(directory / "minimize.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    print(f"# {finding.signature}: {len(finding.program)} -> {len(result.program)} ops, "
+          f"{result.kernel_runs} kernel runs, {result.seconds:.1f} s")
+    sys.stdout.write(result.program.to_text())
+    return EXIT_OK
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import reproducibility, verdict
+    from .storage import atomic_write
+    directory = Path(args.finding)
+    finding = _kernel_finding(directory)
+    kernels = [name.strip() for name in args.kernels.split(",") if name.strip()]
+    if not kernels or args.runs < 1:
+        raise ToolError("--kernels needs at least one kernel name and --runs at least 1")
+    program, which = _finding_program(directory, finding)
+    try:
+        counts = reproducibility(program, finding.signature, kernels, args.runs,
+                                 open_target=lambda name: _qemu(argparse.Namespace(**{**vars(args), "kernel": name})),
+                                 model_for=_profile_model)
+    except ValueError as err:
+        raise ToolError(str(err)) from None
+    doc = {kernel: {"diverged": diverged, "runs": runs} for kernel, (diverged, runs) in counts.items()}
+    atomic_write(directory / "reproducibility.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    print(f"# {finding.signature} ({which} program, {len(program)} ops)")
+    for kernel, (diverged, runs) in counts.items():
+        print(f"{verdict(diverged, runs):28} {kernel}")
+    return EXIT_FOUND if any(diverged for diverged, _ in counts.values()) else EXIT_OK
+
+
+def _profile_model(kernel: str | None):
+    from targets.model import ModelTarget
+    return ModelTarget(_profile(kernel))
+
+
+def cmd_export_c(args) -> int:
+    from targets.qemu import stock_label
+    from .export_c import ExportError, export_c
+    from .findings import load as load_finding
+    from .storage import atomic_write
+    directory = Path(args.finding)
+    finding = load_finding(directory)
+    program, which = _finding_program(directory, finding)
+    expected = _profile_model(args.kernel or stock_label(finding.kernel) or None).run(program)
+    summary = f"{finding.signature} (first seen as: {finding.divergence.summary()})"
+    if finding.divergence.cls in ("inconsistent", "leak"):
+        print(f"note: the reproducer compares each result with the model's; it does not check this "
+              f"{finding.divergence.cls!r} finding's own condition", file=sys.stderr)
+    try:
+        source = export_c(program, expected, kernel=finding.kernel or "unknown", summary=summary)
+    except ExportError as err:
+        raise ToolError(str(err)) from None
+    out = Path(args.output) if args.output else directory / "repro.c"
+    atomic_write(out, source)
+    print(f"{out}: C reproducer of the {which} program ({len(program)} ops); "
+          f"build: gcc -static -O2 -Wall -o repro {out}")
     return EXIT_OK
 
 
@@ -438,6 +584,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="run output directories (every findings/ below them)")
     p.add_argument("--known", default=None, help="known-issues file (default corpus/known-issues.toml)")
     p.add_argument("--report", default=None, help="report directory (default DIR/report of the first DIR)")
+    p.add_argument("--minimize", action="store_true",
+                   help="minimise each new bug's representative and export its C reproducer")
+    p.add_argument("--kernels", default=None, metavar="K1,K2",
+                   help="re-run each new bug on these kernel pins (with its zoo bug, if any)")
+    p.add_argument("--runs", type=int, default=5, help="re-runs per kernel for --kernels")
     p = command("kernels", cmd_kernels, "list, fetch or profile pinned kernels")
     p.add_argument("action", choices=("list", "fetch", "profile"))
     p.add_argument("name", nargs="?", default=None)
@@ -449,6 +600,26 @@ def _parser() -> argparse.ArgumentParser:
     p = command("bench", cmd_bench, "benchmarks: model or target")
     p.add_argument("what", choices=("model", "target", "scaling"))
     p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = command("minimize", cmd_minimize, "shrink a finding to a 1-minimal program with the same signature "
+                "(exit 0 minimised, 1 it does not reproduce, 2 error)")
+    p.add_argument("finding", help="finding directory")
+    kernel_option(p)
+    module_options(p)
+    p.epilog = "--kernel and --zoo default to what the finding's kernel label names"
+    from .minimize import DEFAULT_RETRIES
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                   help="kernel runs per candidate before it counts as not reproducing (flaky bugs)")
+    p = command("reproduce", cmd_reproduce, "re-run a finding N times on each kernel: reliable, flaky or not "
+                "(exit 1 it reproduces somewhere, 0 nowhere, 2 error)")
+    p.add_argument("finding", help="finding directory")
+    p.add_argument("--kernels", required=True, help="comma-separated kernel pin names, e.g. 6.1-cloud,6.12-cloud")
+    p.add_argument("--runs", type=int, default=10)
+    module_options(p)
+    p = command("export-c", cmd_export_c, "write a standalone C reproducer of a finding")
+    p.add_argument("finding", help="finding directory")
+    p.add_argument("--kernel", default=None,
+                   help="kernel whose profile gives the expected results (default: the finding's)")
+    p.add_argument("-o", "--output", default=None, help="output file (default FINDING/repro.c)")
     return parser
 
 

@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from reference.program import Program, ProgramError, parse, templates
+from reference.program import Program, ProgramError, parse
 from reference.trace import Trace
 
-from .oracle import Divergence
+from .oracle import Divergence, last_removal, op_path
 
 _NUMBER = re.compile(r"(?<![A-Za-z])\d+")
 _LEAK_CACHE = re.compile(r"(?:^|; )([\w.-]+) grew every run")   # fuzz/leaks.py describe()
@@ -54,22 +54,53 @@ class Finding:
             return f"{d.cls}: {_NUMBER.sub('N', _one_line(d.detail))[:120]}"
         op = self.program.ops[d.index]
         removal = last_removal(self.program, d.index)
-        words = (d.cls, op.kind, path_pattern(_op_path(self.program, op)), removal and f"after {removal}")
+        words = (d.cls, op.kind, path_pattern(op_path(self.program, op)), removal and f"after {removal}")
         return " ".join(word for word in words if word)
+
+    @property
+    def bug_key(self) -> str:
+        """What triage groups by: one bug shows through many ops and files of the object it
+        left stale (a lookup, a readdir, a read of /proc/<pid>/comm...), after any of the ops
+        that end that object, so the key keeps the class, the object (object_pattern) and the
+        kind of removal (REMOVAL_GROUPS); the signature keeps the op and the exact path."""
+        d = self.divergence
+        if d.cls not in ("stale", "missing", "visibility", "errno", "inconsistent") \
+                or d.index is None or d.index >= len(self.program.ops):
+            return self.signature
+        op = self.program.ops[d.index]
+        path = op_path(self.program, op)
+        if not path:
+            return f"{d.cls} {op.kind}"
+        removal = last_removal(self.program, d.index)
+        words = (d.cls, object_pattern(path), removal and f"after {REMOVAL_GROUPS.get(removal, removal)}")
+        return " ".join(word for word in words if word)
+
+
+# Ops that end an object the same way, for bug keys: a pid dentry left behind by exit, reap
+# or exec (de_thread) is one bug, as is a sysctl dentry left by any kind of unregistration.
+REMOVAL_GROUPS = {"reap": "exit", "exec": "exit", "setgid": "setuid",
+                  "link_rename": "link_del", "link_set_netns": "link_del", "setns_net": "unshare_net"}
+
+
+def object_pattern(path: str) -> str:
+    """The object a path belongs to, for bug keys: a task's directory (/proc/<pid>, its
+    task/<tid> entries included), its fd or net directory, a sysctl table directory
+    (/proc/sys/net/ipv4/conf/<dev>), or the first component under /proc."""
+    parts = path_pattern(path).split("/")
+    if parts[:2] != ["", "proc"] or len(parts) < 3:
+        return "<cwd>" if parts[0] else "/proc"
+    if parts[2] == "sys":
+        table = next((i for i, part in enumerate(parts) if part in ("conf", "neigh")), None)
+        return "/".join(parts[:table + 2] if table else parts[:5])
+    if parts[2] == "<pid>":
+        rest = parts[5:] if parts[3:4] == ["task"] and len(parts) > 4 else parts[3:]
+        return "/proc/<pid>" + (f"/{rest[0]}" if rest[:1] in (["fd"], ["net"]) else "")
+    return "/".join(parts[:3])
 
 
 def _one_line(text: str) -> str:
     """Whitespace collapsed, anything unprintable (kernel output may hold it) as '?'."""
     return "".join(ch if ch.isprintable() else "?" for ch in " ".join(text.split()))
-
-
-def _op_path(program: Program, op) -> str:
-    """The op's path, or for an op on a held fd the path that fd was opened with."""
-    args = dict(op.args)
-    if "path" in args:
-        return args["path"]
-    opened = [o for o in program.ops if o.kind == "open" and o.ret == args.get("fd")]
-    return opened[0].arg("path") if opened else ""
 
 
 def path_pattern(path: str) -> str:
@@ -78,92 +109,6 @@ def path_pattern(path: str) -> str:
     pattern = re.sub(r"\{m\d+\}", "/proc", pattern)
     pattern = re.sub(r"\{f\d+\}", "<fd>", pattern)
     return re.sub(r"/(conf|neigh)/(?!all\b|default\b)[a-z][a-z0-9]*", r"/\1/<dev>", pattern)
-
-
-# The "after <kind>" of a signature: the last op before the divergent one that ended or
-# changed the object the divergent op's path names.  Which ops count, and for what:
-#   exit, reap, exec       the task named in the path (exec's de_thread swaps tids); exit and
-#                          reap also for the proc root, which lists every task
-#   setuid, setgid         by the task named in the path (owner and content of its entries); by
-#                          the observer, for a lookup of a task path (hidepid checks its creds)
-#   close                  /proc/<pid>/fd/<fd> of that fd
-#   link_del, link_rename, link_set_netns   the device named in the path (deleting a veth end
-#                          deletes its peer), or any device for a listing of conf/ or neigh/
-#   umount, chdir, unshare_net, setns_net   the mount, cwd or netns a lookup resolves in (a
-#                          dentry cached in the old one is the classic stale bug)
-# An op on a held fd works on what its open found: only ops after that open count, and of
-# those not the four above.  A device created again (link_add) is a new object: removals of
-# the old one before it do not count.
-# Left out, so that incidental ops do not split one bug into several signatures: creations
-# (spawn, open, mount_proc, link_add: nothing stale comes of them), link_up/link_down and write
-# (every dentry stays), drop_caches (a cache flush, not a lifetime event; fuzzed programs
-# sprinkle it anywhere), and namespace teardown by the exit of a netns's last task (not
-# modelled here: such a signature has no "after").
-_DEVICE = re.compile(r"/(?:conf|neigh)/(?!all\b|default\b)([a-z][a-z0-9]*)")
-
-
-def last_removal(program: Program, index: int) -> str:
-    """The kind of the last op before op ``index`` that ended or changed what that op's path
-    names, or "" if none did (see above)."""
-    op = program.ops[index]
-    path = _op_path(program, op)
-    if not path:
-        return ""
-    fd = dict(op.args).get("fd")
-    opened = next((i for i, o in enumerate(program.ops[:index]) if o.kind == "open" and o.ret == fd), None)
-    process_of = {"p1": "p1"}          # task handle -> the process (thread group) it belongs to
-    peers: dict[str, str] = {}         # veth ends
-    cwd_mount: dict[str, str] = {}     # process -> the mount of its last chdir
-    for earlier in program.ops[:index]:
-        if earlier.kind == "spawn":
-            process_of[earlier.ret] = earlier.ret
-        elif earlier.kind == "spawn_thread":
-            process_of[earlier.ret] = process_of.get(earlier.actor, earlier.actor)
-        elif earlier.kind == "link_add" and earlier.arg("peer"):
-            peers[earlier.arg("name")], peers[earlier.arg("peer")] = earlier.arg("peer"), earlier.arg("name")
-        elif earlier.kind == "chdir" and earlier.arg("path").startswith("{m"):
-            cwd_mount[process_of.get(earlier.actor, earlier.actor)] = templates(earlier.arg("path"))[0]
-    refs = templates(path)
-    relative = not path.startswith("{m")
-    observer = process_of.get(op.actor, op.actor)
-    processes = {process_of.get(h, h) for h in refs if h[0] in "pt"}
-    mount = cwd_mount.get(observer) if relative else refs[0]
-    lists_tasks = not relative and path == "{" + refs[0] + "}"
-    is_net = "sys/net" in path or "/net/" in path or path.endswith("/net")
-    devices = set(_DEVICE.findall(path))
-    lists_devices = re.search(r"/(conf|neigh)/?$", path) is not None
-
-    def relevant(earlier) -> bool:
-        kind, process = earlier.kind, process_of.get(earlier.actor, earlier.actor)
-        if kind in ("exit", "exec"):
-            return process in processes or (kind == "exit" and lists_tasks)
-        if kind == "reap":
-            return earlier.arg("child") in processes or lists_tasks
-        if kind in ("setuid", "setgid"):
-            return process in processes or (process == observer and opened is None and bool(processes))
-        if kind == "close":
-            return earlier.arg("fd") in refs
-        if kind in ("link_del", "link_rename", "link_set_netns"):
-            gone = {earlier.arg("name")}
-            if kind == "link_rename":
-                gone.add(earlier.arg("new"))
-            elif kind == "link_del":
-                gone.add(peers.get(earlier.arg("name"), ""))
-            return is_net and (lists_devices or bool(gone & devices))
-        if kind == "umount":
-            return opened is None and earlier.arg("mount") == mount
-        if kind == "chdir":
-            return opened is None and relative and process == observer
-        if kind in ("unshare_net", "setns_net"):
-            return opened is None and is_net and (process == observer or process in processes)
-        return False
-
-    for earlier in reversed(program.ops[(opened + 1 if opened is not None else 0):index]):
-        if earlier.kind == "link_add" and {earlier.arg("name"), earlier.arg("peer")} & devices:
-            return ""
-        if relevant(earlier):
-            return earlier.kind
-    return ""
 
 
 def record(out: Path, finding: Finding) -> tuple[Path, bool]:

@@ -129,6 +129,7 @@ def _bug_document(bug: Bug, out_dir: Path) -> dict:
         "status": bug.status(), "new": bug.is_new, "note": clean(bug.note), "known_on": list(bug.known_on),
         "kernels": list(bug.kernels), "first_seen": bug.first_seen, "last_seen": bug.last_seen,
         "count": bug.count,
+        "symptoms": [{"signature": clean(signature), "count": count} for signature, count in bug.symptoms],
         "reproducibility": {k: {"diverged": d, "runs": n, "verdict": bug.verdict(k)}
                             for k, (d, n) in bug.reproducibility.items()},
         "program": text, "program_file": _relative(program_file, out_dir), "minimized": bug.minimized is not None,
@@ -181,6 +182,7 @@ def markdown(bugs: list[Bug], out_dir: Path, meta: dict) -> str:
         if bug.note:
             lines += [f"Known issue: {_md_text(bug.note)}", ""]
         lines += [f"Divergence: {_md_text(bug.representative.divergence.summary())}", ""]
+        lines += ["Signatures: " + ", ".join(f"{_md_code(signature)} ({count})" for signature, count in bug.symptoms), ""]
         text, program_file, what = _shown_program(bug)
         lines += [f"Program ({what}): `{_relative(program_file, out_dir)}`; finding "
                   f"`{_relative(bug.directory, out_dir)}` on {_md_text(bug.representative.kernel)}", ""]
@@ -260,7 +262,9 @@ def _html_row(number: int, bug: Bug, out_dir: Path) -> str:
              f"<pre>{_e(_repro_text(bug))}</pre></details>" if bug.repro_c else "")
     # Not minimised, the program is the trace's op column: no need to show it twice.
     program = f"<pre class=\"program\">{_e(text)}</pre>" if bug.minimized is not None else ""
+    symptoms = "".join(f"<li><code>{_e(signature)}</code> ({count})</li>" for signature, count in bug.symptoms)
     evidence = (f"<div class=\"evidence\"><div class=\"divergence\">{_e(finding.divergence.summary())}</div>"
+                f"<details class=\"symptoms\"><summary>{len(bug.symptoms)} signature(s)</summary><ul>{symptoms}</ul></details>"
                 f"<div>program ({_e(what)}): <code>{_e(_relative(program_file, out_dir))}</code></div>{program}"
                 f"<details class=\"trace\" open><summary>model vs kernel, program {_e(finding.program.id)} on "
                 f"{_e(finding.kernel)}</summary><table class=\"trace\"><tr><th>#</th><th>op</th><th>model</th>"

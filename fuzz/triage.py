@@ -1,9 +1,10 @@
-"""Triage: one Bug per signature out of any number of finding directories.
+"""Triage: one Bug per bug key out of any number of finding directories.
 
 Nightly runs leave ``findings/`` directories under several workers, nights and kernels; a
 developer wants one row per bug.  ``collect`` finds every ``findings/`` below the directories
-it is given, groups the findings by signature (fuzz/findings.py) and marks what the
-known-issues file already explains.  ``with_artifacts`` reads what later steps leave in a
+it is given, groups the findings by bug key (fuzz/findings.py: class, object and kind of
+removal; the row lists the finer signatures, its symptoms) and marks what the known-issues
+file already explains.  ``with_artifacts`` reads what later steps leave in a
 finding directory (``procfuzz minimize`` / ``reproduce`` / ``export-c``), so that whoever runs
 those steps on a Bug can refresh it with the same function.
 """
@@ -14,15 +15,17 @@ import dataclasses
 import json
 import os
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from reference.program import Program, ProgramError
+from targets.qemu import stock_label
 
 from . import findings as findings_store
 from .findings import Finding
+from .reproduce import verdict
 from .storage import load_program
 
 REPRODUCIBILITY_FILE = "reproducibility.json"   # {"<kernel label>": {"diverged": k, "runs": n}}
@@ -32,7 +35,7 @@ REPRO_C_FILE = "repro.c"
 
 @dataclass(frozen=True)
 class Bug:
-    signature: str
+    signature: str                           # the bug key of its findings (Finding.bug_key)
     cls: str
     kernels: tuple[str, ...]                 # sorted kernel labels it was found on
     first_seen: int                          # meta.json "recorded", seconds since the epoch
@@ -46,6 +49,7 @@ class Bug:
     reproducibility: dict[str, tuple[int, int]] = field(default_factory=dict)  # kernel -> (diverged, runs)
     minimized: Program | None = None
     repro_c: Path | None = None
+    symptoms: tuple[tuple[str, int], ...] = ()   # (finding signature, count), most frequent first
 
     @property
     def is_new(self) -> bool:
@@ -53,10 +57,7 @@ class Bug:
         return not set(self.kernels) <= set(self.known_on)
 
     def verdict(self, kernel: str) -> str:
-        diverged, runs = self.reproducibility[kernel]
-        if diverged == runs:
-            return f"reliable ({runs} of {runs})"
-        return f"flaky ({diverged} of {runs})" if diverged else f"not reproducible (0 of {runs})"
+        return verdict(*self.reproducibility[kernel])
 
     def status(self) -> str:
         if not self.is_new:
@@ -106,10 +107,26 @@ def collect(dirs: list[Path], known: dict[str, tuple[str, tuple[str, ...]]] | No
         except ProgramError as err:
             warn(f"skipped {err}")
             continue
-        groups[finding.signature].append((finding, recorded, directory))
-    bugs = [with_artifacts(_bug(signature, members, known.get(signature)), warn)
-            for signature, members in groups.items()]
+        groups[finding.bug_key].append((finding, recorded, directory))
+    bugs = [with_artifacts(_bug(key, members, _known_entry(key, members, known)), warn)
+            for key, members in groups.items()]
     return sorted(bugs, key=lambda b: (not b.is_new, -b.count, b.signature))
+
+
+def _known_entry(key: str, members: list[tuple[Finding, int, Path]],
+                 known: dict[str, tuple[str, tuple[str, ...]]]) -> tuple[str, tuple[str, ...]] | None:
+    """The known-issues entry of a bug: listed under its key, or under every signature it shows
+    (then the first one's note, and the kernels all of them are known on)."""
+    if key in known:
+        return known[key]
+    entries = [known.get(finding.signature) for finding, _, _ in members]
+    if not all(entries):
+        return None
+    kernel_lists = [set(kernels) for _, kernels in entries if kernels]
+    kernels = set.intersection(*kernel_lists) if kernel_lists else set()
+    if kernel_lists and not kernels:
+        return None
+    return entries[0][0], tuple(sorted(kernels))
 
 
 def _bug(signature: str, members: list[tuple[Finding, int, Path]],
@@ -117,10 +134,14 @@ def _bug(signature: str, members: list[tuple[Finding, int, Path]],
     representative, _, directory = min(members, key=lambda m: (len(m[0].program), m[0].program.id, str(m[2])))
     kernels = tuple(sorted({finding.kernel for finding, _, _ in members}))
     note, known_kernels = known if known is not None else ("", None)
-    known_on = () if known is None else tuple(k for k in kernels if not known_kernels or k in known_kernels)
+    # An issue known on a stock kernel is known on it with a bug injected or a module loaded too.
+    known_on = () if known is None else tuple(k for k in kernels
+                                               if not known_kernels or stock_label(k) in known_kernels)
     times = [recorded for _, recorded, _ in members]
+    symptoms = Counter(finding.signature for finding, _, _ in members)
     return Bug(signature, representative.divergence.cls, kernels, min(times), max(times), len(members),
-               representative, directory, tuple(sorted(d for _, _, d in members)), note, known_on)
+               representative, directory, tuple(sorted(d for _, _, d in members)), note, known_on,
+               symptoms=tuple(sorted(symptoms.items(), key=lambda item: (-item[1], item[0]))))
 
 
 def with_artifacts(bug: Bug, warn: Callable[[str], None] = _stderr) -> Bug:

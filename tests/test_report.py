@@ -16,7 +16,7 @@ import pytest
 from fuzz.known import load_known_issues
 from fuzz.report import FINGERPRINT, fingerprint, write_reports
 from fuzz.triage import collect
-from test_triage import K61, KNOWN_FILE, NIGHT1, SIGNATURES, _crash, build_runs, record_at
+from test_triage import K61, KNOWN_FILE, NIGHT1, KEYS, _crash, build_runs, record_at
 
 META = {"generated": "2026-11-25 12:00:00 UTC", "sources": ["nightly"]}
 
@@ -40,7 +40,7 @@ def test_json_report_is_versioned_with_one_entry_per_bug(reports):
     doc = json.loads(paths["report.json"].read_text())
     assert doc["version"] == 1 and doc["meta"] == META
     assert [b["signature"] for b in doc["bugs"]] == [b.signature for b in bugs]
-    zombie = next(b for b in doc["bugs"] if b["signature"] == SIGNATURES["zombie"])
+    zombie = next(b for b in doc["bugs"] if b["signature"] == KEYS["zombie"])
     assert (zombie["count"], zombie["new"], zombie["minimized"]) == (4, True, True)
     assert zombie["reproducibility"][K61] == {"diverged": 3, "runs": 3, "verdict": "reliable (3 of 3)"}
     report_dir = paths["report.json"].parent

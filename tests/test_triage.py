@@ -43,6 +43,12 @@ SIGNATURES = {
     "crash": f"crash: {CRASH_TITLE}",
     "leak": "leak pid, task_struct",
 }
+# Triage's rows: one per bug key (class, object, kind of removal), each listing its signatures.
+KEYS = {**SIGNATURES,
+        "zombie": "stale /proc/<pid> after exit",
+        "renamed": "stale /proc/sys/net/ipv4/conf/<dev> after link_del",
+        "ipv6_dev": "errno /proc/sys/net/ipv6/conf/<dev>",
+        "ipv6_all": "errno /proc/sys/net/ipv6/conf/all"}
 
 
 def _run(text: str, index: int, result: str, kernel: str, console: str = "") -> findings.Finding:
@@ -212,32 +218,33 @@ def test_known_ipv6_short_write_matches_its_known_issue_entry():
 
 # ---- collect -------------------------------------------------------------------------------------
 
-def test_one_bug_per_signature_across_workers_nights_and_kernels(runs):
+def test_one_bug_per_key_across_workers_nights_and_kernels(runs):
     root, made = runs
     bugs, order, warnings = triage(root)
-    assert sorted(bugs) == sorted(SIGNATURES.values())
-    zombie = bugs[SIGNATURES["zombie"]]
+    assert sorted(bugs) == sorted(KEYS.values())
+    zombie = bugs[KEYS["zombie"]]
+    assert dict(zombie.symptoms) == {SIGNATURES["zombie"]: zombie.count}
     assert (zombie.cls, zombie.count, zombie.kernels) == ("stale", 4, (K61, K612))
     assert (zombie.first_seen, zombie.last_seen) == (NIGHT1, NIGHT2)
     assert zombie.representative.program == parse_text(ZOMBIE)       # the smallest of the programs
     assert zombie.directory == sorted(made["zombie"])[0]
     assert set(zombie.directories) == set(made["zombie"] + made["zombie_noisy"])
-    crash = bugs[SIGNATURES["crash"]]
+    crash = bugs[KEYS["crash"]]
     assert (crash.count, crash.kernels, crash.first_seen, crash.last_seen) == (2, (K61,), NIGHT2 + 11, NIGHT2 + 13)
-    assert bugs[SIGNATURES["leak"]].cls == "leak"
-    assert bugs[SIGNATURES["renamed"]].count == 1
+    assert bugs[KEYS["leak"]].cls == "leak"
+    assert bugs[KEYS["renamed"]].count == 1
 
 
 def test_known_issues_are_matched_per_kernel_and_new_bugs_come_first(runs):
     root, _ = runs
     bugs, order, _ = triage(root)
-    known_everywhere = bugs[SIGNATURES["ipv6_all"]]
+    known_everywhere = bugs[KEYS["ipv6_all"]]
     assert not known_everywhere.is_new and known_everywhere.status() == "known"
     assert known_everywhere.count == 2 and known_everywhere.note
-    partly = bugs[SIGNATURES["ipv6_dev"]]        # known on 6.1.176 only, also seen on 6.12
+    partly = bugs[KEYS["ipv6_dev"]]        # known on 6.1.176 only, also seen on 6.12
     assert partly.is_new and partly.known_on == (K61,) and partly.status() == f"new on {K612}"
     assert [bugs[s].is_new for s in order] == [True] * 5 + [False]
-    assert order[0] == SIGNATURES["zombie"]      # then by count
+    assert order[0] == KEYS["zombie"]      # then by count
 
 
 def test_an_entry_without_kernels_matches_every_kernel(runs, tmp_path):
@@ -245,8 +252,8 @@ def test_an_entry_without_kernels_matches_every_kernel(runs, tmp_path):
     known = tmp_path / "known.toml"
     known.write_text(f'[[issue]]\nsignature = "{SIGNATURES["zombie"]}"\nnote = "reported upstream"\n')
     bugs = {b.signature: b for b in collect([root], load_known_issues(known), warn=lambda m: None)}
-    assert not bugs[SIGNATURES["zombie"]].is_new and bugs[SIGNATURES["zombie"]].note == "reported upstream"
-    assert bugs[SIGNATURES["ipv6_all"]].is_new   # not in this file
+    assert not bugs[KEYS["zombie"]].is_new and bugs[KEYS["zombie"]].note == "reported upstream"
+    assert bugs[KEYS["ipv6_all"]].is_new   # not in this file
 
 
 def test_broken_findings_are_skipped_with_a_warning(runs):
@@ -261,21 +268,21 @@ def test_broken_findings_are_skipped_with_a_warning(runs):
 def test_overlapping_directories_count_each_finding_once(runs):
     root, _ = runs
     bugs, _, _ = triage(root, root / "night1", root / "night2" / "6.12" / "worker0" / "findings")
-    assert bugs[SIGNATURES["zombie"]].count == 4
+    assert bugs[KEYS["zombie"]].count == 4
 
 
 def test_artifacts_of_minimisation_and_reproduction(runs):
     root, made = runs
     bugs, _, warnings = triage(root)
-    zombie = bugs[SIGNATURES["zombie"]]
+    zombie = bugs[KEYS["zombie"]]
     assert zombie.minimized == parse_text(ZOMBIE)
     assert zombie.repro_c == zombie.directory / "repro.c"
     assert zombie.reproducibility == {K61: (3, 3), K612: (1, 3)}
     assert zombie.verdict(K61) == "reliable (3 of 3)" and zombie.verdict(K612) == "flaky (1 of 3)"
-    renamed = bugs[SIGNATURES["renamed"]]
+    renamed = bugs[KEYS["renamed"]]
     assert renamed.verdict(K612) == "not reproducible (0 of 2)" and renamed.minimized is None
     assert any("reproducibility.json: ignored" in w for w in warnings)      # 4 of 2 runs
-    assert bugs[SIGNATURES["crash"]].reproducibility == {}
+    assert bugs[KEYS["crash"]].reproducibility == {}
 
 
 # ---- the command ---------------------------------------------------------------------------------
@@ -287,8 +294,8 @@ def test_triage_command_prints_one_line_per_bug_and_exits_1_on_new_bugs(runs, tm
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert len(lines) == len(SIGNATURES) + 1 and lines[-1].startswith("6 bugs, 5 new")
-    assert lines[0].startswith("new") and SIGNATURES["zombie"] in lines[0]
-    assert lines[-2].startswith("known") and SIGNATURES["ipv6_all"] in lines[-2]
+    assert lines[0].startswith("new") and KEYS["zombie"] in lines[0]
+    assert lines[-2].startswith("known") and KEYS["ipv6_all"] in lines[-2]
     assert "1111half1111half" in captured.err and "Traceback" not in captured.err
     for name in ("report.md", "report.html", "report.json", "junit.xml", "report.sarif"):
         assert (out / name).is_file()
