@@ -251,15 +251,21 @@ class DockerRuntime(Runtime):
         return {}
 
     def submit(self, jobs: list[Job]) -> list[DockerHandle]:
+        import docker
         handles = []
-        for job in jobs:
-            directory = (self.work / job.shard.dirname).resolve()
-            user = self._mount(directory)
-            container = self.client.containers.run(
-                self.image, job.run_args("/out"), detach=True, devices=self.devices,
-                volumes={str(directory): {"bind": f"/out/{job.shard.dirname}", "mode": "rw"}},
-                labels={"procfuzz.shard": str(job.shard), "procfuzz.seed": str(job.seed)}, **user)
-            handles.append(DockerHandle(job, container))
+        try:
+            for job in jobs:
+                directory = (self.work / job.shard.dirname).resolve()
+                user = self._mount(directory)
+                container = self.client.containers.run(
+                    self.image, job.run_args("/out"), detach=True, devices=self.devices,
+                    volumes={str(directory): {"bind": f"/out/{job.shard.dirname}", "mode": "rw"}},
+                    labels={"procfuzz.shard": str(job.shard), "procfuzz.seed": str(job.seed)}, **user)
+                handles.append(DockerHandle(job, container))
+        except docker.errors.DockerException as err:
+            for handle in handles:          # no half-started campaign left running
+                handle.container.remove(force=True, v=True)
+            raise RuntimeUnavailable(f"starting a worker container failed: {err}") from None
         return handles
 
     def wait(self, handles: list[DockerHandle], deadline: float) -> list[int | None]:

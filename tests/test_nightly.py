@@ -37,7 +37,7 @@ def test_worker_script_rejects_bad_usage(tmp_path):
 @pytest.mark.kernel
 def test_two_shards_then_triage_give_the_ci_reports(tmp_path):
     env = {**os.environ, "NIGHTLY_SEED": "20261125", "NIGHTLY_RUN_ARGS": "--max-programs 6 --leak-every 0"}
-    workers = [subprocess.Popen(["bash", str(CI / "nightly-worker.sh"), KERNEL, f"{shard}/2", "3m",
+    workers = [subprocess.Popen(["bash", str(CI / "nightly-worker.sh"), KERNEL, f"{shard}/2", "10m",
                                  str(tmp_path / "in")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                for shard in (0, 1)]
     for worker in workers:
