@@ -73,6 +73,23 @@ def test_visibility_when_credentials_are_involved():
     assert compare(program, Trace(("ok", "ENOENT")), Trace(("ok", "ok:dir"))).cls == "visibility"
 
 
+@pytest.mark.parametrize("text, want, got, cls", [
+    # A task directory that resolves to a dead task: the name should be gone, hidepid or not.
+    ("m1 = mount_proc p1 hidepid=invisible\np2 = spawn p1\nreaddir p1 {m1}/{p2}\n", "ENOENT", "ESRCH", "stale"),
+    ("m1 = mount_proc p1\np2 = spawn p1\nreaddir p1 {m1}/{p2}\n", "ESRCH", "ENOENT", "missing"),
+    # The task's end, not the observer's credentials, is what the difference is about.
+    ("m1 = mount_proc p1 hidepid=invisible\np2 = spawn p1\nexit p2\nlookup p1 {m1}/{p2}\n", "ENOENT", "ok:dir",
+     "stale"),
+    # /proc/sys shows by network namespace: a nested pid namespace does not make it visibility.
+    ("m1 = mount_proc p1\np2 = spawn p1 newpid=1\nlookup p2 {m1}/sys/net/ipv4/conf/lo\n", "ok:dir", "ENOENT",
+     "missing"),
+])
+def test_classes_of_removed_objects_and_sysctl(text, want, got, cls):
+    program = parse_text(text)
+    before = ("ok",) * (len(program) - 1)
+    assert compare(program, Trace(before + (want,)), Trace(before + (got,))).cls == cls
+
+
 def test_crash_hang_model_bug_and_harness_error():
     program = parse_text("m1 = mount_proc p1\nlookup p1 {m1}\n")
     ok = Trace(("ok", "ok:dir"))
