@@ -136,7 +136,10 @@ def test_sigkill_while_recording_leaves_no_partial_finding(tmp_path):
             program = validate(ZOMBIE.ops + tuple(parse_text("drop_caches\n" * (1 + i % 200)).ops))
             findings.record(tmp_path, findings.Finding(program, expected, actual, divergence, "k"))
         os._exit(0)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 120            # a loaded machine records slowly: wait for some
+    while len(findings.list_findings(tmp_path)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)                               # then kill it mid-write, most likely
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     recorded = findings.list_findings(tmp_path)
