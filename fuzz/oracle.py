@@ -102,6 +102,8 @@ def _involves_visibility(program: Program, index: int) -> bool:
     path = dict(program.ops[index].args).get("path", "")
     if not path:
         return False                     # ops on held fds do not look anything up
+    if re.match(r"\{m\d+\}/sys(/|$)", path):
+        return False                     # /proc/sys shows by network namespace, not pid visibility
     for op in program.ops[:index]:
         if op.kind in ("setuid", "setgid") or (op.kind == "spawn" and op.arg("newpid")):
             return True
