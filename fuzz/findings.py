@@ -71,7 +71,9 @@ class Finding:
         path = op_path(self.program, op)
         if not path:
             return f"{d.cls} {op.kind}"
-        removal = last_removal(self.program, d.index)
+        # A removal explains what a stale answer shows; a missing object is one the model says
+        # exists (re-created, or moved into the observer's namespace), so no removal names it.
+        removal = last_removal(self.program, d.index) if d.cls != "missing" else ""
         words = (d.cls, object_pattern(path), removal and f"after {REMOVAL_GROUPS.get(removal, removal)}")
         return " ".join(word for word in words if word)
 

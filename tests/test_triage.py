@@ -326,3 +326,21 @@ def test_triage_command_errors_exit_2(tmp_path, capsys, setup, args, message):
     assert main(["triage", *(a.format(d=tmp_path) for a in args)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_bug_key_groups_one_object_across_ops_files_and_removals():
+    def key(text: str, cls: str) -> str:
+        program = parse_text(text)
+        trace = Trace(("ok",) * len(program))
+        return findings.Finding(program, trace, trace, Divergence(cls, len(program) - 1, "", "", ""), "k").bug_key
+    stale = {key("m1 = mount_proc p1\np2 = spawn p1\nexit p2\nreap p1 p2\n" + last, "stale")
+             for last in ("lookup p1 {m1}/{p2}", "readdir p1 {m1}/{p2}/task", "readlink p1 {m1}/{p2}/cwd")}
+    stale.add(key("m1 = mount_proc p1\np2 = spawn p1\nt1 = spawn_thread p2\nexec t1\nlookup p1 {m1}/{p2}/comm\n",
+                  "stale"))
+    assert stale == {"stale /proc/<pid> after exit"}
+    # A missing device is one the observer should see: the move that brought it is no removal.
+    moved = "m1 = mount_proc p1\np2 = spawn p1\nunshare_net p2\nlink_add p1 d0\nlink_set_netns p1 d0 p2\n"
+    assert key(moved + "lookup p2 {m1}/sys/net/ipv4/conf/d0\n", "missing") == \
+        key("m1 = mount_proc p1\np2 = spawn p1\nunshare_net p2\nlink_add p2 d1\n"
+            "lookup p2 {m1}/sys/net/ipv4/conf/d1/forwarding\n", "missing") == \
+        "missing /proc/sys/net/ipv4/conf/<dev>"
