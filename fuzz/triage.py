@@ -25,6 +25,7 @@ from targets.qemu import stock_label
 
 from . import findings as findings_store
 from .findings import Finding
+from .oracle import compare
 from .reproduce import verdict
 from .storage import load_program
 
@@ -82,8 +83,9 @@ def finding_dirs(dirs: list[Path], warn: Callable[[str], None] = _stderr) -> lis
 
 
 def _read(directory: Path) -> tuple[Finding, int]:
-    """The finding and when it was recorded (meta.json, else the file's time)."""
-    finding = findings_store.load(directory)
+    """The finding, classified by today's oracle, and when it was recorded (meta.json, else
+    the file's time)."""
+    finding = reclassified(findings_store.load(directory))
     meta_path = directory / "meta.json"
     try:
         recorded = json.loads(meta_path.read_text()).get("recorded")
@@ -92,6 +94,15 @@ def _read(directory: Path) -> tuple[Finding, int]:
     except (OSError, ValueError, AttributeError) as err:
         raise ProgramError(f"not a readable finding: {err}", source=str(directory)) from None
     return finding, recorded
+
+
+def reclassified(finding: Finding) -> Finding:
+    """A divergence compared again: findings of older procfuzz versions (or nights) group with
+    today's. Crashes, hangs and leaks are not in the traces alone and keep their record."""
+    if finding.divergence.cls in ("crash", "hang", "leak"):
+        return finding
+    divergence = compare(finding.program, finding.expected, finding.actual)
+    return dataclasses.replace(finding, divergence=divergence) if divergence else finding
 
 
 def collect(dirs: list[Path], known: dict[str, tuple[str, tuple[str, ...]]] | None = None,
