@@ -54,6 +54,12 @@ EXPECTED_CLASSES = {
     "hidepid_wrong_mount": ("visibility",),
     "leak_pidns": ("leak",),
     "leak_dentry": ("leak",),
+    # crash bugs: the kernel reports (oops, BUG, WARN) or a program blocks for good
+    "crash_lookup_null": ("crash",),
+    "crash_lookup_gpf": ("crash",),
+    "warn_sysctl_length": ("crash",),
+    "hang_sysctl_rtnl": ("hang", "crash"),
+    "bug_splice_hashed": ("crash",),
 }
 
 # The leak oracle (fuzz/leaks.py) suspects a program when a cache grew by more than its

@@ -62,6 +62,22 @@ class Stats:
                 "model_features": self.features, "vm_restarts": self.restarts,
                 "guest_seconds": round(self.guest_us / 1e6, 3), "errors": self.errors}
 
+    @classmethod
+    def from_json(cls, doc: dict) -> "Stats":
+        """The counters of a summary (to_json's inverse), for merging runs; raises KeyError,
+        TypeError, ValueError or AttributeError on a malformed one."""
+        return cls(int(doc["programs"]), int(doc["ops"]),
+                   Counter({str(cls_): int(n) for cls_, n in doc["findings"].items()}),
+                   int(doc["duplicates"]), int(doc["corpus_added"]), int(doc["model_features"]),
+                   int(doc["vm_restarts"]), round(float(doc["guest_seconds"]) * 1e6),
+                   [str(error) for error in _json_list(doc["errors"])])
+
+
+def _json_list(value) -> list:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
 
 class ProgramSource:
     """Seeds first, then fresh programs from the Hypothesis strategy and mutations of the corpus."""
@@ -117,12 +133,20 @@ class WorkerConfig:
     modules: tuple = ()             # targets.qemu.ModuleSpec: out-of-tree modules loaded after every boot
 
 
+def starting_programs(config: WorkerConfig) -> list[Program]:
+    """The seed directories' programs, then the working corpus as it is now."""
+    return [program for directory in (*config.seed_dirs, config.corpus) if Path(directory).is_dir()
+            for _, program in load_directory(directory)[0]]
+
+
 def run_worker(config: WorkerConfig, target, report: Callable[[Stats], None],
-               should_stop: Callable[[], bool]) -> Stats:
-    """The differential loop for one worker; returns its final counters."""
+               should_stop: Callable[[], bool], start: list[Program] | None = None) -> Stats:
+    """The differential loop for one worker; returns its final counters.
+
+    Its random stream is named by (seed, index): a campaign gives each worker, of every shard,
+    its own index.  ``start`` is the corpus to begin with (default: starting_programs now)."""
     rng = random.Random(f"{config.seed}-{config.index}")
-    seeds = [program for directory in (*config.seed_dirs, config.corpus) if Path(directory).is_dir()
-             for _, program in load_directory(directory)[0]]
+    seeds = starting_programs(config) if start is None else start
     source = ProgramSource(config.profile, seeds, rng, config.max_ops)
     model = ModelTarget(config.profile)
     seen_features: set = set()
@@ -187,12 +211,12 @@ def confirm(program: Program, expected, divergence, target, reruns: int) -> tupl
 
 # ---- multi-process orchestration ----------------------------------------------------------------
 
-def _worker_main(config: WorkerConfig, kernel: str, queue, stop_event):
+def _worker_main(config: WorkerConfig, kernel: str, start: list[Program], queue, stop_event):
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when to stop
     from targets.qemu import QemuTarget
     try:
         with QemuTarget(kernel, zoo=config.zoo_bug, modules=config.modules) as target:
-            run_worker(config, target, lambda s: queue.put((config.index, s)), stop_event.is_set)
+            run_worker(config, target, lambda s: queue.put((config.index, s)), stop_event.is_set, start)
     except Exception:  # noqa: BLE001 - reported to the parent as a tool failure
         failed = Stats(errors=[f"worker {config.index}: {traceback.format_exc(limit=6)}"])
         queue.put((config.index, failed))
@@ -203,7 +227,10 @@ def run_campaign(configs: list[WorkerConfig], kernel: str, on_update: Callable[[
                  stop_event) -> Stats:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    workers = [context.Process(target=_worker_main, args=(c, kernel, queue, stop_event), daemon=True)
+    # One snapshot of the corpus for all: a worker that boots later must not start from what
+    # another has added meanwhile, or a seeded campaign would not be reproducible.
+    start = starting_programs(configs[0]) if configs else []
+    workers = [context.Process(target=_worker_main, args=(c, kernel, start, queue, stop_event), daemon=True)
                for c in configs]
     for worker in workers:
         worker.start()

@@ -22,9 +22,10 @@ from pathlib import Path
 from reference.program import Program, ProgramError, parse
 from reference.trace import Trace
 
-from .oracle import Divergence
+from .oracle import Divergence, last_removal, op_path
 
 _NUMBER = re.compile(r"(?<![A-Za-z])\d+")
+_LEAK_CACHE = re.compile(r"(?:^|; )([\w.-]+) grew every run")   # fuzz/leaks.py describe()
 
 
 @dataclass(frozen=True)
@@ -39,22 +40,69 @@ class Finding:
 
     @property
     def signature(self) -> str:
-        """Stable across runs: class, op kind and the op's path with handles abstracted."""
+        """Stable across runs, workers and kernels: no handle, pid, device name or count in it.
+
+        Divergences: class, op kind, the op's path pattern and the op that removed or changed
+        what the path names (``stale lookup /proc/<pid> after reap``); crash and hang: the
+        console title; leak: the caches that grew."""
         d = self.divergence
+        if d.cls in ("crash", "hang"):
+            return f"{d.cls}: {_one_line(d.detail) or 'untitled'}"
+        if d.cls == "leak" and (caches := _LEAK_CACHE.findall(d.detail)):
+            return "leak " + ", ".join(caches)
         if d.index is None or d.index >= len(self.program.ops):
-            return f"{d.cls}: {_NUMBER.sub('N', d.detail)[:120]}"
+            return f"{d.cls}: {_NUMBER.sub('N', _one_line(d.detail))[:120]}"
         op = self.program.ops[d.index]
-        return f"{d.cls} {op.kind} {path_pattern(_op_path(self.program, op))}".strip()
+        removal = last_removal(self.program, d.index)
+        words = (d.cls, op.kind, path_pattern(op_path(self.program, op)), removal and f"after {removal}")
+        return " ".join(word for word in words if word)
+
+    @property
+    def bug_key(self) -> str:
+        """What triage groups by: one bug shows through many ops and files of the object it
+        left stale (a lookup, a readdir, a read of /proc/<pid>/comm...), after any of the ops
+        that end that object, so the key keeps the class, the object (object_pattern) and the
+        kind of removal (REMOVAL_GROUPS); the signature keeps the op and the exact path."""
+        d = self.divergence
+        if d.cls not in ("stale", "missing", "visibility", "errno", "inconsistent") \
+                or d.index is None or d.index >= len(self.program.ops):
+            return self.signature
+        op = self.program.ops[d.index]
+        path = op_path(self.program, op)
+        if not path:
+            return f"{d.cls} {op.kind}"
+        # A removal explains what a stale answer shows; a missing object is one the model says
+        # exists (re-created, or moved into the observer's namespace), so no removal names it.
+        removal = last_removal(self.program, d.index) if d.cls != "missing" else ""
+        words = (d.cls, object_pattern(path), removal and f"after {REMOVAL_GROUPS.get(removal, removal)}")
+        return " ".join(word for word in words if word)
 
 
+# Ops that end an object the same way, for bug keys: a pid dentry left behind by exit, reap
+# or exec (de_thread) is one bug, as is a sysctl dentry left by any kind of unregistration.
+REMOVAL_GROUPS = {"reap": "exit", "exec": "exit", "setgid": "setuid",
+                  "link_rename": "link_del", "link_set_netns": "link_del", "setns_net": "unshare_net"}
 
-def _op_path(program: Program, op) -> str:
-    """The op's path, or for an op on a held fd the path that fd was opened with."""
-    args = dict(op.args)
-    if "path" in args:
-        return args["path"]
-    opened = [o for o in program.ops if o.kind == "open" and o.ret == args.get("fd")]
-    return opened[0].arg("path") if opened else ""
+
+def object_pattern(path: str) -> str:
+    """The object a path belongs to, for bug keys: a task's directory (/proc/<pid>, its
+    task/<tid> entries included), its fd or net directory, a sysctl table directory
+    (/proc/sys/net/ipv4/conf/<dev>), or the first component under /proc."""
+    parts = path_pattern(path).split("/")
+    if parts[:2] != ["", "proc"] or len(parts) < 3:
+        return "<cwd>" if parts[0] else "/proc"
+    if parts[2] == "sys":
+        table = next((i for i, part in enumerate(parts) if part in ("conf", "neigh")), None)
+        return "/".join(parts[:table + 2] if table else parts[:5])
+    if parts[2] == "<pid>":
+        rest = parts[5:] if parts[3:4] == ["task"] and len(parts) > 4 else parts[3:]
+        return "/proc/<pid>" + (f"/{rest[0]}" if rest[:1] in (["fd"], ["net"]) else "")
+    return "/".join(parts[:3])
+
+
+def _one_line(text: str) -> str:
+    """Whitespace collapsed, anything unprintable (kernel output may hold it) as '?'."""
+    return "".join(ch if ch.isprintable() else "?" for ch in " ".join(text.split()))
 
 
 def path_pattern(path: str) -> str:

@@ -10,14 +10,18 @@ counted as kernel findings.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from reference.program import OBSERVING_KINDS, Program
+from reference.program import OBSERVING_KINDS, Program, templates
 from reference.trace import Trace, alternatives, result_matches
 
 KERNEL_CLASSES = ("stale", "missing", "visibility", "errno", "inconsistent", "crash", "hang", "leak")
 TOOL_CLASSES = ("model-bug", "harness-error")
 GONE = ("ENOENT", "ESRCH", "dead")
+# Ops that end the object a path names: a difference after one is about that object's end
+# (stale or missing), even where hidepid or changed credentials are also involved.
+OBJECT_REMOVALS = ("exit", "reap", "exec", "close", "link_del", "link_rename", "link_set_netns")
 
 
 @dataclass(frozen=True)
@@ -66,9 +70,15 @@ def _op_text(program: Program, index: int) -> str:
 
 def classify(program: Program, index: int, expected: str, actual: str) -> str:
     op = program.ops[index]
-    if _involves_visibility(program, index):
-        return "visibility"
     want = alternatives(expected)[0]
+    # ESRCH comes from a task directory that resolved to a dead task: the name should have
+    # gone (a stale dentry), whatever credentials or hidepid were involved; and the reverse.
+    if (want, actual) == ("ENOENT", "ESRCH"):
+        return "stale"
+    if (want, actual) == ("ESRCH", "ENOENT"):
+        return "missing"
+    if _involves_visibility(program, index) and last_removal(program, index) not in OBJECT_REMOVALS:
+        return "visibility"
     if op.kind in ("readdir", "getdents") and want.startswith("ok:") and actual.startswith("ok:"):
         extra = set(_names(actual)) - set(_names(want))
         return "stale" if extra else "missing"
@@ -92,6 +102,8 @@ def _involves_visibility(program: Program, index: int) -> bool:
     path = dict(program.ops[index].args).get("path", "")
     if not path:
         return False                     # ops on held fds do not look anything up
+    if re.match(r"\{m\d+\}/sys(/|$)", path):
+        return False                     # /proc/sys shows by network namespace, not pid visibility
     for op in program.ops[:index]:
         if op.kind in ("setuid", "setgid") or (op.kind == "spawn" and op.arg("newpid")):
             return True
@@ -142,3 +154,98 @@ def _resolved_name(name: str, program: Program, trace: Trace) -> str | None:
             numbers = result[3:].split(".")
             return numbers[0] if len(numbers) == 1 else None
     return "1" if handle == "p1" else None
+
+
+def op_path(program: Program, op) -> str:
+    """The op's path, or for an op on a held fd the path that fd was opened with."""
+    args = dict(op.args)
+    if "path" in args:
+        return args["path"]
+    opened = [o for o in program.ops if o.kind == "open" and o.ret == args.get("fd")]
+    return opened[0].arg("path") if opened else ""
+
+
+# The "after <kind>" of a signature: the last op before the divergent one that ended or
+# changed the object the divergent op's path names.  Which ops count, and for what:
+#   exit, reap, exec       the task named in the path (exec's de_thread swaps tids); exit and
+#                          reap also for the proc root, which lists every task
+#   setuid, setgid         by the task named in the path (owner and content of its entries); by
+#                          the observer, for a lookup of a task path (hidepid checks its creds)
+#   close                  /proc/<pid>/fd/<fd> of that fd
+#   link_del, link_rename, link_set_netns   the device named in the path (deleting a veth end
+#                          deletes its peer), or any device for a listing of conf/ or neigh/
+#   umount, chdir, unshare_net, setns_net   the mount, cwd or netns a lookup resolves in (a
+#                          dentry cached in the old one is the classic stale bug)
+# An op on a held fd works on what its open found: only ops after that open count, and of
+# those not the four above.  A device created again (link_add) is a new object: removals of
+# the old one before it do not count.
+# Left out, so that incidental ops do not split one bug into several signatures: creations
+# (spawn, open, mount_proc, link_add: nothing stale comes of them), link_up/link_down and write
+# (every dentry stays), drop_caches (a cache flush, not a lifetime event; fuzzed programs
+# sprinkle it anywhere), and namespace teardown by the exit of a netns's last task (not
+# modelled here: such a signature has no "after").
+_DEVICE = re.compile(r"/(?:conf|neigh)/(?!all\b|default\b)([a-z][a-z0-9]*)")
+
+
+def last_removal(program: Program, index: int) -> str:
+    """The kind of the last op before op ``index`` that ended or changed what that op's path
+    names, or "" if none did (see above)."""
+    op = program.ops[index]
+    path = op_path(program, op)
+    if not path:
+        return ""
+    fd = dict(op.args).get("fd")
+    opened = next((i for i, o in enumerate(program.ops[:index]) if o.kind == "open" and o.ret == fd), None)
+    process_of = {"p1": "p1"}          # task handle -> the process (thread group) it belongs to
+    peers: dict[str, str] = {}         # veth ends
+    cwd_mount: dict[str, str] = {}     # process -> the mount of its last chdir
+    for earlier in program.ops[:index]:
+        if earlier.kind == "spawn":
+            process_of[earlier.ret] = earlier.ret
+        elif earlier.kind == "spawn_thread":
+            process_of[earlier.ret] = process_of.get(earlier.actor, earlier.actor)
+        elif earlier.kind == "link_add" and earlier.arg("peer"):
+            peers[earlier.arg("name")], peers[earlier.arg("peer")] = earlier.arg("peer"), earlier.arg("name")
+        elif earlier.kind == "chdir" and earlier.arg("path").startswith("{m"):
+            cwd_mount[process_of.get(earlier.actor, earlier.actor)] = templates(earlier.arg("path"))[0]
+    refs = templates(path)
+    relative = not path.startswith("{m")
+    observer = process_of.get(op.actor, op.actor)
+    processes = {process_of.get(h, h) for h in refs if h[0] in "pt"}
+    mount = cwd_mount.get(observer) if relative else refs[0]
+    lists_tasks = not relative and path == "{" + refs[0] + "}"
+    is_net = "sys/net" in path or "/net/" in path or path.endswith("/net")
+    devices = set(_DEVICE.findall(path))
+    lists_devices = re.search(r"/(conf|neigh)/?$", path) is not None
+
+    def relevant(earlier) -> bool:
+        kind, process = earlier.kind, process_of.get(earlier.actor, earlier.actor)
+        if kind in ("exit", "exec"):
+            return process in processes or (kind == "exit" and lists_tasks)
+        if kind == "reap":
+            return earlier.arg("child") in processes or lists_tasks
+        if kind in ("setuid", "setgid"):
+            return process in processes or (process == observer and opened is None and bool(processes))
+        if kind == "close":
+            return earlier.arg("fd") in refs
+        if kind in ("link_del", "link_rename", "link_set_netns"):
+            gone = {earlier.arg("name")}
+            if kind == "link_rename":
+                gone.add(earlier.arg("new"))
+            elif kind == "link_del":
+                gone.add(peers.get(earlier.arg("name"), ""))
+            return is_net and (lists_devices or bool(gone & devices))
+        if kind == "umount":
+            return opened is None and earlier.arg("mount") == mount
+        if kind == "chdir":
+            return opened is None and relative and process == observer
+        if kind in ("unshare_net", "setns_net"):
+            return opened is None and is_net and (process == observer or process in processes)
+        return False
+
+    for earlier in reversed(program.ops[(opened + 1 if opened is not None else 0):index]):
+        if earlier.kind == "link_add" and {earlier.arg("name"), earlier.arg("peer")} & devices:
+            return ""
+        if relevant(earlier):
+            return earlier.kind
+    return ""

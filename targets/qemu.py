@@ -100,7 +100,7 @@ class QemuTarget:
 
     @property
     def label(self) -> str:
-        return self.image.label
+        return kernel_label(self.image.label, self.zoo_bug or self._zoo_at_boot, self.modules)
 
     def start(self) -> None:
         vm = Vm(self.image.vmlinuz, self.initrd, accel=self.accel)
@@ -197,7 +197,8 @@ class QemuTarget:
             vm.channel.send(kind, payload)
             frame = vm.channel.recv(started + timeout)
         except ChannelTimeout:
-            return self._failed("hang", f"hang: no reply from the agent within {timeout:.1f} s", console_from), 0.0
+            # The title is a signature: no timeout in it (it depends on the program's length).
+            return self._failed("hang", "no reply from the agent before the watchdog", console_from), 0.0
         except ChannelClosed:
             code = vm.wait_exit(EXIT_GRACE)
             return self._failed("crash", f"QEMU exited (status {code}) with no kernel report", console_from), 0.0
@@ -246,6 +247,18 @@ class QemuTarget:
         title, excerpt = (report.title, report.excerpt) if report else (fallback_title, console[-8000:])
         self.restart()
         return Trace((), outcome, title, self.label, extra={"console": excerpt})
+
+
+def kernel_label(image_label: str, zoo_bug: str | None, modules: Sequence[ModuleSpec]) -> str:
+    """Findings name the kernel they ran on; a kernel with an injected bug or extra modules is
+    not the stock one, and triage must keep the two apart."""
+    extras = ([f"zoo:{zoo_bug}"] if zoo_bug else []) + [spec.path.name for spec in modules]
+    return " +".join([image_label, *extras])
+
+
+def stock_label(label: str) -> str:
+    """The stock kernel of a kernel_label."""
+    return label.split(" +", 1)[0]
 
 
 def _zoo_load(bug: str) -> str:

@@ -319,6 +319,11 @@ static void release_leaked(void)
 	n_leaked = 0;
 }
 
+/* ---- crash bugs (defined at the end of the file, for the console parser's test logs) ------- */
+
+static struct kretprobe bogus_lookup_probe, sysctl_length_probe;
+static struct kprobe forward_unlock_probe, splice_probe;
+
 /* ---- table ---------------------------------------------------------------------------------- */
 
 struct zoo_bug {
@@ -335,6 +340,12 @@ static const struct zoo_bug bugs[] = {
 	{ "hidepid_wrong_mount", { NULL }, { &ptrace_access_probe } },
 	{ "leak_pidns", { &pid_readdir_probe }, { NULL } },
 	{ "leak_dentry", { NULL }, { &pid_lookup_probe } },
+	/* crash bugs: each makes the kernel report (oops, WARN, hung task), not a divergence */
+	{ "crash_lookup_null", { NULL }, { &bogus_lookup_probe } },
+	{ "crash_lookup_gpf", { NULL }, { &bogus_lookup_probe } },
+	{ "warn_sysctl_length", { NULL }, { &sysctl_length_probe } },
+	{ "hang_sysctl_rtnl", { &forward_unlock_probe }, { NULL } },
+	{ "bug_splice_hashed", { &splice_probe }, { NULL } },
 };
 
 static const struct zoo_bug *active;
@@ -389,3 +400,111 @@ module_init(zoo_init);
 module_exit(zoo_exit);
 MODULE_LICENSE("GPL");
 MODULE_DESCRIPTION("procfuzz bug zoo: injected /proc dentry bugs");
+
+/* ==== crash bugs ==============================================================================
+ * Unlike the bugs above these break memory safety or liveness on purpose: they give the console
+ * parser (targets/console.py) real oops, WARN and hung-task reports from proc code.
+ *   crash_lookup_null   proc_root_lookup() of a proc mount of another pid namespace than the
+ *                       initial one answers the dentry pointer 0x30: step_into (namei)
+ *                       dereferences it (BUG: kernel NULL pointer dereference).
+ *   crash_lookup_gpf    the same with a non-canonical pointer (general protection fault).
+ *   warn_sysctl_length  proc_dointvec(), read, reports a length past INT_MAX: copy_to_iter in
+ *                       proc_sys_call_handler refuses it with a WARN (the read fails, EFAULT).
+ *   hang_sysctl_rtnl    a write that changes net/ipv4/conf/<dev>/forwarding returns with the
+ *                       rtnl mutex still held (devinet_sysctl_forward's rtnl_unlock is skipped):
+ *                       the next rtnl user (e.g. link_add) waits forever (hung task).
+ *   bug_splice_hashed   d_splice_alias() of a proc lookup below the root, in a proc mount of
+ *                       another pid namespace than the initial one, is handed the parent dentry
+ *                       (hashed, so its BUG_ON(!d_unhashed) fires before anything is changed).
+ */
+#include <linux/magic.h>
+
+/* proc_root_lookup(dir, dentry, flags): decide at entry, replace a success (NULL) at return. */
+static int foreign_root_entry(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	const struct inode *dir = (const struct inode *)regs->di;
+
+	*(bool *)ri->data = proc_pid_ns(dir->i_sb) != &init_pid_ns;
+	return 0;
+}
+
+/* Near NULL (a page fault at a small address), or LIST_POISON1 (non-canonical: a #GP). */
+static int bogus_dentry_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	unsigned long bogus = strcmp(bug, "crash_lookup_gpf") == 0 ? 0xdead000000000100UL : 0x30;
+
+	if (*(bool *)ri->data && regs_return_value(regs) == 0)
+		regs_set_return_value(regs, bogus);
+	return 0;
+}
+
+static struct kretprobe bogus_lookup_probe = {
+	.kp.symbol_name = "proc_root_lookup",
+	.entry_handler = foreign_root_entry,
+	.handler = bogus_dentry_ret,
+	.data_size = sizeof(bool),
+	.maxactive = 64,
+};
+
+/* proc_dointvec(table, write, buffer, lenp, ppos): remember lenp of a read at entry. */
+static int dointvec_entry(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	*(size_t **)ri->data = regs->si ? NULL : (size_t *)regs->cx;
+	return 0;
+}
+
+static int dointvec_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	size_t *lenp = *(size_t **)ri->data;
+
+	if (lenp && regs_return_value(regs) == 0)
+		*lenp = (size_t)INT_MAX + 1;
+	return 0;
+}
+
+static struct kretprobe sysctl_length_probe = {
+	.kp.symbol_name = "proc_dointvec",
+	.entry_handler = dointvec_entry,
+	.handler = dointvec_ret,
+	.data_size = sizeof(size_t *),
+	.maxactive = 64,
+};
+
+/* A pre_handler that moves the ip and returns 1 makes the probed call run another function with
+ * the same arguments and return address (as fault injection's override does): here, nothing. */
+static void skip_call(void)
+{
+}
+
+/* rtnl_unlock(void): skipped when devinet_sysctl_forward calls it (its return address, at entry). */
+static int forward_unlock_pre(struct kprobe *p, struct pt_regs *regs)
+{
+	char caller[KSYM_SYMBOL_LEN];
+
+	sprint_symbol_no_offset(caller, *(unsigned long *)regs->sp);
+	if (strcmp(caller, "devinet_sysctl_forward") != 0)
+		return 0;
+	instruction_pointer_set(regs, (unsigned long)skip_call);
+	return 1;
+}
+
+static struct kprobe forward_unlock_probe = {
+	.symbol_name = "rtnl_unlock",
+	.pre_handler = forward_unlock_pre,
+};
+
+/* d_splice_alias(inode, dentry) */
+static int splice_pre(struct kprobe *p, struct pt_regs *regs)
+{
+	struct dentry *dentry = (struct dentry *)regs->si;
+
+	if (dentry->d_sb->s_magic == PROC_SUPER_MAGIC && proc_pid_ns(dentry->d_sb) != &init_pid_ns &&
+	    !d_unhashed(dentry->d_parent))
+		regs->si = (unsigned long)dentry->d_parent;
+	return 0;
+}
+
+static struct kprobe splice_probe = {
+	.symbol_name = "d_splice_alias",
+	.pre_handler = splice_pre,
+};

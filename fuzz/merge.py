@@ -1,0 +1,175 @@
+"""Fold run outputs (shards, nights, kernels) into one output directory.
+
+A run output is a directory with ``findings/``, ``corpus/`` and ``summary.json`` (what
+``procfuzz run`` writes, per shard under ``OUT/shard-I-of-N/``).  Merging is content-addressed
+and idempotent:
+
+- a finding directory is identified by (program id, kernel): the first copy of it wins and is
+  copied whole (every file it has), under its program id, or ``<program id>@<kernel>`` when
+  the id is already taken by the same program's finding on another kernel;
+- a corpus program is saved under its program id (storage.save_program);
+- summary.json lists each source run's summary once and the sums over them.
+
+Each entry is assembled under a temporary name and renamed into place, so an interrupted merge
+leaves whole entries only and can simply be run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from targets.cache import publish
+
+from .campaign import Stats
+from .findings import list_findings
+from .storage import atomic_write, load_directory, save_program
+
+MAX_JSON_BYTES = 1 << 20          # a summary or meta.json larger than this is not ours
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
+
+
+class MergeError(Exception):
+    """A source that cannot be merged (missing, or holding no run output)."""
+
+
+def is_run_output(directory: Path) -> bool:
+    return any((directory / name).exists() for name in ("summary.json", "findings", "corpus"))
+
+
+def run_outputs(source: Path) -> list[Path]:
+    """The run outputs at or under ``source``: itself if it is one, else those below it (an
+    ``OUT`` of sharded runs, or a folder of downloaded CI artifacts)."""
+    source = Path(source)
+    if not source.is_dir():
+        raise MergeError(f"{source}: no such directory")
+    if is_run_output(source):
+        return [source]
+    found = [out for child in sorted(source.iterdir())
+             if child.is_dir() and not child.name.startswith(".") for out in run_outputs(child)]
+    if not found:
+        raise MergeError(f"{source}: no run output (summary.json, findings/ or corpus/) in it or below it")
+    return found
+
+
+def merge(out: Path, sources: list[Path]) -> dict:
+    """Merge every run output found in ``sources`` into ``out``; returns the merged summary."""
+    out = Path(out)
+    outputs = [run for source in sources for run in run_outputs(source)]
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = _read_summary(out / "summary.json")
+    index = _finding_index(out)
+    for run in outputs:
+        for directory in list_findings(run):
+            _merge_finding(out, directory, index)
+        if (run / "corpus").is_dir():
+            _merge_corpus(out, run / "corpus")
+        summaries += _read_summary(run / "summary.json")
+    summary = merged_summary(summaries, out)
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
+    return summary
+
+
+# ---- findings ------------------------------------------------------------------------------------
+
+def _finding_kernel(directory: Path) -> str:
+    meta = _read_json(directory / "meta.json")
+    return str(meta.get("kernel", "")) if isinstance(meta, dict) else ""
+
+
+def _finding_index(out: Path) -> dict[tuple[str, str], Path]:
+    """(program id, kernel) -> finding directory already in ``out``."""
+    return {(d.name.split("@", 1)[0], _finding_kernel(d)): d for d in list_findings(out)}
+
+
+def _merge_finding(out: Path, source: Path, index: dict[tuple[str, str], Path]) -> None:
+    program_id, kernel = source.name.split("@", 1)[0], _finding_kernel(source)
+    if (program_id, kernel) in index:
+        return
+    root = out / "findings"
+    name = program_id if not (root / program_id).exists() else f"{program_id}@{_UNSAFE.sub('_', kernel)}"
+    final = root / name
+    if final.exists():         # another merge published it meanwhile
+        index[(program_id, kernel)] = final
+        return
+    with publish(final) as staging:     # a dot-named directory beside it, renamed into place
+        for path in sorted(source.rglob("*")):
+            target = staging / path.relative_to(source)
+            if path.is_symlink():
+                continue                # never follow a link out of the finding
+            if path.is_dir():
+                target.mkdir(exist_ok=True)
+            else:
+                _copy_synced(path, target)
+    index[(program_id, kernel)] = final
+
+
+def _copy_synced(source: Path, target: Path) -> None:
+    with open(source, "rb") as reader, open(target, "wb") as writer:
+        shutil.copyfileobj(reader, writer)
+        writer.flush()
+        os.fsync(writer.fileno())
+
+
+# ---- corpus --------------------------------------------------------------------------------------
+
+def _merge_corpus(out: Path, corpus: Path) -> None:
+    programs, errors = load_directory(corpus)
+    for _, program in programs:
+        save_program(out / "corpus", program)
+    for err in errors:
+        print(f"procfuzz: merge: skipped corpus file: {err}", file=sys.stderr)
+
+
+# ---- summaries -----------------------------------------------------------------------------------
+
+def _read_json(path: Path):
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            return None
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_run_summary(doc) -> bool:
+    try:
+        Stats.from_json(doc)
+        return True
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False
+
+
+def _read_summary(path: Path) -> list[dict]:
+    """The run summaries a summary.json stands for: itself, or the runs of a merged one."""
+    if not path.exists():
+        return []
+    doc = _read_json(path)
+    runs = doc["runs"] if isinstance(doc, dict) and isinstance(doc.get("runs"), list) else [doc]
+    valid = [run for run in runs if _is_run_summary(run)]
+    if len(valid) != len(runs):
+        print(f"procfuzz: merge: {path}: not a procfuzz summary ({len(runs) - len(valid)} bad runs), ignored",
+              file=sys.stderr)
+    return valid
+
+
+def merged_summary(runs: list[dict], out: Path) -> dict:
+    """Each run once (identical summaries are the same run merged twice), and their sums."""
+    unique = {json.dumps(run, sort_keys=True): run for run in runs}
+    ordered = [unique[key] for key in sorted(unique)]
+    total = Stats()
+    for run in ordered:
+        total.merge(Stats.from_json(run))
+    corpus = out / "corpus"
+    return {**total.to_json(),
+            "runs": ordered,
+            "kernels": sorted({str(run.get("kernel", "")) for run in ordered}),
+            "workers": sum(int(run.get("workers", 0)) for run in ordered),
+            "programs_per_second": round(sum(float(run.get("programs_per_second", 0)) for run in ordered), 2),
+            "interrupted": any(run.get("interrupted") for run in ordered),
+            "distinct_findings": len(list_findings(out)),
+            "corpus_programs": len(list(corpus.glob("*.prog"))) if corpus.is_dir() else 0}

@@ -1,0 +1,195 @@
+"""Triage: one Bug per bug key out of any number of finding directories.
+
+Nightly runs leave ``findings/`` directories under several workers, nights and kernels; a
+developer wants one row per bug.  ``collect`` finds every ``findings/`` below the directories
+it is given, groups the findings by bug key (fuzz/findings.py: class, object and kind of
+removal; the row lists the finer signatures, its symptoms) and marks what the known-issues
+file already explains.  ``with_artifacts`` reads what later steps leave in a
+finding directory (``procfuzz minimize`` / ``reproduce`` / ``export-c``), so that whoever runs
+those steps on a Bug can refresh it with the same function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from reference.program import Program, ProgramError
+from targets.qemu import stock_label
+
+from . import findings as findings_store
+from .findings import Finding
+from .oracle import compare
+from .reproduce import verdict
+from .storage import load_program
+
+REPRODUCIBILITY_FILE = "reproducibility.json"   # {"<kernel label>": {"diverged": k, "runs": n}}
+MINIMIZED_FILE = "minimized.prog"
+REPRO_C_FILE = "repro.c"
+
+
+@dataclass(frozen=True)
+class Bug:
+    signature: str                           # the bug key of its findings (Finding.bug_key)
+    cls: str
+    kernels: tuple[str, ...]                 # sorted kernel labels it was found on
+    first_seen: int                          # meta.json "recorded", seconds since the epoch
+    last_seen: int
+    count: int                               # finding directories with this signature
+    representative: Finding                  # the smallest program (ties: the smallest id)
+    directory: Path                          # the representative's finding directory
+    directories: tuple[Path, ...]            # every finding directory of the bug
+    note: str = ""                           # known-issues note, if the signature is listed
+    known_on: tuple[str, ...] = ()           # the bug's kernels that the known-issues entry covers
+    reproducibility: dict[str, tuple[int, int]] = field(default_factory=dict)  # kernel -> (diverged, runs)
+    minimized: Program | None = None
+    repro_c: Path | None = None
+    symptoms: tuple[tuple[str, int], ...] = ()   # (finding signature, count), most frequent first
+
+    @property
+    def is_new(self) -> bool:
+        """New unless a known-issues entry covers every kernel it was seen on."""
+        return not set(self.kernels) <= set(self.known_on)
+
+    def verdict(self, kernel: str) -> str:
+        return verdict(*self.reproducibility[kernel])
+
+    def status(self) -> str:
+        if not self.is_new:
+            return "known"
+        return f"new on {', '.join(sorted(set(self.kernels) - set(self.known_on)))}" if self.known_on else "new"
+
+
+def _stderr(message: str) -> None:
+    print(f"procfuzz: warning: {message}", file=sys.stderr)
+
+
+def finding_dirs(dirs: list[Path], warn: Callable[[str], None] = _stderr) -> list[Path]:
+    """Every finding directory in every ``findings/`` at or below ``dirs``, each once."""
+    found: dict[Path, None] = {}
+    for top in dirs:
+        for root, subdirs, _ in os.walk(top, onerror=lambda err: warn(f"skipped {err.filename}: {err.strerror}")):
+            subdirs.sort()
+            if Path(root).name == "findings":
+                found.update((Path(root, d).resolve(), None) for d in subdirs if not d.startswith("."))
+                subdirs.clear()          # a finding directory holds no further runs
+    return list(found)
+
+
+def _read(directory: Path) -> tuple[Finding, int]:
+    """The finding, classified by today's oracle, and when it was recorded (meta.json, else
+    the file's time)."""
+    finding = reclassified(findings_store.load(directory))
+    meta_path = directory / "meta.json"
+    try:
+        recorded = json.loads(meta_path.read_text()).get("recorded")
+        if not isinstance(recorded, int) or isinstance(recorded, bool):
+            recorded = int(meta_path.stat().st_mtime)
+    except (OSError, ValueError, AttributeError) as err:
+        raise ProgramError(f"not a readable finding: {err}", source=str(directory)) from None
+    return finding, recorded
+
+
+def reclassified(finding: Finding) -> Finding:
+    """A divergence compared again: findings of older procfuzz versions (or nights) group with
+    today's. Crashes, hangs and leaks are not in the traces alone and keep their record."""
+    if finding.divergence.cls in ("crash", "hang", "leak"):
+        return finding
+    divergence = compare(finding.program, finding.expected, finding.actual)
+    return dataclasses.replace(finding, divergence=divergence) if divergence else finding
+
+
+def collect(dirs: list[Path], known: dict[str, tuple[str, tuple[str, ...]]] | None = None,
+            warn: Callable[[str], None] = _stderr) -> list[Bug]:
+    """Bugs from run output directories (a run's ``--out``, a merged directory, a tree of
+    shards), new ones first, then the most frequent.  ``known`` is
+    fuzz.known.load_known_issues()'s mapping; an unreadable finding is skipped with a warning."""
+    known = known or {}
+    groups: dict[str, list[tuple[Finding, int, Path]]] = defaultdict(list)
+    for directory in finding_dirs([Path(d) for d in dirs], warn):
+        try:
+            finding, recorded = _read(directory)
+        except ProgramError as err:
+            warn(f"skipped {err}")
+            continue
+        groups[finding.bug_key].append((finding, recorded, directory))
+    bugs = [with_artifacts(_bug(key, members, _known_entry(key, members, known)), warn)
+            for key, members in groups.items()]
+    return sorted(bugs, key=lambda b: (not b.is_new, -b.count, b.signature))
+
+
+def _known_entry(key: str, members: list[tuple[Finding, int, Path]],
+                 known: dict[str, tuple[str, tuple[str, ...]]]) -> tuple[str, tuple[str, ...]] | None:
+    """The known-issues entry of a bug: listed under its key, or under every signature it shows
+    (then the first one's note, and the kernels all of them are known on)."""
+    if key in known:
+        return known[key]
+    entries = [known.get(finding.signature) for finding, _, _ in members]
+    if not all(entries):
+        return None
+    kernel_lists = [set(kernels) for _, kernels in entries if kernels]
+    kernels = set.intersection(*kernel_lists) if kernel_lists else set()
+    if kernel_lists and not kernels:
+        return None
+    return entries[0][0], tuple(sorted(kernels))
+
+
+def _bug(signature: str, members: list[tuple[Finding, int, Path]],
+         known: tuple[str, tuple[str, ...]] | None) -> Bug:
+    representative, _, directory = min(members, key=lambda m: (len(m[0].program), m[0].program.id, str(m[2])))
+    kernels = tuple(sorted({finding.kernel for finding, _, _ in members}))
+    note, known_kernels = known if known is not None else ("", None)
+    # An issue known on a stock kernel is known on it with a bug injected or a module loaded too.
+    known_on = () if known is None else tuple(k for k in kernels
+                                               if not known_kernels or stock_label(k) in known_kernels)
+    times = [recorded for _, recorded, _ in members]
+    symptoms = Counter(finding.signature for finding, _, _ in members)
+    return Bug(signature, representative.divergence.cls, kernels, min(times), max(times), len(members),
+               representative, directory, tuple(sorted(d for _, _, d in members)), note, known_on,
+               symptoms=tuple(sorted(symptoms.items(), key=lambda item: (-item[1], item[0]))))
+
+
+def with_artifacts(bug: Bug, warn: Callable[[str], None] = _stderr) -> Bug:
+    """The bug with what minimisation and reproduction left in its finding directories:
+    re-run counts per kernel (summed over every finding of the bug), and the representative's
+    minimised program and C reproducer.  A malformed file is a warning, not a failure."""
+    reproducibility: dict[str, tuple[int, int]] = {}
+    for directory in bug.directories:
+        path = directory / REPRODUCIBILITY_FILE
+        if not path.exists():
+            continue
+        try:
+            for kernel, (diverged, runs) in _read_reproducibility(path).items():
+                before = reproducibility.get(kernel, (0, 0))
+                reproducibility[kernel] = (before[0] + diverged, before[1] + runs)
+        except (OSError, ValueError) as err:
+            warn(f"{path}: ignored: {err}")
+    minimized = None
+    if (bug.directory / MINIMIZED_FILE).exists():
+        try:
+            minimized = load_program(bug.directory / MINIMIZED_FILE)
+        except ProgramError as err:
+            warn(f"ignored: {err}")
+    repro = bug.directory / REPRO_C_FILE
+    return dataclasses.replace(bug, reproducibility=dict(sorted(reproducibility.items())),
+                               minimized=minimized, repro_c=repro if repro.is_file() else None)
+
+
+def _read_reproducibility(path: Path) -> dict[str, tuple[int, int]]:
+    doc = json.loads(path.read_text())
+    if not isinstance(doc, dict):
+        raise ValueError("expected an object of kernel label -> {diverged, runs}")
+    counts = {}
+    for kernel, entry in doc.items():
+        diverged, runs = (entry.get(key) if isinstance(entry, dict) else None for key in ("diverged", "runs"))
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (diverged, runs)) \
+                or not 0 <= diverged <= runs or runs == 0:
+            raise ValueError(f"{kernel!r}: expected 0 <= diverged <= runs, runs > 0")
+        counts[kernel] = (diverged, runs)
+    return counts

@@ -1,0 +1,246 @@
+"""Minimisation: ddmin over ops and argument simplification against fake kernels (a model with a
+planted bug, deterministic or flaky), the CLI, and (-m kernel) a padded zoo program on a real
+kernel with the stale_pid bug injected."""
+
+import json
+from contextlib import contextmanager
+
+import pytest
+
+from fuzz import findings
+from fuzz.cli import main
+from fuzz.minimize import NotReproduced, _simpler_ops, divergence_with, minimize, signature_of
+from fuzz.oracle import compare
+from reference.program import parse_text, validate
+from targets.model import ModelTarget
+from test_engine import BuggyTarget
+from test_model import PROFILE
+
+# The planted bug of BuggyTarget: reaping does not release the child, so /proc keeps it (stale).
+CORE = """\
+m1 = mount_proc p1
+p2 = spawn p1
+exit p2
+reap p1 p2
+lookup p1 {m1}/{p2}
+"""
+
+
+def padded(core: str, blocks: int) -> str:
+    """The core ops of a bug with unrelated blocks of ops (fresh processes, threads, fds, all
+    alive, observed through m1) before each core op but the first, and one block after the last."""
+    lines = core.splitlines()
+    out = [lines[0]]
+    for index, line in enumerate(lines[1:] + [""]):
+        for block in range(blocks):
+            n = 3 + index * blocks + block
+            out += [f"p{n} = spawn p1", f"t{n} = spawn_thread p{n}", f"lookup p1 {{m1}}/{{p{n}}}/status",
+                    f"readdir p1 {{m1}}/{{p{n}}}/task", f"f{n} = open p1 {{m1}}/{{p{n}}}/comm", f"read p1 f{n}",
+                    f"lookup p{n} {{m1}}/{{t{n}}}", f"readlink p{n} {{m1}}/self"]
+        out.append(line)
+    return "\n".join(out).strip() + "\n"
+
+
+MODEL = ModelTarget(PROFILE)
+BUGGY = BuggyTarget(PROFILE)
+
+
+def signature(program, kernel=BUGGY):
+    expected = MODEL.run(program)
+    actual = kernel.run(program)
+    return signature_of(program, expected, actual, compare(program, expected, actual))
+
+
+class CountingKernel:
+    """The buggy kernel, counting runs; with flaky_every=N only every Nth run shows the bug."""
+
+    def __init__(self, flaky_every: int = 1):
+        self.runs = 0
+        self.flaky_every = flaky_every
+
+    def run(self, program):
+        self.runs += 1
+        return (BUGGY if self.runs % self.flaky_every == 0 else MODEL).run(program)
+
+
+def reproduces(ops, expected_signature):
+    program = validate(ops)
+    return divergence_with(expected_signature, program, MODEL.run(program), BUGGY.run(program))[0] is not None
+
+
+def test_padded_program_shrinks_to_the_bug_with_the_same_signature():
+    program = parse_text(padded(CORE, 2))
+    assert len(program) > 80
+    wanted = signature(program)
+    kernel = CountingKernel()
+    result = minimize(program, wanted, kernel.run, MODEL, retries=1)
+    assert result.program.to_text() == CORE
+    assert signature(result.program) == wanted
+    assert result.kernel_runs == kernel.runs           # every run counted, none twice (cache)
+    assert result.steps > 0
+
+
+def test_result_is_one_minimal():
+    program = parse_text(padded(CORE, 1))
+    wanted = signature(program)
+    ops = minimize(program, wanted, CountingKernel().run, MODEL, retries=1).program.ops
+    for index in range(len(ops) - 1):
+        smaller = ops[:index] + ops[index + 1:]
+        try:
+            assert not reproduces(smaller, wanted)
+        except ValueError:
+            pass                                        # not even a valid program
+
+
+def test_options_go_back_to_defaults_and_handles_become_dense():
+    program = parse_text("""\
+m3 = mount_proc p1 subset=pid
+p7 = spawn p1
+f2 = open p1 {m3}/{p7}/comm rw=1
+exit p7
+reap p1 p7
+lookup p1 {m3}/{p7}
+""")
+    result = minimize(program, signature(program), CountingKernel().run, MODEL, retries=1)
+    assert result.program.to_text() == CORE
+
+
+def test_simpler_variants_of_one_op():
+    op = parse_text("m1 = mount_proc p1\np2 = spawn p1\nf1 = open p2 {m1}/{p2}/task/{p2}/comm rw=1\n").ops[2]
+    variants = {variant.to_text() for variant in _simpler_ops(op)}
+    assert variants == {"f1 = open p2 {m1}/{p2}/task/{p2}/comm", "f1 = open p2 {m1}/{p2}/task/{p2} rw=1",
+                        "f1 = open p2 {m1}/{p2}/task/comm rw=1", "f1 = open p2 {m1}/{p2}/{p2}/comm rw=1",
+                        "f1 = open p2 {m1}/task/{p2}/comm rw=1"}
+
+
+def test_flaky_bug_is_minimised_with_retries():
+    program = parse_text(padded(CORE, 1))
+    wanted = signature(program)
+    kernel = CountingKernel(flaky_every=2)
+    result = minimize(program, wanted, kernel.run, MODEL, retries=3)
+    assert result.program.to_text() == CORE
+    assert result.kernel_runs == kernel.runs
+
+
+def test_flaky_bug_without_retries_does_not_reproduce():
+    program = parse_text(CORE)
+    with pytest.raises(NotReproduced, match="does not reproduce") as caught:
+        minimize(program, signature(program), CountingKernel(flaky_every=5).run, MODEL, retries=2)
+    assert caught.value.kernel_runs == 2
+
+
+def test_another_signature_does_not_count():
+    program = parse_text(CORE)
+    with pytest.raises(NotReproduced) as caught:
+        minimize(program, "missing readdir /proc", BUGGY.run, MODEL, retries=1)
+    assert f"runs showed: {signature(program)}" in str(caught.value)
+
+
+@contextmanager
+def fake_qemu(args):
+    yield type("FakeTarget", (), {"run": staticmethod(BUGGY.run), "label": "buggy-kernel"})()
+
+
+def _finding_dir(tmp_path, program):
+    expected, actual = MODEL.run(program), BUGGY.run(program)
+    finding = findings.Finding(program, expected, actual, compare(program, expected, actual), "buggy-kernel")
+    return findings.record(tmp_path, finding)[0], finding
+
+
+def test_cli_writes_minimized_program_and_summary(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("fuzz.cli._qemu", fake_qemu)
+    monkeypatch.setattr("fuzz.cli._profile", lambda kernel: PROFILE)
+    directory, finding = _finding_dir(tmp_path, parse_text(padded(CORE, 1)))
+    assert main(["minimize", str(directory), "--retries", "1"]) == 0
+    assert (directory / "minimized.prog").read_text() == CORE
+    summary = json.loads((directory / "minimize.json").read_text())
+    assert summary["minimized_ops"] == CORE.splitlines()
+    assert len(summary["original_ops"]) == len(finding.program)
+    assert summary["signature"] == finding.signature and summary["kernel_runs"] > 0
+    assert capsys.readouterr().out.endswith(CORE)
+
+
+def test_cli_exit_1_when_the_finding_does_not_reproduce(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("fuzz.cli._profile", lambda kernel: PROFILE)
+    directory, _ = _finding_dir(tmp_path, parse_text(CORE))
+
+    @contextmanager
+    def agreeing_qemu(args):
+        yield type("Fixed", (), {"run": staticmethod(MODEL.run), "label": "fixed-kernel"})()
+    monkeypatch.setattr("fuzz.cli._qemu", agreeing_qemu)
+    assert main(["minimize", str(directory)]) == 1
+    assert "does not reproduce" in capsys.readouterr().out
+    assert not (directory / "minimized.prog").exists()
+
+
+def test_cli_bad_finding_is_exit_2(tmp_path, capsys):
+    assert main(["minimize", str(tmp_path)]) == 2
+    assert "not a readable finding" in capsys.readouterr().err
+
+
+# ---- on a real kernel ------------------------------------------------------------------------------
+
+# The stale_pid zoo bug (tests/test_zoo.py): a reaped pid's cached /proc/<pid> stays.
+STALE_PID_CORE = """\
+m1 = mount_proc p1
+p2 = spawn p1
+lookup p1 {m1}/{p2}
+exit p2
+reap p1 p2
+lookup p1 {m1}/{p2}
+"""
+
+
+@pytest.mark.kernel
+def test_padded_zoo_program_minimises_on_the_kernel():
+    from targets.kernels import load_profile
+    from targets.qemu import QemuTarget
+    program = parse_text(padded(STALE_PID_CORE, 1))
+    model = ModelTarget(load_profile())
+    expected = model.run(program)
+    with QemuTarget(zoo="stale_pid") as target:
+        actual = target.run(program)
+        divergence = compare(program, expected, actual)
+        assert divergence is not None and divergence.cls == "stale", divergence
+        wanted = signature_of(program, expected, actual, divergence)
+        result = minimize(program, wanted, target.run, model, retries=2)
+        assert result.program.to_text() == STALE_PID_CORE
+        minimal = result.program
+        assert divergence_with(wanted, minimal, model.run(minimal), target.run(minimal))[0] is not None
+        for index in range(len(minimal) - 1):       # 1-minimal: no single op can go
+            try:
+                smaller = validate(minimal.ops[:index] + minimal.ops[index + 1:])
+            except ValueError:
+                continue
+            assert divergence_with(wanted, smaller, model.run(smaller), target.run(smaller))[0] is None
+
+
+def test_cli_refuses_findings_a_rerun_cannot_show(tmp_path, capsys):
+    from fuzz.oracle import Divergence
+    from reference.trace import Trace
+    program = parse_text(CORE)
+    leak = findings.Finding(program, MODEL.run(program), Trace(()), Divergence("leak", None, "", "", "", "pid +3"),
+                            "buggy-kernel")
+    directory, _ = findings.record(tmp_path, leak)
+    assert main(["minimize", str(directory)]) == 2
+    assert "'leak' finding cannot be re-run" in capsys.readouterr().err
+
+
+def test_cli_boots_the_kernel_and_zoo_bug_the_finding_ran_on(tmp_path, monkeypatch, capsys):
+    booted = []
+
+    @contextmanager
+    def recording_qemu(args):
+        booted.append((args.kernel, args.zoo))
+        yield type("FakeTarget", (), {"run": staticmethod(BUGGY.run), "label": "buggy-kernel"})()
+    monkeypatch.setattr("fuzz.cli._qemu", recording_qemu)
+    monkeypatch.setattr("fuzz.cli._profile", lambda kernel: PROFILE)
+    program = parse_text(CORE)
+    expected, actual = MODEL.run(program), BUGGY.run(program)
+    label = "linux-image-6.12.117+deb12-cloud-amd64-unsigned=6.12.117-1~deb12u1 +zoo:stale_pid"
+    finding = findings.Finding(program, expected, actual, compare(program, expected, actual), label)
+    directory, _ = findings.record(tmp_path, finding)
+    assert main(["minimize", str(directory), "--retries", "1"]) == 0
+    assert main(["minimize", str(directory), "--kernel", "6.1-cloud", "--zoo", "stale_tid"]) == 0
+    assert booted == [("6.12-cloud", "stale_pid"), ("6.1-cloud", "stale_tid")]
+    assert "# as recorded: kernel 6.12-cloud, zoo bug stale_pid" in capsys.readouterr().out
