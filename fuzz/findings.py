@@ -86,7 +86,7 @@ REMOVAL_GROUPS = {"reap": "exit", "exec": "exit", "setgid": "setuid",
 
 def object_pattern(path: str) -> str:
     """The object a path belongs to, for bug keys: a task's directory (/proc/<pid>, its
-    task/<tid> entries included), its fd or net directory, a sysctl table directory
+    task/<tid> and fd entries included), its net directory, a sysctl table directory
     (/proc/sys/net/ipv4/conf/<dev>), or the first component under /proc."""
     parts = path_pattern(path).split("/")
     if parts[:2] != ["", "proc"] or len(parts) < 3:
@@ -96,7 +96,7 @@ def object_pattern(path: str) -> str:
         return "/".join(parts[:table + 2] if table else parts[:5])
     if parts[2] == "<pid>":
         rest = parts[5:] if parts[3:4] == ["task"] and len(parts) > 4 else parts[3:]
-        return "/proc/<pid>" + (f"/{rest[0]}" if rest[:1] in (["fd"], ["net"]) else "")
+        return "/proc/<pid>" + ("/net" if rest[:1] == ["net"] else "")
     return "/".join(parts[:3])
 
 

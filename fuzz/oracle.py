@@ -199,9 +199,12 @@ def last_removal(program: Program, index: int) -> str:
     process_of = {"p1": "p1"}          # task handle -> the process (thread group) it belongs to
     peers: dict[str, str] = {}         # veth ends
     cwd_mount: dict[str, str] = {}     # process -> the mount of its last chdir
+    ns_inits: dict[str, tuple[str, ...]] = {"p1": ()}   # process -> inits of the pid namespaces it is in
     for earlier in program.ops[:index]:
         if earlier.kind == "spawn":
             process_of[earlier.ret] = earlier.ret
+            parent = ns_inits.get(process_of.get(earlier.actor, earlier.actor), ())
+            ns_inits[earlier.ret] = parent + ((earlier.ret,) if earlier.arg("newpid") else ())
         elif earlier.kind == "spawn_thread":
             process_of[earlier.ret] = process_of.get(earlier.actor, earlier.actor)
         elif earlier.kind == "link_add" and earlier.arg("peer"):
@@ -221,7 +224,10 @@ def last_removal(program: Program, index: int) -> str:
     def relevant(earlier) -> bool:
         kind, process = earlier.kind, process_of.get(earlier.actor, earlier.actor)
         if kind in ("exit", "exec"):
-            return process in processes or (kind == "exit" and lists_tasks)
+            # A pid namespace's init taking its namespace down (zap_pid_ns_processes) ends
+            # every task in it.
+            inside = any(process in ns_inits.get(named, ()) for named in processes)
+            return process in processes or (kind == "exit" and (lists_tasks or inside))
         if kind == "reap":
             return earlier.arg("child") in processes or lists_tasks
         if kind in ("setuid", "setgid"):

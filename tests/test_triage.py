@@ -344,3 +344,8 @@ def test_bug_key_groups_one_object_across_ops_files_and_removals():
         key("m1 = mount_proc p1\np2 = spawn p1\nunshare_net p2\nlink_add p2 d1\n"
             "lookup p2 {m1}/sys/net/ipv4/conf/d1/forwarding\n", "missing") == \
         "missing /proc/sys/net/ipv4/conf/<dev>"
+
+
+def test_the_exit_of_a_pid_namespace_init_removes_the_tasks_inside():
+    text = "m1 = mount_proc p1\np2 = spawn p1 newpid=1\np3 = spawn p2\nexit p2\nlookup p1 {m1}/{p3}\n"
+    assert _signature(text, 4) == "stale lookup /proc/<pid> after exit"
