@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import re
 import signal
 import sys
@@ -202,7 +203,7 @@ def _shard(text: str | None):
 def cmd_run(args) -> int:
     from targets.kernels import KernelError, resolve
     from targets.qemu import kernel_label
-    from .campaign import WorkerConfig, run_campaign, write_summary
+    from .campaign import WorkerConfig, guest_cpus_for, run_campaign, write_summary
     from .status import StatusDisplay
     if args.runtime != "local" or args.dry_run:
         return _run_on_runtime(args)
@@ -225,7 +226,8 @@ def cmd_run(args) -> int:
     deadline = time.monotonic() + budget
     configs = [WorkerConfig(stream, seed, profile, label, out, corpus, deadline, args.max_ops, args.max_programs,
                             known=known, seed_dirs=SEED_DIRS, leak_every=args.leak_every,
-                            zoo_bug=options["zoo"], modules=options["modules"])
+                            zoo_bug=options["zoo"], modules=options["modules"],
+                            guest_cpus=args.guest_cpus or guest_cpus_for(args.workers, os.cpu_count()))
                for stream in shard.streams(args.workers)]
     stop = multiprocessing.get_context("spawn").Event()
 
@@ -552,6 +554,8 @@ def _parser() -> argparse.ArgumentParser:
     module_options(p)
     p.add_argument("--budget", default="10m")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--guest-cpus", type=int, choices=(1, 2, 4), default=None,
+                   help="vCPUs per guest (default: 2, or 1 when the workers would oversubscribe the host)")
     p.add_argument("--corpus", default=None,
                    help="working corpus, grown by the run (default OUT/corpus); corpus/seeds and "
                         "corpus/regressions are always replayed first")

@@ -75,7 +75,8 @@ class QemuTarget:
     def __init__(self, kernel: str | KernelImage | None = None, *, accel: str | None = None,
                  watchdog_base: float = WATCHDOG_BASE, watchdog_per_op: float = WATCHDOG_PER_OP,
                  agent_source=AGENT_SOURCE, zoo: str | bool | None = None,
-                 modules: Sequence[ModuleSpec] = (), files: Mapping[str, bytes] | None = None):
+                 modules: Sequence[ModuleSpec] = (), files: Mapping[str, bytes] | None = None,
+                 cpus: int = 2):
         """zoo: a bug-zoo bug name to inject after every boot, or True to only carry the zoo's
         module (targets/zoo) for load_zoo(); modules: loaded after every boot, in order; files:
         guest path -> contents, executables for run_file()."""
@@ -89,6 +90,7 @@ class QemuTarget:
             raise ValueError(f"two modules with the same file name: {names}")
         image_files.update({spec.guest_path.lstrip("/"): spec.path.read_bytes() for spec in modules})
         self.modules = tuple(modules)
+        self.cpus = cpus                    # guest vCPUs: TCG runs one host thread per vCPU
         self.zoo_bug: str | None = None     # injected bug, injected again after every restart
         self._zoo_at_boot = zoo if isinstance(zoo, str) else None
         self.initrd = guest_image(agent_source, modules_dir=self.image.modules_dir, files=image_files)
@@ -103,7 +105,7 @@ class QemuTarget:
         return kernel_label(self.image.label, self.zoo_bug or self._zoo_at_boot, self.modules)
 
     def start(self) -> None:
-        vm = Vm(self.image.vmlinuz, self.initrd, accel=self.accel)
+        vm = Vm(self.image.vmlinuz, self.initrd, accel=self.accel, cpus=self.cpus)
         release = vm.start(BOOT_TIMEOUT)
         if release != self.image.release:
             vm.stop()

@@ -209,3 +209,9 @@ def test_atheris_grows_the_corpus_with_valid_programs(tmp_path):
     assert added == len(programs) > 0 and not errors
     for _, program in programs:
         assert ModelTarget(load_profile()).run(program).outcome == "ok"
+
+
+def test_guest_cpus_do_not_oversubscribe_the_host():
+    from fuzz.campaign import guest_cpus_for
+    assert [guest_cpus_for(1, 2), guest_cpus_for(2, 2), guest_cpus_for(2, 8), guest_cpus_for(3, 2),
+            guest_cpus_for(1, None)] == [2, 1, 2, 1, 1]
