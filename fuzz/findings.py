@@ -22,7 +22,7 @@ from pathlib import Path
 from reference.program import Program, ProgramError, parse
 from reference.trace import Trace
 
-from .oracle import Divergence, last_removal, op_path
+from .oracle import Divergence, last_removal, observed_path, op_path
 
 _NUMBER = re.compile(r"(?<![A-Za-z])\d+")
 _LEAK_CACHE = re.compile(r"(?:^|; )([\w.-]+) grew every run")   # fuzz/leaks.py describe()
@@ -61,19 +61,21 @@ class Finding:
     def bug_key(self) -> str:
         """What triage groups by: one bug shows through many ops and files of the object it
         left stale (a lookup, a readdir, a read of /proc/<pid>/comm...), after any of the ops
-        that end that object, so the key keeps the class, the object (object_pattern) and the
-        kind of removal (REMOVAL_GROUPS); the signature keeps the op and the exact path."""
+        that end that object, so the key keeps the class, the object (object_pattern) and, for
+        stale answers, the kind of removal (REMOVAL_GROUPS); the signature keeps the op and the
+        exact path."""
         d = self.divergence
         if d.cls not in ("stale", "missing", "visibility", "errno", "inconsistent") \
                 or d.index is None or d.index >= len(self.program.ops):
             return self.signature
         op = self.program.ops[d.index]
-        path = op_path(self.program, op)
+        path = observed_path(self.program, d.index)
         if not path:
             return f"{d.cls} {op.kind}"
-        # A removal explains what a stale answer shows; a missing object is one the model says
-        # exists (re-created, or moved into the observer's namespace), so no removal names it.
-        removal = last_removal(self.program, d.index) if d.cls != "missing" else ""
+        # A removal explains what a stale answer shows. Other classes are about an object the
+        # model says exists (re-created, moved into the observer's namespace) or about who may
+        # see it, so an earlier removal is incidental there and would split one bug in rows.
+        removal = last_removal(self.program, d.index) if d.cls == "stale" else ""
         words = (d.cls, object_pattern(path), removal and f"after {REMOVAL_GROUPS.get(removal, removal)}")
         return " ".join(word for word in words if word)
 

@@ -77,7 +77,10 @@ def classify(program: Program, index: int, expected: str, actual: str) -> str:
         return "stale"
     if (want, actual) == ("ESRCH", "ENOENT"):
         return "missing"
-    if _involves_visibility(program, index) and last_removal(program, index) not in OBJECT_REMOVALS:
+    # A listing shows every task the mount lets the reader see: an extra or missing name there
+    # is visibility even after a removal; a single name is about the object the path names.
+    if _involves_visibility(program, index) and (
+            op.kind in ("readdir", "getdents") or last_removal(program, index) not in OBJECT_REMOVALS):
         return "visibility"
     if op.kind in ("readdir", "getdents") and want.startswith("ok:") and actual.startswith("ok:"):
         extra = set(_names(actual)) - set(_names(want))
@@ -99,9 +102,11 @@ def _names(result: str) -> list[str]:
 
 def _involves_visibility(program: Program, index: int) -> bool:
     """A path op through a hidepid mount, after changed credentials or nested pid namespaces."""
-    path = dict(program.ops[index].args).get("path", "")
+    op = program.ops[index]
+    # getdents on a held fd lists with the mount's hidepid at that moment, like readdir
+    path = observed_path(program, index) if op.kind == "getdents" else dict(op.args).get("path", "")
     if not path:
-        return False                     # ops on held fds do not look anything up
+        return False                     # other ops on held fds look nothing up
     if re.match(r"\{m\d+\}/sys(/|$)", path):
         return False                     # /proc/sys shows by network namespace, not pid visibility
     for op in program.ops[:index]:
@@ -110,6 +115,18 @@ def _involves_visibility(program: Program, index: int) -> bool:
         if op.kind == "mount_proc" and op.arg("hidepid") != "off" and path.startswith("{" + op.ret + "}"):
             return True
     return False
+
+
+def observed_path(program: Program, index: int) -> str:
+    """What op ``index`` looks at: its path, the path its held fd was opened with, or for
+    `getdents cwd` the actor's last chdir ("" if none)."""
+    op = program.ops[index]
+    if path := op_path(program, op):
+        return path
+    if dict(op.args).get("fd") != "cwd":
+        return ""
+    return next((earlier.arg("path") for earlier in reversed(program.ops[:index])
+                 if earlier.kind == "chdir" and earlier.actor == op.actor), "")
 
 
 def find_inconsistency(program: Program, trace: Trace) -> Divergence | None:

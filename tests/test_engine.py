@@ -215,3 +215,14 @@ def test_guest_cpus_do_not_oversubscribe_the_host():
     from fuzz.campaign import guest_cpus_for
     assert [guest_cpus_for(1, 2), guest_cpus_for(2, 2), guest_cpus_for(2, 8), guest_cpus_for(3, 2),
             guest_cpus_for(1, None)] == [2, 1, 2, 1, 1]
+
+
+def test_a_listing_through_a_hidepid_mount_is_visibility_even_after_an_exit():
+    program = parse_text("m1 = mount_proc p1 hidepid=invisible\np2 = spawn p1\np3 = spawn p1\nexit p2\n"
+                         "setuid p3 1000\nf1 = open p3 {m1}\ngetdents p3 f1\nreaddir p3 {m1}\n")
+    before = ("ok",) * 6
+    for index in (6, 7):
+        results = before + ("ok:1,self", "ok:1,self")
+        got = list(results)
+        got[index] = "ok:1,3,self"
+        assert compare(program, Trace(results), Trace(tuple(got))).cls == "visibility"

@@ -12,12 +12,13 @@ from fuzz.cli import main
 from targets.qemu import QemuTarget
 
 RUNS = 2            # campaigns per bug (seeds 1 and 2), each with two workers
-BUDGET = "45s"      # the bench zoo finds these bugs within seconds; the rest makes duplicates
+PROGRAMS = "40"     # per worker: a fixed program sequence, so the findings do not depend on speed
 
 
 def triage_zoo_findings(tmp_path, bug: str) -> dict:
     for seed in range(1, RUNS + 1):
-        code = main(["run", "--zoo", bug, "--workers", "2", "--budget", BUDGET, "--seed", str(seed),
+        code = main(["run", "--zoo", bug, "--workers", "2", "--budget", "5m", "--max-programs", PROGRAMS,
+                     "--seed", str(seed),
                      "--out", str(tmp_path / bug / f"run{seed}")])
         assert code in (0, 1)
     code = main(["triage", str(tmp_path), "--minimize", "--kernels", "6.1-cloud", "--runs", "2",
