@@ -409,10 +409,10 @@ def _as_recorded(args, finding) -> argparse.Namespace:
     """args with --kernel and --zoo defaulting to the kernel the finding ran on (its label names
     the package and any injected zoo bug)."""
     from targets.kernels import load_pins
-    from targets.qemu import stock_label
+    from targets.qemu import injected_zoo_bug, stock_label
     package = stock_label(finding.kernel).split("=", 1)[0]
     kernel = args.kernel or next((name for name, pin in load_pins()[1].items() if pin.package == package), None)
-    zoo = args.zoo or (match.group(1) if (match := re.search(r" \+zoo:(\w+)", finding.kernel)) else None)
+    zoo = args.zoo or injected_zoo_bug(finding.kernel)
     if (kernel, zoo) != (args.kernel, args.zoo):
         print(f"# as recorded: kernel {kernel or 'default'}" + (f", zoo bug {zoo}" if zoo else ""))
     return argparse.Namespace(**{**vars(args), "kernel": kernel, "zoo": zoo})

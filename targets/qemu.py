@@ -263,6 +263,11 @@ def stock_label(label: str) -> str:
     return label.split(" +", 1)[0]
 
 
+def injected_zoo_bug(label: str) -> str | None:
+    """The zoo bug a kernel_label names, if any."""
+    return next((extra[4:] for extra in label.split(" +")[1:] if extra.startswith("zoo:")), None)
+
+
 def _zoo_load(bug: str) -> str:
     if not re.fullmatch(r"[a-z0-9_]{1,40}", bug):
         raise ValueError(f"bad zoo bug name {bug!r}")
