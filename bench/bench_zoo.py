@@ -42,14 +42,13 @@ from fuzz.storage import atomic_write, load_directory  # noqa: E402
 
 # The classes of divergence each bug's mechanism causes (targets/zoo/README.md); a finding of
 # another class does not count.  tests/test_zoo.py checks that this lists exactly the bugs of
-# zoo.c's table.  Two bugs have two classes because their wrong dentry can both show and hide:
-# a sysctl dentry of a dead table shows the deleted entry (stale) and hides the re-registered
-# one (missing); a lookup matching another network namespace's cached directory shows that
-# namespace's entries (stale) and hides the reader's own (missing, the more frequent first sign).
+# zoo.c's table.  sysctl_wrong_netns has two classes because its wrong dentry can both show and
+# hide: a lookup matching another network namespace's cached directory shows that namespace's
+# entries (stale) and hides the reader's own (missing, the more frequent first sign).
 EXPECTED_CLASSES = {
     "stale_pid": ("stale",),
     "stale_tid": ("stale",),
-    "stale_sysctl": ("missing", "stale"),
+    "stale_sysctl": ("stale",),
     "sysctl_wrong_netns": ("stale", "missing"),
     "hidepid_wrong_mount": ("visibility",),
     "leak_pidns": ("leak",),

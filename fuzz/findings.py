@@ -22,7 +22,7 @@ from pathlib import Path
 from reference.program import Program, ProgramError, parse
 from reference.trace import Trace
 
-from .oracle import Divergence, last_removal, observed_path, op_path
+from .oracle import Divergence, last_removal, observed, op_path
 
 _NUMBER = re.compile(r"(?<![A-Za-z])\d+")
 _LEAK_CACHE = re.compile(r"(?:^|; )([\w.-]+) grew every run")   # fuzz/leaks.py describe()
@@ -42,8 +42,9 @@ class Finding:
     def signature(self) -> str:
         """Stable across runs, workers and kernels: no handle, pid, device name or count in it.
 
-        Divergences: class, op kind, the op's path pattern and the op that removed or changed
-        what the path names (``stale lookup /proc/<pid> after reap``); crash and hang: the
+        Divergences: class, op kind, the op's path pattern (for a readlink that differs only by
+        " (deleted)", also the pattern of the link's target) and the op that removed or changed
+        what the op looks at (``stale lookup /proc/<pid> after reap``); crash and hang: the
         console title; leak: the caches that grew."""
         d = self.divergence
         if d.cls in ("crash", "hang"):
@@ -53,31 +54,38 @@ class Finding:
         if d.index is None or d.index >= len(self.program.ops):
             return f"{d.cls}: {_NUMBER.sub('N', _one_line(d.detail))[:120]}"
         op = self.program.ops[d.index]
-        removal = last_removal(self.program, d.index)
-        words = (d.cls, op.kind, path_pattern(op_path(self.program, op)), removal and f"after {removal}")
+        seen = self._observed()
+        path = op_path(self.program, op) or seen[0]
+        target = seen[0] != path and op.kind == "readlink" and f"-> {path_pattern(seen[0])}"
+        removal = last_removal(self.program, d.index, seen, self.expected.results)
+        words = (d.cls, op.kind, path_pattern(path), target, removal and f"after {removal}")
         return " ".join(word for word in words if word)
 
     @property
     def bug_key(self) -> str:
         """What triage groups by: one bug shows through many ops and files of the object it
-        left stale (a lookup, a readdir, a read of /proc/<pid>/comm...), after any of the ops
-        that end that object, so the key keeps the class, the object (object_pattern) and, for
-        stale answers, the kind of removal (REMOVAL_GROUPS); the signature keeps the op and the
-        exact path."""
+        left stale (a lookup, a readdir, a read of /proc/<pid>/comm, a readlink of a cwd in
+        it...), after any of the ops that end that object, so the key keeps the class, the
+        object (object_pattern) and, for stale answers, the kind of removal (REMOVAL_GROUPS);
+        the signature keeps the op and the exact path."""
         d = self.divergence
         if d.cls not in ("stale", "missing", "visibility", "errno", "inconsistent") \
                 or d.index is None or d.index >= len(self.program.ops):
             return self.signature
-        op = self.program.ops[d.index]
-        path = observed_path(self.program, d.index)
-        if not path:
-            return f"{d.cls} {op.kind}"
+        seen = self._observed()
+        if not seen[0]:
+            return f"{d.cls} {self.program.ops[d.index].kind}"
         # A removal explains what a stale answer shows. Other classes are about an object the
         # model says exists (re-created, moved into the observer's namespace) or about who may
         # see it, so an earlier removal is incidental there and would split one bug in rows.
-        removal = last_removal(self.program, d.index) if d.cls == "stale" else ""
-        words = (d.cls, object_pattern(path), removal and f"after {REMOVAL_GROUPS.get(removal, removal)}")
+        removal = last_removal(self.program, d.index, seen, self.expected.results) if d.cls == "stale" else ""
+        obj = object_pattern(seen[0], lifetime=d.cls in ("stale", "missing"))
+        words = (d.cls, obj, removal and f"after {REMOVAL_GROUPS.get(removal, removal)}")
         return " ".join(word for word in words if word)
+
+    def _observed(self) -> tuple[str, int | None]:
+        d = self.divergence
+        return observed(self.program, d.index, d.expected, d.actual, self.expected.results)
 
 
 # Ops that end an object the same way, for bug keys: a pid dentry left behind by exit, reap
@@ -86,15 +94,20 @@ REMOVAL_GROUPS = {"reap": "exit", "exec": "exit", "setgid": "setuid",
                   "link_rename": "link_del", "link_set_netns": "link_del", "setns_net": "unshare_net"}
 
 
-def object_pattern(path: str) -> str:
+def object_pattern(path: str, lifetime: bool = False) -> str:
     """The object a path belongs to, for bug keys: a task's directory (/proc/<pid>, its
     task/<tid> and fd entries included), its net directory, a sysctl table directory
-    (/proc/sys/net/ipv4/conf/<dev>), or the first component under /proc."""
+    (/proc/sys/net/ipv4/conf/<dev>), or the first component under /proc.  For ``lifetime``
+    answers (stale, missing) a device's sysctl tables are one object, /proc/sys/net/*/*/<dev>:
+    they come and go together (register_netdevice / unregister_netdevice: devinet, addrconf
+    and neigh tables), so one bug in their dentries' lifetime shows in any of them."""
     parts = path_pattern(path).split("/")
     if parts[:2] != ["", "proc"] or len(parts) < 3:
         return "<cwd>" if parts[0] else "/proc"
     if parts[2] == "sys":
         table = next((i for i, part in enumerate(parts) if part in ("conf", "neigh")), None)
+        if lifetime and table and parts[table + 1:table + 2] == ["<dev>"]:
+            return "/proc/sys/net/*/*/<dev>"
         return "/".join(parts[:table + 2] if table else parts[:5])
     if parts[2] == "<pid>":
         rest = parts[5:] if parts[3:4] == ["task"] and len(parts) > 4 else parts[3:]

@@ -11,6 +11,7 @@ counted as kernel findings.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from reference.program import OBSERVING_KINDS, Program, templates
@@ -60,7 +61,8 @@ def compare(program: Program, expected: Trace, actual: Trace) -> Divergence | No
     for index, (want, got) in enumerate(zip(expected.results, actual.results)):
         if not result_matches(want, got):
             op = program.ops[index]
-            return Divergence(classify(program, index, want, got), index, op.to_text(), want, got)
+            return Divergence(classify(program, index, want, got, expected.results), index, op.to_text(),
+                              want, got)
     return find_inconsistency(program, actual)
 
 
@@ -68,7 +70,10 @@ def _op_text(program: Program, index: int) -> str:
     return program.ops[index].to_text() if index < len(program.ops) else ""
 
 
-def classify(program: Program, index: int, expected: str, actual: str) -> str:
+def classify(program: Program, index: int, expected: str, actual: str,
+             results: Sequence[str] = ()) -> str:
+    """``results``: the model's results of the program, so that a removal the model says failed
+    does not count as one."""
     op = program.ops[index]
     want = alternatives(expected)[0]
     # ESRCH comes from a task directory that resolved to a dead task: the name should have
@@ -80,7 +85,9 @@ def classify(program: Program, index: int, expected: str, actual: str) -> str:
     # A listing shows every task the mount lets the reader see: an extra or missing name there
     # is visibility even after a removal; a single name is about the object the path names.
     if _involves_visibility(program, index) and (
-            op.kind in ("readdir", "getdents") or last_removal(program, index) not in OBJECT_REMOVALS):
+            op.kind in ("readdir", "getdents")
+            or last_removal(program, index, observed(program, index, want, actual, results), results)
+            not in OBJECT_REMOVALS):
         return "visibility"
     if op.kind in ("readdir", "getdents") and want.startswith("ok:") and actual.startswith("ok:"):
         extra = set(_names(actual)) - set(_names(want))
@@ -104,7 +111,7 @@ def _involves_visibility(program: Program, index: int) -> bool:
     """A path op through a hidepid mount, after changed credentials or nested pid namespaces."""
     op = program.ops[index]
     # getdents on a held fd lists with the mount's hidepid at that moment, like readdir
-    path = observed_path(program, index) if op.kind == "getdents" else dict(op.args).get("path", "")
+    path = observed(program, index)[0] if op.kind == "getdents" else dict(op.args).get("path", "")
     if not path:
         return False                     # other ops on held fds look nothing up
     if re.match(r"\{m\d+\}/sys(/|$)", path):
@@ -117,16 +124,70 @@ def _involves_visibility(program: Program, index: int) -> bool:
     return False
 
 
-def observed_path(program: Program, index: int) -> str:
-    """What op ``index`` looks at: its path, the path its held fd was opened with, or for
-    `getdents cwd` the actor's last chdir ("" if none)."""
+DELETED = " (deleted)"
+
+
+def observed(program: Program, index: int, expected: str = "", actual: str = "",
+             results: Sequence[str] = ()) -> tuple[str, int | None]:
+    """What op ``index`` looks at: (a path, the index of the op that bound it to an object or
+    None).  The op's own path; for an op on a held fd the path the fd was opened with (bound at
+    the open); for `getdents cwd` the actor's cwd (bound at its chdir); for setns_net and
+    link_set_netns the target task's /proc/<pid>/ns/net, which the agent opens in its own /proc.
+    A readlink of a cwd or fd link whose answers (``expected``, ``actual``) differ only by
+    " (deleted)" resolved the link alike and shows whether its target's dentry is still hashed
+    (d_path, prepend_path): that op looks at the target.  ``results``: the model's results, so
+    that a failed open or chdir binds nothing."""
     op = program.ops[index]
+    if op.kind == "readlink" and expected != actual and \
+            expected.replace(DELETED, "") == actual.replace(DELETED, ""):
+        if target := link_target(program, index, results):
+            return target
+    if op.kind in ("setns_net", "link_set_netns"):
+        return "/proc/{" + op.arg("target") + "}/ns/net", None
     if path := op_path(program, op):
-        return path
-    if dict(op.args).get("fd") != "cwd":
-        return ""
-    return next((earlier.arg("path") for earlier in reversed(program.ops[:index])
-                 if earlier.kind == "chdir" and earlier.actor == op.actor), "")
+        fd = dict(op.args).get("fd")
+        return path, next((i for i, o in enumerate(program.ops[:index])
+                           if fd and o.kind == "open" and o.ret == fd), None)
+    if dict(op.args).get("fd") == "cwd":
+        return _cwd(program, index, op.actor, results) or ("", None)
+    return "", None
+
+
+def link_target(program: Program, index: int, results: Sequence[str] = ()) -> tuple[str, int] | None:
+    """The (path, binding op) a `readlink {mN}/{pX}/cwd` or `.../fd/{fN}` link points at, if the
+    program says (pX's last successful chdir; fN's open)."""
+    path = program.ops[index].arg("path")
+    if match := re.fullmatch(r"\{m\d+\}/\{([pt]\d+)\}(?:/task/\{[pt]\d+\})?/cwd", path):
+        return _cwd(program, index, match.group(1), results)
+    if match := re.fullmatch(r"\{m\d+\}/\{[pt]\d+\}(?:/task/\{[pt]\d+\})?/fd/\{(f\d+)\}", path):
+        return next(((o.arg("path"), i) for i, o in enumerate(program.ops[:index])
+                     if o.kind == "open" and o.ret == match.group(1)), None)
+    return None
+
+
+def _cwd(program: Program, index: int, task: str, results: Sequence[str]) -> tuple[str, int] | None:
+    """The last successful chdir of ``task``'s process before op ``index`` (threads share a cwd)."""
+    process_of = _processes(program, index)
+    process = process_of.get(task, task)
+    return next(((o.arg("path"), i) for i, o in reversed(list(enumerate(program.ops[:index])))
+                 if o.kind == "chdir" and process_of.get(o.actor, o.actor) == process
+                 and _succeeded(results, i)), None)
+
+
+def _processes(program: Program, index: int) -> dict[str, str]:
+    """Task handle -> the process (thread group) it belongs to, for the ops before ``index``."""
+    process_of = {"p1": "p1"}
+    for op in program.ops[:index]:
+        if op.kind == "spawn":
+            process_of[op.ret] = op.ret
+        elif op.kind == "spawn_thread":
+            process_of[op.ret] = process_of.get(op.actor, op.actor)
+    return process_of
+
+
+def _succeeded(results: Sequence[str], index: int) -> bool:
+    """Did the model say op ``index`` may succeed (unknown without results)?"""
+    return index >= len(results) or any(a.startswith("ok") for a in alternatives(results[index]))
 
 
 def find_inconsistency(program: Program, trace: Trace) -> Divergence | None:
@@ -204,37 +265,37 @@ def op_path(program: Program, op) -> str:
 _DEVICE = re.compile(r"/(?:conf|neigh)/(?!all\b|default\b)([a-z][a-z0-9]*)")
 
 
-def last_removal(program: Program, index: int) -> str:
-    """The kind of the last op before op ``index`` that ended or changed what that op's path
-    names, or "" if none did (see above)."""
+def last_removal(program: Program, index: int, seen: tuple[str, int | None] | None = None,
+                 results: Sequence[str] = ()) -> str:
+    """The kind of the last op before op ``index`` that ended or changed what that op looks at
+    (``seen``: its ``observed`` path and binding op), or "" if none did (see above).  An op the
+    model says failed (``results``) removed nothing."""
     op = program.ops[index]
-    path = op_path(program, op)
+    path, bound = seen if seen is not None else observed(program, index, results=results)
     if not path:
         return ""
-    fd = dict(op.args).get("fd")
-    opened = next((i for i, o in enumerate(program.ops[:index]) if o.kind == "open" and o.ret == fd), None)
-    process_of = {"p1": "p1"}          # task handle -> the process (thread group) it belongs to
+    process_of = _processes(program, index)
     peers: dict[str, str] = {}         # veth ends
     cwd_mount: dict[str, str] = {}     # process -> the mount of its last chdir
     ns_inits: dict[str, tuple[str, ...]] = {"p1": ()}   # process -> inits of the pid namespaces it is in
     for earlier in program.ops[:index]:
         if earlier.kind == "spawn":
-            process_of[earlier.ret] = earlier.ret
             parent = ns_inits.get(process_of.get(earlier.actor, earlier.actor), ())
             ns_inits[earlier.ret] = parent + ((earlier.ret,) if earlier.arg("newpid") else ())
-        elif earlier.kind == "spawn_thread":
-            process_of[earlier.ret] = process_of.get(earlier.actor, earlier.actor)
         elif earlier.kind == "link_add" and earlier.arg("peer"):
             peers[earlier.arg("name")], peers[earlier.arg("peer")] = earlier.arg("peer"), earlier.arg("name")
         elif earlier.kind == "chdir" and earlier.arg("path").startswith("{m"):
             cwd_mount[process_of.get(earlier.actor, earlier.actor)] = templates(earlier.arg("path"))[0]
     refs = templates(path)
-    relative = not path.startswith("{m")
+    in_agent_proc = path.startswith("/proc/")          # setns_net's and link_set_netns' target
+    relative = not (path.startswith("{m") or in_agent_proc)
     observer = process_of.get(op.actor, op.actor)
     processes = {process_of.get(h, h) for h in refs if h[0] in "pt"}
-    mount = cwd_mount.get(observer) if relative else refs[0]
-    lists_tasks = not relative and path == "{" + refs[0] + "}"
-    is_net = "sys/net" in path or "/net/" in path or path.endswith("/net")
+    mount = cwd_mount.get(observer) if relative else None if in_agent_proc else refs[0]
+    lists_tasks = path.startswith("{m") and path == "{" + refs[0] + "}"
+    # /proc/<pid>/net and /proc/sys/net show the netns; /proc/<pid>/ns/net is a link that a
+    # change of netns repoints, removing nothing
+    is_net = ("sys/net" in path or "/net/" in path or path.endswith("/net")) and "/ns/" not in path
     devices = set(_DEVICE.findall(path))
     lists_devices = re.search(r"/(conf|neigh)/?$", path) is not None
 
@@ -248,7 +309,7 @@ def last_removal(program: Program, index: int) -> str:
         if kind == "reap":
             return earlier.arg("child") in processes or lists_tasks
         if kind in ("setuid", "setgid"):
-            return process in processes or (process == observer and opened is None and bool(processes))
+            return process in processes or (process == observer and bound is None and bool(processes))
         if kind == "close":
             return earlier.arg("fd") in refs
         if kind in ("link_del", "link_rename", "link_set_netns"):
@@ -259,16 +320,18 @@ def last_removal(program: Program, index: int) -> str:
                 gone.add(peers.get(earlier.arg("name"), ""))
             return is_net and (lists_devices or bool(gone & devices))
         if kind == "umount":
-            return opened is None and earlier.arg("mount") == mount
+            return bound is None and mount is not None and earlier.arg("mount") == mount
         if kind == "chdir":
-            return opened is None and relative and process == observer
+            return bound is None and relative and process == observer
         if kind in ("unshare_net", "setns_net"):
-            return opened is None and is_net and (process == observer or process in processes)
+            return bound is None and is_net and (process == observer or process in processes)
         return False
 
-    for earlier in reversed(program.ops[(opened + 1 if opened is not None else 0):index]):
+    start = bound + 1 if bound is not None else 0
+    for position in range(index - 1, start - 1, -1):
+        earlier = program.ops[position]
         if earlier.kind == "link_add" and {earlier.arg("name"), earlier.arg("peer")} & devices:
             return ""
-        if relevant(earlier):
+        if relevant(earlier) and _succeeded(results, position):
             return earlier.kind
     return ""

@@ -46,7 +46,7 @@ SIGNATURES = {
 # Triage's rows: one per bug key (class, object, kind of removal), each listing its signatures.
 KEYS = {**SIGNATURES,
         "zombie": "stale /proc/<pid> after exit",
-        "renamed": "stale /proc/sys/net/ipv4/conf/<dev> after link_del",
+        "renamed": "stale /proc/sys/net/*/*/<dev> after link_del",
         "ipv6_dev": "errno /proc/sys/net/ipv6/conf/<dev>",
         "ipv6_all": "errno /proc/sys/net/ipv6/conf/all"}
 
@@ -343,9 +343,63 @@ def test_bug_key_groups_one_object_across_ops_files_and_removals():
     assert key(moved + "lookup p2 {m1}/sys/net/ipv4/conf/d0\n", "missing") == \
         key("m1 = mount_proc p1\np2 = spawn p1\nunshare_net p2\nlink_add p2 d1\n"
             "lookup p2 {m1}/sys/net/ipv4/conf/d1/forwarding\n", "missing") == \
-        "missing /proc/sys/net/ipv4/conf/<dev>"
+        "missing /proc/sys/net/*/*/<dev>"
 
 
 def test_the_exit_of_a_pid_namespace_init_removes_the_tasks_inside():
     text = "m1 = mount_proc p1\np2 = spawn p1 newpid=1\np3 = spawn p2\nexit p2\nlookup p1 {m1}/{p3}\n"
     assert _signature(text, 4) == "stale lookup /proc/<pid> after exit"
+
+
+def _model_finding(text: str, actual_of_last: str) -> findings.Finding:
+    """A finding whose last op answered ``actual_of_last`` where the model (run here) says
+    otherwise; every other op as the model says."""
+    program = parse_text(text)
+    model = ModelTarget(load_profile()).run(program)
+    actual = Trace(model.results[:-1] + (actual_of_last,))
+    divergence = compare(program, model, actual)
+    assert divergence is not None and divergence.index == len(program) - 1
+    return findings.Finding(program, model, actual, divergence, "k")
+
+
+CWD_IN_DEAD_TASK = ("m1 = mount_proc p1\np2 = spawn p1\np3 = spawn p1\nchdir p3 {m1}/{p2}\n"
+                    "umount p1 m1\nexit p2\nreap p1 p2\nreadlink p3 {m1}/{p3}/cwd\n")
+
+
+def test_a_readlink_missing_only_deleted_is_about_the_link_target():
+    """d_path adds " (deleted)" for an unhashed dentry: without it the target's dentry outlived
+    its task, so the finding joins that task's row, and the failed umount (EBUSY: the cwd is in
+    the mount) removed nothing."""
+    finding = _model_finding(CWD_IN_DEAD_TASK, "ok:/mnt/m1/2")
+    assert finding.divergence.expected == "ok:/mnt/m1/2 (deleted)"
+    assert finding.expected.results[4] == "EBUSY"
+    assert finding.signature == "stale readlink /proc/<pid>/cwd -> /proc/<pid> after reap"
+    assert finding.bug_key == "stale /proc/<pid> after exit"
+    # A readlink that fails is about the link's own task directory.
+    failed = _model_finding(CWD_IN_DEAD_TASK, "ENOENT")
+    assert failed.bug_key == "missing /proc/<pid>"
+
+
+def test_a_device_sysctl_tables_are_one_object_for_lifetime_bugs():
+    """A held fd in ipv6/neigh/<dev> after link_del and a lookup in ipv4/conf/<dev> after a
+    rename show the same bug (a dead table's dentry stays); errno keys keep the table."""
+    held = ("m1 = mount_proc p1\nlink_add p1 d0\nf1 = open p1 {m1}/sys/net/ipv6/neigh/d0/retrans_time\n"
+            "link_del p1 d0\nreadlink p1 {m1}/{p1}/fd/{f1}\n")
+    finding = _model_finding(held, "ok:/mnt/m1/sys/net/ipv6/neigh/d0/retrans_time")
+    assert finding.signature == ("stale readlink /proc/<pid>/fd/<fd> -> /proc/sys/net/ipv6/neigh/<dev>/retrans_time "
+                                 "after link_del")
+    renamed = _model_finding(RENAMED, "ok:dir")
+    assert finding.bug_key == renamed.bug_key == "stale /proc/sys/net/*/*/<dev> after link_del"
+    assert findings.object_pattern("{m1}/sys/net/ipv6/conf/d0/forwarding") == "/proc/sys/net/ipv6/conf/<dev>"
+
+
+@pytest.mark.parametrize("last", ["setns_net p1 p2", "link_set_netns p1 d0 p2"])
+def test_ops_naming_a_task_are_keyed_on_that_task(last):
+    """setns_net and link_set_netns open the target's /proc/<pid>/ns/net: ESRCH there is the
+    dead task's stale /proc/<pid> dentry, the same bug a lookup shows."""
+    text = ("m1 = mount_proc p1\np2 = spawn p1\nlink_add p1 d0\nunshare_net p2\nexit p2\nreap p1 p2\n"
+            "unshare_net p1\n" + last + "\n")
+    finding = _model_finding(text, "ESRCH")
+    assert finding.divergence.cls == "stale"
+    assert finding.signature == f"stale {last.split()[0]} /proc/<pid>/ns/net after reap"   # not unshare_net
+    assert finding.bug_key == _model_finding(ZOMBIE, "ok:dir").bug_key == "stale /proc/<pid> after exit"

@@ -33,8 +33,9 @@ lookup p1 {m1}/{p2}
 STALE_SYSCTL = parse_text("""\
 m1 = mount_proc p1
 link_add p1 dummy0 kind=dummy
-lookup p1 {m1}/sys/net/ipv4/conf/dummy0
+f1 = open p1 {m1}/sys/net/ipv4/conf/dummy0/forwarding
 link_del p1 dummy0
+readlink p1 {m1}/{p1}/fd/{f1}
 link_add p1 dummy0 kind=dummy
 lookup p1 {m1}/sys/net/ipv4/conf/dummy0
 """)
@@ -123,8 +124,14 @@ def test_stale_pid_is_caught_as_stale(zoo_target):
 
 @pytest.mark.kernel
 def test_stale_sysctl_is_caught():
-    """A stale dentry of an unregistered sysctl table hides the re-registered one."""
-    assert _first_divergence(STALE_SYSCTL, "stale_sysctl") == ("missing", 5, "ok:dir", "ENOENT")
+    """An open file's dentry stays hashed after its table is unregistered (no " (deleted)"),
+    while lookups still drop the dead table's dentries and find the re-registered one."""
+    model, injected = _injected(STALE_SYSCTL, "stale_sysctl")
+    divergence = compare(STALE_SYSCTL, model, injected)
+    path = "/sys/net/ipv4/conf/dummy0/forwarding"
+    assert (divergence.cls, divergence.index) == ("stale", 4)
+    assert divergence.expected.endswith(path + " (deleted)") and divergence.actual.endswith(path)
+    assert list(injected.results[5:]) == list(model.results[5:]) == ["ok", "ok:dir"]
 
 
 @pytest.mark.kernel

@@ -9,11 +9,11 @@
  *   stale_pid     pid_revalidate() answers "valid" even when the task is gone, and the release
  *                 of a pid (proc_flush_pid) no longer invalidates its /proc dentries: a reaped
  *                 pid's cached /proc/<pid> dentry stays usable (lstat says it is a directory).
- *   stale_sysctl  proc_sys_revalidate() and proc_sys_compare() accept a dentry of an
- *                 unregistered sysctl table, and unregistering a table no longer invalidates
- *                 its dentries: a cached
- *                 dentry outlives its table (e.g. /proc/sys/net/ipv4/conf/<dev> after link_del
- *                 and a re-add of the same name answers ENOENT from the old, dead table).
+ *   stale_sysctl  unregistering a sysctl table no longer invalidates its dentries (before the
+ *                 2020 series proc_sys_prune_dcache only pruned them): a dentry in use, a cwd
+ *                 or an open file's, stays hashed after its table is gone, so readlink of
+ *                 /proc/<pid>/cwd or fd/<n> lacks " (deleted)".
+ *                 Lookups still drop it (proc_sys_revalidate, proc_sys_compare).
  *   stale_tid     like stale_pid, but only for a thread's /proc/<pid>/task/<tid> dentry: its
  *                 revalidation says "valid" after the thread exits, and the thread's own release
  *                 no longer flushes its dentries (a thread group leader and /proc/<tid> are as usual).
@@ -165,15 +165,10 @@ static struct kprobe siblings_probe = {
 	.pre_handler = siblings_pre,
 };
 
-/* proc_sys_revalidate returns -ECHILD in RCU walk; force_valid_ret leaves that alone. */
-static struct kretprobe sys_revalidate_probe = {
-	.kp.symbol_name = "proc_sys_revalidate",
-	.handler = force_valid_ret,
-	.maxactive = 64,
-};
+/* ---- sysctl_wrong_netns ------------------------------------------------------------------- */
 
-/* d_lookup also consults proc_sys_compare, which refuses a dentry of an unregistered table:
- * treat an exact name match as a match again. */
+/* d_lookup consults proc_sys_compare, which refuses a dentry whose table the reader's network
+ * namespace does not see (sysctl_is_seen): treat an exact name match as a match again. */
 struct compare_data { int same_name; };
 
 static int sys_compare_entry(struct kretprobe_instance *ri, struct pt_regs *regs)
@@ -204,12 +199,8 @@ static struct kretprobe sys_compare_probe = {
 	.maxactive = 64,
 };
 
-/* ---- sysctl_wrong_netns ------------------------------------------------------------------- */
-
-/* sys_compare_probe alone: proc_sys_compare also refuses a dentry whose table the reader's
- * network namespace does not see (sysctl_is_seen), and an equal name now matches anyway.
- * proc_sys_revalidate and the invalidation on unregistering are left alone, so a dead table's
- * dentry still goes (that is stale_sysctl); only a live table of another namespace leaks. */
+/* proc_sys_revalidate and the invalidation on unregistering are left alone, so a dead table's
+ * dentry still goes; only a live table of another namespace leaks. */
 
 /* ---- hidepid_wrong_mount ------------------------------------------------------------------- */
 
@@ -335,7 +326,7 @@ struct zoo_bug {
 static const struct zoo_bug bugs[] = {
 	{ "stale_pid", { &flush_pid_probe }, { &pid_revalidate_probe } },
 	{ "stale_tid", { &flush_tid_probe }, { &tid_revalidate_probe } },
-	{ "stale_sysctl", { &siblings_probe }, { &sys_revalidate_probe, &sys_compare_probe } },
+	{ "stale_sysctl", { &siblings_probe }, { NULL } },
 	{ "sysctl_wrong_netns", { NULL }, { &sys_compare_probe } },
 	{ "hidepid_wrong_mount", { NULL }, { &ptrace_access_probe } },
 	{ "leak_pidns", { &pid_readdir_probe }, { NULL } },
