@@ -345,7 +345,7 @@ def _follow_up(bug, args):
     `export-c` would do it; a step that fails is reported and the row keeps what it has."""
     from .minimize import DEFAULT_RETRIES
     from .triage import with_artifacts
-    if not bug.is_new or bug.cls in ("leak", "model-bug", "harness-error"):
+    if not bug.is_new or bug.cls in ("model-bug", "harness-error"):
         return bug
     print(f"# following up: {bug.signature}")
     common = {"finding": str(bug.directory), "kernel": None, "zoo": None, "load_module": []}
@@ -395,13 +395,13 @@ def cmd_atheris(args) -> int:
 # export-c: 0 written, 2 tool error (an op export-c does not support is named).
 
 def _kernel_finding(directory: Path):
-    """A finding whose class a re-run can show again (divergence, inconsistency, crash, hang)."""
+    """A finding whose class a re-run can show again (divergence, inconsistency, crash, hang, leak)."""
     from .findings import load as load_finding
     from .oracle import KERNEL_CLASSES
     finding = load_finding(directory)
-    if finding.divergence.cls not in KERNEL_CLASSES or finding.divergence.cls == "leak":
-        raise ToolError(f"{directory}: a {finding.divergence.cls!r} finding cannot be re-run against the model "
-                        "(leaks need the leak oracle's repeated runs; model-bug and harness-error are ours)")
+    if finding.divergence.cls not in KERNEL_CLASSES:
+        raise ToolError(f"{directory}: a {finding.divergence.cls!r} finding is procfuzz's own failure, "
+                        "not the kernel's: nothing to re-run")
     return finding
 
 
@@ -429,7 +429,7 @@ def _finding_program(directory: Path, finding) -> tuple[Program, str]:
 
 def cmd_minimize(args) -> int:
     from targets.model import ModelTarget
-    from .minimize import NotReproduced, minimize
+    from .minimize import NotReproduced, kernel_runner, minimize
     from .storage import atomic_write
     directory = Path(args.finding)
     finding = _kernel_finding(directory)
@@ -439,7 +439,8 @@ def cmd_minimize(args) -> int:
     model = ModelTarget(_profile(args.kernel))
     with _qemu(args) as target:
         try:
-            result = minimize(finding.program, finding.signature, target.run, model, retries=args.retries)
+            result = minimize(finding.program, finding.signature, kernel_runner(target, finding.signature), model,
+                              retries=args.retries)
         except NotReproduced as err:
             print(f"not minimised: {err} ({err.kernel_runs} kernel runs)")
             return EXIT_FOUND
@@ -494,11 +495,12 @@ def cmd_export_c(args) -> int:
     program, which = _finding_program(directory, finding)
     expected = _profile_model(args.kernel or stock_label(finding.kernel) or None).run(program)
     summary = f"{finding.signature} (first seen as: {finding.divergence.summary()})"
-    if finding.divergence.cls in ("inconsistent", "leak"):
-        print(f"note: the reproducer compares each result with the model's; it does not check this "
-              f"{finding.divergence.cls!r} finding's own condition", file=sys.stderr)
+    if finding.divergence.cls == "inconsistent":
+        print("note: the reproducer compares each result with the model's; it does not check this "
+              "'inconsistent' finding's own condition", file=sys.stderr)
     try:
-        source = export_c(program, expected, kernel=finding.kernel or "unknown", summary=summary)
+        source = export_c(program, expected, kernel=finding.kernel or "unknown", summary=summary,
+                          leaked=tuple(finding.leaked_caches))
     except ExportError as err:
         raise ToolError(str(err)) from None
     out = Path(args.output) if args.output else directory / "repro.c"

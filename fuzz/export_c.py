@@ -27,6 +27,8 @@ from reference.program import HIDEPID_VALUES, LINK_KINDS, OP_SPECS, SUBSET_VALUE
 from reference.trace import Trace
 from targets.initramfs import AGENT_SOURCE
 
+from .leaks import RERUNS
+
 
 class ExportError(ValueError):
     """The program cannot be exported (an op kind without a recipe, or an agent.c it cannot read)."""
@@ -218,7 +220,7 @@ static void perform(struct actor *self, const struct cmd *c, int passfd, char *o
 }}
 """
 
-MAIN = r"""
+SETUP = r"""
 __attribute__((noreturn))
 static void setup_failed(const char *what, const char *why)
 {
@@ -259,6 +261,19 @@ static void prepare_namespaces(int run_as_agent, char **argv)
 	prepare_mount_points();
 }
 
+static void set_up(char **argv)
+{
+	if (geteuid() != 0) {
+		printf("procfuzz-repro: cannot set up: run me as root (namespaces, mounts)\n");
+		exit(2);
+	}
+	prepare_namespaces(RUN_AS_AGENT, argv);
+	setvbuf(stdout, NULL, _IOLBF, 0);
+}
+"""
+
+# A divergence: every result is compared with the model's.
+MAIN = SETUP + r"""
 /* The model's expected result: alternatives separated by " | ", a trailing '*' accepts any rest
  * (reference/trace.py result_matches). */
 static int matches(const char *expected, const char *actual)
@@ -280,12 +295,7 @@ int main(int argc, char **argv)
 	static char result[RESULT_CAP];
 	int diverged = 0;
 	ACTOR_AFTER_EXEC
-	if (geteuid() != 0) {
-		printf("procfuzz-repro: cannot set up: run me as root (namespaces, mounts)\n");
-		return 2;
-	}
-	prepare_namespaces(RUN_AS_AGENT, argv);
-	setvbuf(stdout, NULL, _IOLBF, 0);
+	set_up(argv);
 	if (start_sandbox(&sb, result) < 0)
 		setup_failed("sandbox", result);
 	for (int i = 0; i < N_OPS; i++) {
@@ -305,20 +315,70 @@ int main(int argc, char **argv)
 }
 """
 
+# A leak: the program runs 1 + LEAK_RUNS times, each in a fresh sandbox; after each run the
+# counts of the slab caches settle as in the agent's leak oracle (settle_slab_counts); a cache
+# of the finding leaks when it grows at each run after the first (fuzz/leaks.py leak_check).
+MAIN_LEAK = SETUP + r"""
+int main(int argc, char **argv)
+{
+	static struct sandbox sb;
+	static char result[RESULT_CAP];
+	static long long count[LEAK_RUNS + 1][N_SLAB_CACHES];
+	int leaks = 0;
+	ACTOR_AFTER_EXEC
+	set_up(argv);
+	for (int run = 0; run <= LEAK_RUNS; run++) {
+		if (start_sandbox(&sb, result) < 0)
+			setup_failed("sandbox", result);
+		for (int i = 0; i < N_OPS; i++)
+			run_op(&sb, &PROGRAM[i], result);
+		if (teardown(&sb) < 0)
+			setup_failed("teardown", "the sandbox init did not die within 10 s");
+		if (settle_slab_counts(count[run]) < 0)
+			setup_failed("/proc/slabinfo", strerror(errno));
+	}
+	for (int i = 0; i < N_SLAB_CACHES; i++) {
+		int leaked = 0, grew = count[0][i] >= 0;
+		for (int k = 0; k < N_LEAKED; k++)
+			leaked |= strcmp(slab_caches[i], LEAKED[k]) == 0;
+		if (!leaked)
+			continue;
+		printf("procfuzz-repro: %s active objects after each run:", slab_caches[i]);
+		for (int run = 0; run <= LEAK_RUNS; run++) {
+			printf(" %lld", count[run][i]);
+			grew &= run == 0 || count[run][i] > count[run - 1][i];
+		}
+		printf("%s\n", grew ? " (grew at every run)" : "");
+		leaks += grew;
+	}
+	if (leaks)
+		printf("procfuzz-repro: LEAKS (%d caches)\n", leaks);
+	else
+		printf("procfuzz-repro: OK\n");
+	return leaks ? 1 : 0;
+}
+"""
+
+LEAK_CODE = ("slab_caches", "enum:N_SLAB_CACHES", "write_small", "read_slab_counts",
+             "enum:SLAB_SETTLE_ROUNDS", "settle_slab_counts")
+
 ACTOR_AFTER_EXEC = """if (argc == 3 && strcmp(argv[1], "actor") == 0)
 		return actor_main(argv[0], argv[2]);     /* a task after the exec op */"""
 
 
-def export_c(program: Program, expected: Trace, *, kernel: str, summary: str) -> str:
-    """The C reproducer of `program`, with the model's `expected` results embedded.  kernel and
-    summary (what the program shows) go into the comment at the top."""
+def export_c(program: Program, expected: Trace, *, kernel: str, summary: str,
+             leaked: tuple[str, ...] = (), leak_runs: int = RERUNS) -> str:
+    """The C reproducer of `program`, with the model's `expected` results embedded; or with
+    `leaked` slab caches, one that runs the program 1 + `leak_runs` times and reports whether
+    they grow at every run.  kernel and summary (what the program shows) go into the comment at
+    the top."""
     if expected.outcome != "ok" or len(expected.results) != len(program.ops):
         raise ExportError(f"the model has no complete trace of this program: {expected.title}")
     kinds = sorted({op.kind for op in program.ops}, key=list(OP_SPECS).index)
     unsupported = [kind for kind in kinds if kind not in ACTOR_RECIPES]
     if unsupported:
         raise ExportError(f"export-c does not support the op(s) {', '.join(unsupported)} yet")
-    names = set(CORE)
+    names = set(CORE) | (set(LEAK_CODE) if leaked else set())
     cases = []
     for kind in kinds:
         statement, needs = ACTOR_RECIPES[kind]
@@ -329,19 +389,28 @@ def export_c(program: Program, expected: Trace, *, kernel: str, summary: str) ->
     program_table = (
         f"\n/* ---- the program ---- */\n\nenum {{ N_OPS = {len(program)} }};\n\n"
         "static const struct op PROGRAM[N_OPS] = {\n" +
-        "".join(f"\t{_op_initialiser(op)},\n" for op in program.ops) + "};\n\n"
-        "static const char *const OP_TEXT[N_OPS] = {\n" +
-        "".join(f"\t{c_string(op.to_text())},\n" for op in program.ops) + "};\n\n"
-        "/* The reference model's results: ' | ' separates alternatives, a trailing '*' accepts any rest. */\n"
-        "static const char *const EXPECTED[N_OPS] = {\n" +
-        "".join(f"\t{c_string(result)},\n" for result in expected.results) + "};\n")
-    main = (MAIN.replace("ACTOR_AFTER_EXEC", ACTOR_AFTER_EXEC if "exec" in kinds else "(void)argc;")
+        "".join(f"\t{_op_initialiser(op)},\n" for op in program.ops) + "};\n")
+    if leaked:
+        program_table += (
+            f"\n/* The slab caches that grew at every run when procfuzz found this leak. */\n"
+            f"enum {{ N_LEAKED = {len(leaked)}, LEAK_RUNS = {leak_runs} }};\n\n"
+            "static const char *const LEAKED[N_LEAKED] = {\n" +
+            "".join(f"\t{c_string(cache)},\n" for cache in leaked) + "};\n")
+    else:
+        program_table += (
+            "\nstatic const char *const OP_TEXT[N_OPS] = {\n" +
+            "".join(f"\t{c_string(op.to_text())},\n" for op in program.ops) + "};\n\n"
+            "/* The reference model's results: ' | ' separates alternatives, a trailing '*' accepts any rest. */\n"
+            "static const char *const EXPECTED[N_OPS] = {\n" +
+            "".join(f"\t{c_string(result)},\n" for result in expected.results) + "};\n")
+    main = ((MAIN_LEAK if leaked else MAIN)
+            .replace("ACTOR_AFTER_EXEC", ACTOR_AFTER_EXEC if "exec" in kinds else "(void)argc;")
             .replace("RUN_AS_AGENT", "1" if run_as_agent else "0"))
-    return (_header_comment(program, kernel, summary, run_as_agent) + _agent_code(names) + program_table
-            + PERFORM.format(cases="\n".join(cases)) + main)
+    return (_header_comment(program, kernel, summary, run_as_agent, leak_runs if leaked else 0)
+            + _agent_code(names) + program_table + PERFORM.format(cases="\n".join(cases)) + main)
 
 
-def _header_comment(program: Program, kernel: str, summary: str, run_as_agent: bool) -> str:
+def _header_comment(program: Program, kernel: str, summary: str, run_as_agent: bool, leak_runs: int) -> str:
     lines = [
         f"procfuzz reproducer for program {program.id} ({len(program)} ops).",
         "",
@@ -352,9 +421,16 @@ def _header_comment(program: Program, kernel: str, summary: str, run_as_agent: b
         *("    " + op.to_text() for op in program.ops),
         "",
         "Build: gcc -static -O2 -Wall -o repro repro.c",
-        "Run as root: ./repro   It prints each op whose result differs from the reference model's,",
-        "then `procfuzz-repro: DIVERGES (k ops)` (exit 1) or `procfuzz-repro: OK` (exit 0); exit 2",
-        "when it cannot set up (not root, no namespaces).  Its namespaces and mounts go with it.",
+        *(["Run as root: ./repro   It prints each op whose result differs from the reference model's,",
+           "then `procfuzz-repro: DIVERGES (k ops)` (exit 1) or `procfuzz-repro: OK` (exit 0); exit 2",
+           "when it cannot set up (not root, no namespaces).  Its namespaces and mounts go with it."]
+          if not leak_runs else
+          [f"Run as root: ./repro   It runs the program {leak_runs + 1} times, each in fresh namespaces, and",
+           "after each run prints the settled active object counts of the slab caches that leaked",
+           "(drop_caches, an RCU grace period, /sys/kernel/slab/<cache>/shrink, /proc/slabinfo); then",
+           "`procfuzz-repro: LEAKS (k caches)` (exit 1) if one grew at every run after the first, else",
+           "`procfuzz-repro: OK` (exit 0); exit 2 when it cannot set up.  Boot the kernel with",
+           "slab_nomerge, as procfuzz's guest does, or caches of the same size share one count."]),
         "The code below the program is procfuzz's guest agent (targets/agent/agent.c), trimmed to",
         "the op kinds used.",
     ]

@@ -22,6 +22,7 @@ from pathlib import Path
 from reference.program import Program, ProgramError, parse
 from reference.trace import Trace
 
+from .leaks import leak_signature
 from .oracle import Divergence, last_removal, observed, op_path
 
 _NUMBER = re.compile(r"(?<![A-Za-z])\d+")
@@ -49,8 +50,8 @@ class Finding:
         d = self.divergence
         if d.cls in ("crash", "hang"):
             return f"{d.cls}: {_one_line(d.detail) or 'untitled'}"
-        if d.cls == "leak" and (caches := _LEAK_CACHE.findall(d.detail)):
-            return "leak " + ", ".join(caches)
+        if caches := self.leaked_caches:
+            return leak_signature(caches)
         if d.index is None or d.index >= len(self.program.ops):
             return f"{d.cls}: {_NUMBER.sub('N', _one_line(d.detail))[:120]}"
         op = self.program.ops[d.index]
@@ -62,12 +63,23 @@ class Finding:
         return " ".join(word for word in words if word)
 
     @property
+    def leaked_caches(self) -> list[str]:
+        """For a leak, the slab caches that grew at every run (from fuzz/leaks.py describe())."""
+        return _LEAK_CACHE.findall(self.divergence.detail) if self.divergence.cls == "leak" else []
+
+    @property
     def bug_key(self) -> str:
         """What triage groups by: one bug shows through many ops and files of the object it
         left stale (a lookup, a readdir, a read of /proc/<pid>/comm, a readlink of a cwd in
         it...), after any of the ops that end that object, so the key keeps the class, the
         object (object_pattern) and, for stale answers, the kind of removal (REMOVAL_GROUPS);
-        the signature keeps the op and the exact path."""
+        the signature keeps the op and the exact path.
+
+        Stale and missing answers are two kinds of bug: a dentry that outlived the object a
+        removal ended (a missed flush: `stale <object> after <removal>`), or a lookup that
+        resolved a name to another object or to none (`wrong <object>`), which shows as stale
+        or as missing depending on which object the wrong dentry belongs to (another network
+        namespace's table hides the reader's own and shows its own names)."""
         d = self.divergence
         if d.cls not in ("stale", "missing", "visibility", "errno", "inconsistent") \
                 or d.index is None or d.index >= len(self.program.ops):
@@ -75,13 +87,13 @@ class Finding:
         seen = self._observed()
         if not seen[0]:
             return f"{d.cls} {self.program.ops[d.index].kind}"
-        # A removal explains what a stale answer shows. Other classes are about an object the
-        # model says exists (re-created, moved into the observer's namespace) or about who may
-        # see it, so an earlier removal is incidental there and would split one bug in rows.
+        if d.cls not in ("stale", "missing"):
+            return f"{d.cls} {object_pattern(seen[0])}"
+        # A removal explains a stale answer only; for a missing one it is incidental (the model
+        # says the object exists: re-created, moved into the observer's namespace).
         removal = last_removal(self.program, d.index, seen, self.expected.results) if d.cls == "stale" else ""
-        obj = object_pattern(seen[0], lifetime=d.cls in ("stale", "missing"))
-        words = (d.cls, obj, removal and f"after {REMOVAL_GROUPS.get(removal, removal)}")
-        return " ".join(word for word in words if word)
+        obj = object_pattern(seen[0], lifetime=True)
+        return f"stale {obj} after {REMOVAL_GROUPS.get(removal, removal)}" if removal else f"wrong {obj}"
 
     def _observed(self) -> tuple[str, int | None]:
         d = self.divergence
@@ -98,16 +110,17 @@ def object_pattern(path: str, lifetime: bool = False) -> str:
     """The object a path belongs to, for bug keys: a task's directory (/proc/<pid>, its
     task/<tid> and fd entries included), its net directory, a sysctl table directory
     (/proc/sys/net/ipv4/conf/<dev>), or the first component under /proc.  For ``lifetime``
-    answers (stale, missing) a device's sysctl tables are one object, /proc/sys/net/*/*/<dev>:
-    they come and go together (register_netdevice / unregister_netdevice: devinet, addrconf
-    and neigh tables), so one bug in their dentries' lifetime shows in any of them."""
+    keys (stale, missing) /proc/sys/net is one object: its dentries live and die by the same
+    code whatever the table (proc_sys_lookup, proc_sys_revalidate, proc_sys_compare,
+    proc_sys_invalidate_dcache), and the tables of a device or a namespace come and go
+    together, so one bug there shows in any of them."""
     parts = path_pattern(path).split("/")
     if parts[:2] != ["", "proc"] or len(parts) < 3:
         return "<cwd>" if parts[0] else "/proc"
     if parts[2] == "sys":
+        if lifetime and parts[3:4] == ["net"]:
+            return "/proc/sys/net"
         table = next((i for i, part in enumerate(parts) if part in ("conf", "neigh")), None)
-        if lifetime and table and parts[table + 1:table + 2] == ["<dev>"]:
-            return "/proc/sys/net/*/*/<dev>"
         return "/".join(parts[:table + 2] if table else parts[:5])
     if parts[2] == "<pid>":
         rest = parts[5:] if parts[3:4] == ["task"] and len(parts) > 4 else parts[3:]

@@ -20,7 +20,7 @@ gets past a tolerance costs ``RERUNS`` runs, not a finding: noise does not grow 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 RERUNS = 3
 # Largest growth between consecutive runs of a seed on a stock kernel (bench_leak_noise.py,
@@ -64,6 +64,29 @@ def describe(confirmed: dict[str, list[int]]) -> str:
     return "; ".join(f"{cache} grew every run: baseline {series[0]}, after runs "
                      + ", ".join(str(n) for n in series[1:])
                      for cache, series in sorted(confirmed.items()))
+
+
+def leak_check(run: Callable[[], dict[str, int] | None], runs: int = RERUNS) -> dict[str, list[int]]:
+    """Re-checks a leak without a campaign's baseline (minimisation, reproducibility): ``run``
+    runs the program once and returns its slab counts (None if that run failed).  The first run
+    is the baseline (it also absorbs one-time allocations); a cache leaks when it grows at each
+    of the ``runs`` runs after it.  Costs 1 + ``runs`` runs."""
+    baseline = run()
+    if not baseline:
+        return {}
+    series = []
+    for _ in range(runs):
+        counts = run()
+        if not counts:
+            return {}
+        series.append(counts)
+    return leaking(baseline, series, sorted(baseline))
+
+
+def leak_signature(caches: Iterable[str]) -> str:
+    """The signature of a leak of these caches (Finding.signature reads them back from
+    describe()'s text); "" for none."""
+    return "leak " + ", ".join(sorted(caches)) if caches else ""
 
 
 @dataclass

@@ -1,16 +1,19 @@
 """Minimisation of a finding: the smallest program whose kernel run still diverges from the model
-with the same signature.
+with the same signature, or for a leak, that still leaks the same caches.
 
 A candidate program *reproduces* when it is valid (reference.program.validate), the model runs
-it without error, and one of up to `retries` kernel runs diverges with the expected signature
-(Finding.signature).  Kernel verdicts are cached per program id, so no program runs twice.
+it without error, and one of up to `retries` attempts (`attempt`) shows the expected signature
+(Finding.signature): a kernel run that diverges with it, or for a leak, the leak oracle's
+re-check (fuzz/leaks.py leak_check: 1 + RERUNS measured runs).  Verdicts are cached per
+program id, so no program is tried twice.
 
 The search, repeated until nothing changes (the result is then 1-minimal for every step below):
 
 1. truncation: ops after the divergent op cannot influence it (ops run in order), so every
-   reproducing candidate is cut right after the op that diverged;
-2. ddmin (Zeller) over the ops before the divergent op, which is always kept; removing an op that
-   creates a handle removes the ops using that handle with it (they could not run without it);
+   reproducing candidate is cut right after the op that diverged (a leak needs every op);
+2. ddmin (Zeller) over the ops before the divergent op, which is always kept (for a leak, over
+   all ops); removing an op that creates a handle removes the ops using that handle with it
+   (they could not run without it);
 3. argument simplification, one op or one handle at a time: options back to their defaults,
    path components dropped, a handle replaced by an older one of the same kind (fewer handles,
    fewer mounts), and finally the handles renamed to be dense (p1 p2 p3 ..., m1 m2 ...).
@@ -26,6 +29,7 @@ from reference.program import OP_SPECS, Op, Program, ProgramError, make_op, subs
 from reference.trace import Trace
 
 from .findings import Finding
+from .leaks import leak_check, leak_signature
 from .oracle import Divergence, compare
 
 DEFAULT_RETRIES = 3
@@ -61,18 +65,51 @@ def divergence_with(signature: str, program: Program, expected: Trace, actual: T
     return (divergence if seen == signature else None), seen
 
 
+def is_leak(signature: str) -> bool:
+    return signature.startswith("leak ")
+
+
+def kernel_runner(target, signature: str) -> Callable[[Program], Trace]:
+    """The target's run, measuring slab counts when the signature is a leak's."""
+    target.measure_leaks = is_leak(signature)
+    return target.run
+
+
+def attempt(signature: str, program: Program, expected: Trace,
+            run_kernel: Callable[[Program], Trace]) -> tuple[int | None, str]:
+    """One try at reproducing `signature`: (the index of the last op it needs, or None; the
+    signature seen, '' for none).  A divergence costs one kernel run and needs no op after the
+    divergent one; a leak costs 1 + RERUNS runs (run_kernel must measure: kernel_runner) and
+    needs the whole program."""
+    if is_leak(signature):
+        seen = leak_signature(leak_check(lambda: run_kernel(program).extra.get("slab")))
+        return (len(program.ops) - 1 if seen == signature else None), seen
+    divergence, seen = divergence_with(signature, program, expected, run_kernel(program))
+    if divergence is None:
+        return None, seen
+    return (len(program.ops) - 1 if divergence.index is None else divergence.index), seen
+
+
 class _Reproducer:
     """Answers "does this candidate reproduce?" with the kernel runs it costs, cached."""
 
     def __init__(self, signature: str, run_kernel: Callable[[Program], Trace], model, retries: int):
-        self.signature, self.run_kernel, self.model = signature, run_kernel, model
+        self.signature, self.model = signature, model
+        self.run_kernel = self._counted(run_kernel)
         self.retries = max(1, retries)
-        self.verdicts: dict[str, int | None] = {}   # program id -> index of the divergent op
+        self.keeps_last = not is_leak(signature)      # the divergent op; a leak has none
+        self.verdicts: dict[str, int | None] = {}   # program id -> index of the last op needed
         self.kernel_runs = 0
         self.last_seen = ""                           # a signature seen instead, for messages
 
+    def _counted(self, run_kernel: Callable[[Program], Trace]) -> Callable[[Program], Trace]:
+        def run(program: Program) -> Trace:
+            self.kernel_runs += 1
+            return run_kernel(program)
+        return run
+
     def divergent_index(self, ops: tuple[Op, ...]) -> int | None:
-        """Index of the op that diverges with the signature, or None (also for invalid ops)."""
+        """Index of the last op the reproduction needs, or None (also for invalid ops)."""
         try:
             program = validate(ops)
         except ProgramError:
@@ -83,10 +120,8 @@ class _Reproducer:
         verdict = None
         if expected.outcome == "ok":
             for _ in range(self.retries):
-                self.kernel_runs += 1
-                divergence, seen = divergence_with(self.signature, program, expected, self.run_kernel(program))
-                if divergence is not None:
-                    verdict = len(program.ops) - 1 if divergence.index is None else divergence.index
+                verdict, seen = attempt(self.signature, program, expected, self.run_kernel)
+                if verdict is not None:
                     break
                 self.last_seen = seen or self.last_seen
         self.verdicts[program.id] = verdict
@@ -116,20 +151,20 @@ def minimize(program: Program, expected_signature: str, run_kernel: Callable[[Pr
 
 # ---- ddmin over ops -----------------------------------------------------------------------------
 
-def _without(ops: tuple[Op, ...], drop: set[int]) -> tuple[Op, ...] | None:
+def _without(ops: tuple[Op, ...], drop: set[int], keep_last: bool) -> tuple[Op, ...] | None:
     """ops minus the indices in drop and every op using a handle a dropped op created; None when
-    that removes the last op (the divergent one, always kept)."""
+    that removes the last op and keep_last (the divergent one, always kept) or every op."""
     gone: set[str] = set()
     kept = []
     for index, op in enumerate(ops):
         if index in drop or gone.intersection(op.handles_used()):
             if op.ret:
                 gone.add(op.ret)
-            if index == len(ops) - 1:
+            if keep_last and index == len(ops) - 1:
                 return None
             continue
         kept.append(op)
-    return tuple(kept)
+    return tuple(kept) or None
 
 
 def _try(candidate: tuple[Op, ...] | None, tester: _Reproducer) -> tuple[Op, ...] | None:
@@ -141,17 +176,17 @@ def _try(candidate: tuple[Op, ...] | None, tester: _Reproducer) -> tuple[Op, ...
 
 
 def _ddmin(ops: tuple[Op, ...], tester: _Reproducer) -> tuple[tuple[Op, ...], int]:
-    """Zeller's ddmin over the ops before the last one; returns (ops, accepted reductions)."""
+    """Zeller's ddmin over the ops (but the divergent last one); returns (ops, accepted reductions)."""
     granularity, steps = 2, 0
     while len(ops) > 1:
-        removable = len(ops) - 1
+        removable = len(ops) - tester.keeps_last
         granularity = min(granularity, removable)
         chunks = [set(range(start * removable // granularity, (start + 1) * removable // granularity))
                   for start in range(granularity)]
         # Keeping only one chunk (dropping the complement) first: it shrinks fastest.
         complements = [set(range(removable)) - chunk for chunk in chunks] if granularity > 2 else []
         for drop in complements + chunks:
-            reduced = _try(_without(ops, drop), tester)
+            reduced = _try(_without(ops, drop, tester.keeps_last), tester)
             if reduced is not None:
                 ops, steps = reduced, steps + 1
                 granularity = max(granularity - 1, 2) if drop in chunks else 2

@@ -125,14 +125,17 @@ def _involves_visibility(program: Program, index: int) -> bool:
 
 
 DELETED = " (deleted)"
+# Ops that name a task whose network namespace the agent opens (/proc/<pid>/ns/net).
+TASK_ARGUMENT = {"setns_net": "target", "link_set_netns": "target", "link_add": "peer_in"}
 
 
 def observed(program: Program, index: int, expected: str = "", actual: str = "",
              results: Sequence[str] = ()) -> tuple[str, int | None]:
     """What op ``index`` looks at: (a path, the index of the op that bound it to an object or
     None).  The op's own path; for an op on a held fd the path the fd was opened with (bound at
-    the open); for `getdents cwd` the actor's cwd (bound at its chdir); for setns_net and
-    link_set_netns the target task's /proc/<pid>/ns/net, which the agent opens in its own /proc.
+    the open); for `getdents cwd` the actor's cwd (bound at its chdir); for an op naming a task
+    whose netns it needs (TASK_ARGUMENT) and answering ENOENT or ESRCH, that task's
+    /proc/<pid>/ns/net, which the agent opens in its own /proc.
     A readlink of a cwd or fd link whose answers (``expected``, ``actual``) differ only by
     " (deleted)" resolved the link alike and shows whether its target's dentry is still hashed
     (d_path, prepend_path): that op looks at the target.  ``results``: the model's results, so
@@ -142,8 +145,9 @@ def observed(program: Program, index: int, expected: str = "", actual: str = "",
             expected.replace(DELETED, "") == actual.replace(DELETED, ""):
         if target := link_target(program, index, results):
             return target
-    if op.kind in ("setns_net", "link_set_netns"):
-        return "/proc/{" + op.arg("target") + "}/ns/net", None
+    task = dict(op.args).get(TASK_ARGUMENT.get(op.kind, ""))
+    if task and {expected, actual} & {"ENOENT", "ESRCH"}:
+        return "/proc/{" + task + "}/ns/net", None
     if path := op_path(program, op):
         fd = dict(op.args).get("fd")
         return path, next((i for i, o in enumerate(program.ops[:index])
@@ -166,12 +170,17 @@ def link_target(program: Program, index: int, results: Sequence[str] = ()) -> tu
 
 
 def _cwd(program: Program, index: int, task: str, results: Sequence[str]) -> tuple[str, int] | None:
-    """The last successful chdir of ``task``'s process before op ``index`` (threads share a cwd)."""
+    """The cwd of ``task`` at op ``index``: the last successful chdir of its process before it
+    (threads share a cwd), else the one its parent had when it spawned it (fork copies it)."""
     process_of = _processes(program, index)
     process = process_of.get(task, task)
-    return next(((o.arg("path"), i) for i, o in reversed(list(enumerate(program.ops[:index])))
-                 if o.kind == "chdir" and process_of.get(o.actor, o.actor) == process
-                 and _succeeded(results, i)), None)
+    for position in range(index - 1, -1, -1):
+        op = program.ops[position]
+        if op.kind == "chdir" and process_of.get(op.actor, op.actor) == process and _succeeded(results, position):
+            return op.arg("path"), position
+        if op.kind == "spawn" and op.ret == process:
+            process = process_of.get(op.actor, op.actor)
+    return None
 
 
 def _processes(program: Program, index: int) -> dict[str, str]:
@@ -243,8 +252,8 @@ def op_path(program: Program, op) -> str:
     return opened[0].arg("path") if opened else ""
 
 
-# The "after <kind>" of a signature: the last op before the divergent one that ended or
-# changed the object the divergent op's path names.  Which ops count, and for what:
+# The "after <kind>" of a signature: the last op before the divergent one that ended, else the
+# last that changed, the object the divergent op's path names.  Which ops count, and for what:
 #   exit, reap, exec       the task named in the path (exec's de_thread swaps tids); exit and
 #                          reap also for the proc root, which lists every task
 #   setuid, setgid         by the task named in the path (owner and content of its entries); by
@@ -267,9 +276,9 @@ _DEVICE = re.compile(r"/(?:conf|neigh)/(?!all\b|default\b)([a-z][a-z0-9]*)")
 
 def last_removal(program: Program, index: int, seen: tuple[str, int | None] | None = None,
                  results: Sequence[str] = ()) -> str:
-    """The kind of the last op before op ``index`` that ended or changed what that op looks at
-    (``seen``: its ``observed`` path and binding op), or "" if none did (see above).  An op the
-    model says failed (``results``) removed nothing."""
+    """The kind of the last op before op ``index`` that ended what that op looks at (``seen``:
+    its ``observed`` path and binding op), else of the last that changed it, or "" if none did
+    (see above).  An op the model says failed (``results``) removed nothing."""
     op = program.ops[index]
     path, bound = seen if seen is not None else observed(program, index, results=results)
     if not path:
@@ -308,8 +317,9 @@ def last_removal(program: Program, index: int, seen: tuple[str, int | None] | No
             return process in processes or (kind == "exit" and (lists_tasks or inside))
         if kind == "reap":
             return earlier.arg("child") in processes or lists_tasks
-        if kind in ("setuid", "setgid"):
-            return process in processes or (process == observer and bound is None and bool(processes))
+        if kind in ("setuid", "setgid"):      # the agent's own /proc is read as root
+            return not in_agent_proc and (
+                process in processes or (process == observer and bound is None and bool(processes)))
         if kind == "close":
             return earlier.arg("fd") in refs
         if kind in ("link_del", "link_rename", "link_set_netns"):
@@ -327,11 +337,16 @@ def last_removal(program: Program, index: int, seen: tuple[str, int | None] | No
             return bound is None and is_net and (process == observer or process in processes)
         return False
 
+    # An op that ended the object explains more than a later change around it (a setuid of the
+    # observer after the task's exit), so it wins; else the last change.
     start = bound + 1 if bound is not None else 0
+    changed = ""
     for position in range(index - 1, start - 1, -1):
         earlier = program.ops[position]
         if earlier.kind == "link_add" and {earlier.arg("name"), earlier.arg("peer")} & devices:
-            return ""
+            break
         if relevant(earlier) and _succeeded(results, position):
-            return earlier.kind
-    return ""
+            if earlier.kind in OBJECT_REMOVALS:
+                return earlier.kind
+            changed = changed or earlier.kind
+    return changed

@@ -1,6 +1,7 @@
-"""Reproducibility of a bug across the kernel matrix: each kernel runs the program N times and
-counts the runs that diverge from the model with the bug's signature (fuzz/minimize.py
-divergence_with).  A verdict is reliable (every run), flaky (k of N) or not reproducible."""
+"""Reproducibility of a bug across the kernel matrix: each kernel tries the program N times and
+counts the tries that show the bug's signature (fuzz/minimize.py attempt: a run that diverges
+from the model with it, or a leak re-check).  A verdict is reliable (every try), flaky (k of N)
+or not reproducible."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Callable, Iterable
 
 from reference.program import Program
 
-from .minimize import divergence_with
+from .minimize import attempt, kernel_runner
 
 
 def verdict(diverged: int, runs: int) -> str:
@@ -48,6 +49,6 @@ def _count(program: Program, signature: str, target, model, runs: int) -> tuple[
     expected = model.run(program)
     if expected.outcome != "ok":
         raise ValueError(f"the model fails on this program (a procfuzz bug): {expected.title}")
-    diverged = sum(divergence_with(signature, program, expected, target.run(program))[0] is not None
-                   for _ in range(runs))
+    run_kernel = kernel_runner(target, signature)
+    diverged = sum(attempt(signature, program, expected, run_kernel)[0] is not None for _ in range(runs))
     return diverged, runs

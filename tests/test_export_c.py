@@ -100,7 +100,40 @@ def test_without_root_it_says_so_and_exits_2(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert (run.returncode, run.stdout) == (2, "procfuzz-repro: cannot set up: run me as root (namespaces, mounts)\n")
 
+LEAK_CORE = "m1 = mount_proc p1\nlookup p1 {m1}/{p1}\n"    # leak_dentry pins that dentry
+
+
+def leak_reproducer() -> str:
+    program = parse_text(LEAK_CORE)
+    return export_c(program, ModelTarget(load_profile()).run(program), kernel="test-kernel",
+                    summary="leak dentry", leaked=("dentry", "proc_inode_cache"))
+
+
+@needs_gcc
+def test_a_leak_reproducer_counts_the_leaked_caches_over_runs(tmp_path):
+    source = leak_reproducer()
+    header = source[:source.index("*/")]
+    assert "runs the program 4 times" in header and "slab_nomerge" in header
+    assert 'static const char *const LEAKED[N_LEAKED] = {\n\t"dentry",\n\t"proc_inode_cache",\n};' in source
+    assert "EXPECTED" not in source and "settle_slab_counts" in source
+    build(source, tmp_path)
+
+
 # ---- in the guest --------------------------------------------------------------------------------
+
+@pytest.mark.kernel
+@needs_gcc
+def test_a_leak_reproducer_reports_the_zoo_leak_and_is_silent_on_stock(tmp_path):
+    from targets.qemu import QemuTarget
+    files = {"opt/repro": build(leak_reproducer(), tmp_path).read_bytes()}
+    with QemuTarget(zoo="leak_dentry", files=files) as target:
+        leaking = target.run_file("/opt/repro")
+    with QemuTarget(files=files) as target:
+        stock = target.run_file("/opt/repro")
+    assert leaking.status == "exit 1" and leaking.output.endswith("procfuzz-repro: LEAKS (2 caches)\n"), \
+        leaking.output
+    assert "dentry active objects after each run:" in leaking.output
+    assert (stock.status, stock.output.splitlines()[-1]) == ("exit 0", "procfuzz-repro: OK"), stock.output
 
 @pytest.fixture(scope="module")
 def stale_pid_binary(tmp_path_factory):

@@ -219,11 +219,68 @@ def test_cli_refuses_findings_a_rerun_cannot_show(tmp_path, capsys):
     from fuzz.oracle import Divergence
     from reference.trace import Trace
     program = parse_text(CORE)
-    leak = findings.Finding(program, MODEL.run(program), Trace(()), Divergence("leak", None, "", "", "", "pid +3"),
+    ours = findings.Finding(program, MODEL.run(program), Trace(()), Divergence("model-bug", None, "", "", "", "boom"),
                             "buggy-kernel")
-    directory, _ = findings.record(tmp_path, leak)
+    directory, _ = findings.record(tmp_path, ours)
     assert main(["minimize", str(directory)]) == 2
-    assert "'leak' finding cannot be re-run" in capsys.readouterr().err
+    assert "'model-bug' finding is procfuzz's own failure" in capsys.readouterr().err
+
+
+class LeakingKernel:
+    """The model, with slab counts: every run of a program that looks up a task directory in a
+    second proc mount pins one dentry for good (like the zoo's leak_dentry); other caches move
+    by noise.  Counts runs; each needs measure_leaks set, as QemuTarget's slab counts do."""
+
+    def __init__(self):
+        self.runs, self.pinned, self.measure_leaks = 0, 0, False
+
+    def run(self, program):
+        from reference.trace import Trace
+        assert self.measure_leaks
+        self.runs += 1
+        mounts = [op.ret for op in program.ops if op.kind == "mount_proc"]
+        if any(op.kind == "lookup" and op.arg("path").startswith(("{m2}/{p", "{m3}/{p")) and len(mounts) > 1
+               for op in program.ops):
+            self.pinned += 1
+        trace = MODEL.run(program)
+        counts = {"dentry": 1000 + self.pinned, "pid": 50 + self.runs % 2, "proc_inode_cache": 700}
+        return Trace(trace.results, extra={"slab": counts})
+
+
+LEAKY = """\
+m1 = mount_proc p1
+p2 = spawn p1
+m2 = mount_proc p1 hidepid=invisible
+lookup p1 {m1}/{p2}/status
+readdir p1 {m2}
+lookup p1 {m2}/{p2}
+exit p2
+reap p1 p2
+lookup p1 {m1}/{p2}
+"""
+
+
+def test_a_leak_shrinks_to_the_ops_that_leak_and_its_signature_stays():
+    """A leak has no divergent op: every op may go, the last one too, and each candidate costs
+    1 + RERUNS measured runs (the leak oracle's re-check)."""
+    from fuzz.leaks import RERUNS
+    from fuzz.minimize import kernel_runner
+    kernel = LeakingKernel()
+    result = minimize(parse_text(LEAKY), "leak dentry", kernel_runner(kernel, "leak dentry"), MODEL, retries=1)
+    assert result.program.to_text() == "m1 = mount_proc p1\nm2 = mount_proc p1\nlookup p1 {m2}/{p1}\n"
+    assert result.kernel_runs == kernel.runs and kernel.runs % (1 + RERUNS) == 0
+    with pytest.raises(NotReproduced):
+        minimize(parse_text(LEAKY), "leak dentry, pid", kernel_runner(kernel, "leak dentry, pid"), MODEL, retries=1)
+
+
+def test_reproducibility_of_a_leak_counts_leak_rechecks():
+    from fuzz.reproduce import reproducibility
+    kernel = LeakingKernel()
+    kernel.label = "leaky"
+    assert reproducibility(parse_text(LEAKY), "leak dentry", [kernel], 2, model_for=lambda _: MODEL) == \
+        {"leaky": (2, 2)}
+    assert reproducibility(parse_text(CORE), "leak dentry", [kernel], 2, model_for=lambda _: MODEL) == \
+        {"leaky": (0, 2)}
 
 
 def test_cli_boots_the_kernel_and_zoo_bug_the_finding_ran_on(tmp_path, monkeypatch, capsys):

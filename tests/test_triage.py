@@ -46,7 +46,7 @@ SIGNATURES = {
 # Triage's rows: one per bug key (class, object, kind of removal), each listing its signatures.
 KEYS = {**SIGNATURES,
         "zombie": "stale /proc/<pid> after exit",
-        "renamed": "stale /proc/sys/net/*/*/<dev> after link_del",
+        "renamed": "stale /proc/sys/net after link_del",
         "ipv6_dev": "errno /proc/sys/net/ipv6/conf/<dev>",
         "ipv6_all": "errno /proc/sys/net/ipv6/conf/all"}
 
@@ -343,7 +343,7 @@ def test_bug_key_groups_one_object_across_ops_files_and_removals():
     assert key(moved + "lookup p2 {m1}/sys/net/ipv4/conf/d0\n", "missing") == \
         key("m1 = mount_proc p1\np2 = spawn p1\nunshare_net p2\nlink_add p2 d1\n"
             "lookup p2 {m1}/sys/net/ipv4/conf/d1/forwarding\n", "missing") == \
-        "missing /proc/sys/net/*/*/<dev>"
+        "wrong /proc/sys/net"
 
 
 def test_the_exit_of_a_pid_namespace_init_removes_the_tasks_inside():
@@ -375,31 +375,51 @@ def test_a_readlink_missing_only_deleted_is_about_the_link_target():
     assert finding.expected.results[4] == "EBUSY"
     assert finding.signature == "stale readlink /proc/<pid>/cwd -> /proc/<pid> after reap"
     assert finding.bug_key == "stale /proc/<pid> after exit"
-    # A readlink that fails is about the link's own task directory.
+    # A readlink that fails is about the link's own task directory (alive: no removal).
     failed = _model_finding(CWD_IN_DEAD_TASK, "ENOENT")
-    assert failed.bug_key == "missing /proc/<pid>"
+    assert failed.bug_key == "wrong /proc/<pid>"
 
 
-def test_a_device_sysctl_tables_are_one_object_for_lifetime_bugs():
+def test_sysctl_dentries_are_one_object_for_lifetime_bugs():
     """A held fd in ipv6/neigh/<dev> after link_del and a lookup in ipv4/conf/<dev> after a
-    rename show the same bug (a dead table's dentry stays); errno keys keep the table."""
+    rename show the same bug (a dead table's dentry stays); so do a lookup that finds another
+    namespace's table (stale) and one that misses its own (missing) through a cwd inherited
+    at spawn.  errno keys keep the table."""
     held = ("m1 = mount_proc p1\nlink_add p1 d0\nf1 = open p1 {m1}/sys/net/ipv6/neigh/d0/retrans_time\n"
             "link_del p1 d0\nreadlink p1 {m1}/{p1}/fd/{f1}\n")
     finding = _model_finding(held, "ok:/mnt/m1/sys/net/ipv6/neigh/d0/retrans_time")
     assert finding.signature == ("stale readlink /proc/<pid>/fd/<fd> -> /proc/sys/net/ipv6/neigh/<dev>/retrans_time "
                                  "after link_del")
     renamed = _model_finding(RENAMED, "ok:dir")
-    assert finding.bug_key == renamed.bug_key == "stale /proc/sys/net/*/*/<dev> after link_del"
+    assert finding.bug_key == renamed.bug_key == "stale /proc/sys/net after link_del"
+    other_netns = ("m1 = mount_proc p1\np2 = spawn p1\nunshare_net p2\nlink_add p2 d1\n"
+                   "lookup p2 {m1}/sys/net/ipv4/conf/d1\nlookup p1 {m1}/sys/net/ipv4/conf/d1\n")
+    inherited_cwd = ("m1 = mount_proc p1\nchdir p1 {m1}/sys/net/ipv4/neigh\nunshare_net p1\np2 = spawn p1\n"
+                     "getdents p2 cwd\n")
+    assert _model_finding(other_netns, "ok:dir").bug_key == _model_finding(inherited_cwd, "ENOENT").bug_key == \
+        "wrong /proc/sys/net"
     assert findings.object_pattern("{m1}/sys/net/ipv6/conf/d0/forwarding") == "/proc/sys/net/ipv6/conf/<dev>"
 
 
-@pytest.mark.parametrize("last", ["setns_net p1 p2", "link_set_netns p1 d0 p2"])
+@pytest.mark.parametrize("last", ["setns_net p1 p2", "link_set_netns p1 d0 p2",
+                                  "link_add p1 v0 kind=veth peer=v1 peer_in=p2"])
 def test_ops_naming_a_task_are_keyed_on_that_task(last):
     """setns_net and link_set_netns open the target's /proc/<pid>/ns/net: ESRCH there is the
-    dead task's stale /proc/<pid> dentry, the same bug a lookup shows."""
+    dead task's stale /proc/<pid> dentry, the same bug a lookup shows (so does a veth whose
+    peer goes to that task's netns)."""
     text = ("m1 = mount_proc p1\np2 = spawn p1\nlink_add p1 d0\nunshare_net p2\nexit p2\nreap p1 p2\n"
             "unshare_net p1\n" + last + "\n")
     finding = _model_finding(text, "ESRCH")
     assert finding.divergence.cls == "stale"
     assert finding.signature == f"stale {last.split()[0]} /proc/<pid>/ns/net after reap"   # not unshare_net
     assert finding.bug_key == _model_finding(ZOMBIE, "ok:dir").bug_key == "stale /proc/<pid> after exit"
+
+
+def test_the_end_of_an_object_outranks_a_later_change_of_the_observer():
+    """After the task's exit, the observer's setuid explains nothing a hidepid lookup shows."""
+    text = ("m1 = mount_proc p1 hidepid=invisible\np2 = spawn p1\nexit p2\nreap p1 p2\nsetuid p1 1000\n"
+            "lookup p1 {m1}/{p2}\n")
+    finding = _model_finding(text, "ok:dir")
+    assert finding.divergence.cls == "stale"
+    assert finding.signature == "stale lookup /proc/<pid> after reap"
+    assert finding.bug_key == "stale /proc/<pid> after exit"

@@ -2045,14 +2045,14 @@ static int read_slab_counts(long long count[N_SLAB_CACHES])
 /*
  * Frees come in RCU-deferred chains (a pid's free drops its pid namespace's last reference,
  * which frees that by call_rcu again): repeat grace period, shrink and read until two reads
- * agree, at most SLAB_SETTLE_ROUNDS times.
+ * agree, at most SLAB_SETTLE_ROUNDS times.  Returns read_slab_counts's result.
  */
 enum { SLAB_SETTLE_ROUNDS = 4 };
 
-static void slab_counts(struct text *out)
+static int settle_slab_counts(long long count[N_SLAB_CACHES])
 {
 	char path[96];
-	long long count[N_SLAB_CACHES] = { 0 }, last[N_SLAB_CACHES];
+	long long last[N_SLAB_CACHES];
 	int rc = -1;
 	write_small("/proc/sys/vm/drop_caches", "2");
 	for (int round = 0; round < SLAB_SETTLE_ROUNDS; round++) {
@@ -2061,11 +2061,19 @@ static void slab_counts(struct text *out)
 			snprintf(path, sizeof path, "/sys/kernel/slab/%s/shrink", slab_caches[i]);
 			write_small(path, "1");
 		}
-		memcpy(last, count, sizeof count);
+		if (round > 0)
+			memcpy(last, count, sizeof last);
 		rc = read_slab_counts(count);
-		if (rc < 0 || (round > 0 && memcmp(last, count, sizeof count) == 0))
+		if (rc < 0 || (round > 0 && memcmp(last, count, sizeof last) == 0))
 			break;
 	}
+	return rc;
+}
+
+static void slab_counts(struct text *out)
+{
+	long long count[N_SLAB_CACHES];
+	int rc = settle_slab_counts(count);
 	text_str(out, "S");
 	for (int i = 0; rc == 0 && i < N_SLAB_CACHES; i++) {
 		if (count[i] >= 0)
