@@ -4,8 +4,10 @@ After every program the guest agent drops dentries and inodes, waits for an RCU 
 shrinks a fixed set of slab caches and reports their active object counts (the ``S`` line of the
 ``R`` frame, docs/agent-protocol.md; ``trace.extra["slab"]``).  A program is suspect when a
 cache's count exceeds the baseline, the counts after the previous program, by more than that
-cache's tolerance; it leaks when re-running it ``RERUNS`` times makes the count grow at every
-single run (a leak accumulates; noise goes up and down).
+cache's tolerance; it leaks when re-running it ``RERUNS`` times makes a cache's count grow at
+every single run, by more than its tolerance in all (a leak accumulates; noise goes up and
+down).  ``leak_check`` re-checks a program the same way without a campaign (minimisation,
+reproducibility).
 
 The tolerances are measured, not guessed: ``bench/bench_leak_noise.py`` runs the seed corpus
 repeatedly on stock kernels and prints how far the counts move between consecutive runs of the
@@ -46,14 +48,18 @@ def grown(baseline: dict[str, int], counts: dict[str, int]) -> list[str]:
     return sorted(c for c, n in counts.items() if c in baseline and n - baseline[c] > tolerance(c))
 
 
-def leaking(baseline: dict[str, int], runs: list[dict[str, int]], caches: list[str]) -> dict[str, list[int]]:
-    """Of ``caches`` (grown on runs[0]), those whose count grew strictly at every run after the
-    baseline: cache -> [baseline, count after each run].  A missing count (a failed re-run)
-    is no growth."""
+def leaking(baseline: dict[str, int], runs: list[dict[str, int]]) -> dict[str, list[int]]:
+    """The caches whose count grew strictly at every run after the baseline, and by more than
+    their tolerance in all: cache -> [baseline, count after each run].  Every cache counts, not
+    only those that made the program suspect: a leak of one object a run (a pid namespace)
+    stays within a tolerance between two runs, yet belongs to the leak's signature, which must
+    not depend on how many programs lay between two measurements.  A missing count (a failed
+    re-run) is no growth."""
     confirmed = {}
-    for cache in caches:
+    for cache in sorted(baseline):
         series = [baseline[cache], *(run.get(cache, -1) for run in runs)]
-        if len(series) > 2 and all(b > a >= 0 for a, b in zip(series, series[1:])):
+        if len(series) > 2 and all(b > a >= 0 for a, b in zip(series, series[1:])) \
+                and series[-1] - series[0] > tolerance(cache):
             confirmed[cache] = series
     return confirmed
 
@@ -69,8 +75,8 @@ def describe(confirmed: dict[str, list[int]]) -> str:
 def leak_check(run: Callable[[], dict[str, int] | None], runs: int = RERUNS) -> dict[str, list[int]]:
     """Re-checks a leak without a campaign's baseline (minimisation, reproducibility): ``run``
     runs the program once and returns its slab counts (None if that run failed).  The first run
-    is the baseline (it also absorbs one-time allocations); a cache leaks when it grows at each
-    of the ``runs`` runs after it.  Costs 1 + ``runs`` runs."""
+    is the baseline (it also absorbs one-time allocations); the leaks are as in ``leaking``.
+    Costs 1 + ``runs`` runs."""
     baseline = run()
     if not baseline:
         return {}
@@ -80,7 +86,7 @@ def leak_check(run: Callable[[], dict[str, int] | None], runs: int = RERUNS) -> 
         if not counts:
             return {}
         series.append(counts)
-    return leaking(baseline, series, sorted(baseline))
+    return leaking(baseline, series)
 
 
 def leak_signature(caches: Iterable[str]) -> str:
@@ -113,7 +119,7 @@ class LeakOracle:
                 return {}
             runs.append(again)
         self.baseline = runs[-1]
-        return leaking(baseline, runs, suspects)
+        return leaking(baseline, runs)
 
     def reset(self) -> None:
         """Something else ran the program or restarted the VM: the next counts are the baseline."""

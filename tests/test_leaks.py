@@ -54,9 +54,18 @@ def test_leak_needs_growth_at_every_run():
     base = {"pid_namespace": 3, "dentry": 1000}
     runs = [{"pid_namespace": 6, "dentry": 1200}, {"pid_namespace": 9, "dentry": 1150},
             {"pid_namespace": 12, "dentry": 1300}, {"pid_namespace": 15, "dentry": 1400}]
-    assert leaking(base, runs, ["pid_namespace", "dentry"]) == {"pid_namespace": [3, 6, 9, 12, 15]}
-    assert leaking(base, [runs[0], {"pid_namespace": 6}], ["pid_namespace"]) == {}     # flat
-    assert leaking(base, [runs[0], {}], ["pid_namespace"]) == {}                      # count missing
+    assert leaking(base, runs) == {"pid_namespace": [3, 6, 9, 12, 15]}
+    assert leaking(base, [runs[0], {"pid_namespace": 6}]) == {}     # flat
+    assert leaking(base, [runs[0], {}]) == {}                      # count missing
+
+
+def test_a_leak_is_every_cache_that_grew_every_run_beyond_its_tolerance_in_all():
+    """One pid namespace a run never passes the tolerance between two runs, yet it leaks; a
+    cache that creeps up by less than its tolerance over all runs does not."""
+    base = {"pid_namespace": 3, "dentry": 1000, "proc_dir_entry": 500}
+    runs = [{"pid_namespace": 4 + n, "dentry": 1004 + 4 * n, "proc_dir_entry": 501 + n} for n in range(4)]
+    assert sorted(leaking(base, runs)) == ["dentry", "pid_namespace"]
+    assert leaking(base, runs[:1]) == {}                          # one run is no trend
 
 
 def test_describe_names_cache_baseline_and_runs():

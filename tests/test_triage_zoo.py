@@ -38,7 +38,9 @@ def c_reproducer_output(source, zoo: str | None) -> tuple[str, str]:
 @pytest.mark.kernel
 @pytest.mark.parametrize("bug", [
     "hidepid_wrong_mount",
-    pytest.param("sysctl_wrong_netns", marks=pytest.mark.slow),
+    "leak_dentry",
+    *(pytest.param(bug, marks=pytest.mark.slow)
+      for bug in ("stale_pid", "stale_tid", "stale_sysctl", "sysctl_wrong_netns", "leak_pidns")),
 ])
 def test_zoo_findings_triage_to_one_minimised_reproducible_row(tmp_path, bug):
     report = triage_zoo_findings(tmp_path, bug)
@@ -51,6 +53,7 @@ def test_zoo_findings_triage_to_one_minimised_reproducible_row(tmp_path, bug):
 
     source = tmp_path / "report" / row["repro_c"]
     status, output = c_reproducer_output(source, zoo=bug)
-    assert (status, output.splitlines()[-1].split(" (")[0]) == ("exit 1", "procfuzz-repro: DIVERGES"), output
+    verdict = "LEAKS" if row["class"] == "leak" else "DIVERGES"
+    assert (status, output.splitlines()[-1].split(" (")[0]) == ("exit 1", f"procfuzz-repro: {verdict}"), output
     status, output = c_reproducer_output(source, zoo=None)
     assert (status, output.splitlines()[-1]) == ("exit 0", "procfuzz-repro: OK"), output
