@@ -149,8 +149,8 @@ class Kernel:
         self.fd_dir_owner: dict = {}               # (mount, path) -> i_uid of that fd dir inode
         self.processes: list[Process] = []
         self.fd_rw: set[str] = set()               # fd handles opened O_RDWR
-        self.seen_netns: set = set()
         init = self._fork(None, self.sandbox_ns, comm="p1", netns=NetNamespace.create(profile))
+        self.seen_netns = {init.leader.netns}   # else its end goes unnoticed if p1 leaves it first
         self.sandbox_ns.child_reaper = init
         self._bind("p1", init, init.leader)
 
