@@ -967,9 +967,13 @@ class Kernel:
         state = sysctl.grab(node.ctl.registration)        # proc_sys_call_handler
         if state == "ENOENT":
             raise Errno("ENOENT")
-        if op.arg("value") not in ("0", "1"):
+        # proc_sys_call_handler checks sysctl_perm at every write, whatever the open mode was: a
+        # non-root writer without CAP_NET_ADMIN (net_ctl_permissions) gets the table's "other"
+        # bits, which are read-only for the 0644 files written here.
+        answer = "ok" if actor.process.caps else "EPERM"
+        if answer == "ok" and op.arg("value") not in ("0", "1"):
             raise Unmodelled()
-        return "ok | ENOENT" if state == "maybe" else "ok"
+        return f"{answer} | ENOENT" if state == "maybe" else answer
 
     # -- network namespaces and devices (net/core/rtnetlink.c, net/core/dev.c) --
 

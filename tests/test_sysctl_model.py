@@ -96,6 +96,11 @@ def test_a_namespace_without_tasks_may_already_be_cleaned_up():
     assert results[8:] == ["ok:* | ENOENT", "*", "ok:dir"]
 
 
+def test_every_write_checks_the_writer_not_the_open_mode():
+    results = run(f"f1 = open p1 {CONF}/lo/forwarding rw=1\nsetuid p1 1000\nwrite p1 f1 1\nread p1 f1\n")
+    assert results[2:] == ["EPERM", "ok:*"]
+
+
 def test_the_sandbox_namespace_dies_when_its_only_task_leaves_it():
     """Found on stock 6.1 by a control campaign: p1 alone in the sandbox's first namespace
     leaves it by unshare_net, so cleanup_net unregisters its tables (an open sysctl file does
