@@ -5,7 +5,8 @@
 Runs every seed program ``--runs`` times in a row (after one warm-up pass over all of them) and,
 per cache, compares the post-teardown active counts of consecutive runs of the same program:
 how often they move, and by how much (growth = later run minus earlier run). On a correct
-kernel every move is noise; fuzz/leaks.py sets its tolerance above what this prints.
+kernel every move is noise; fuzz/leaks.py sets its tolerance above what this prints, and the
+last column (programs whose runs the leak rule, fuzz/leaks.py leaking, would confirm) must be 0.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fuzz.leaks import leaking  # noqa: E402
 from fuzz.storage import load_directory  # noqa: E402
 from targets.qemu import QemuTarget  # noqa: E402
 
@@ -31,7 +33,7 @@ def main() -> int:
     args = parser.parse_args()
     programs = [program for _, program in load_directory(Path(args.seeds))[0]]
     deltas: dict[str, list[int]] = defaultdict(list)      # cache -> growth between consecutive runs
-    series_growing: dict[str, int] = defaultdict(int)     # cache -> programs whose counts grew every run
+    confirmed: dict[str, int] = defaultdict(int)          # cache -> programs the leak rule would confirm
     outside_us: list[int] = []                           # wall time not in total_us: slab line + transport
     started = time.monotonic()
     with QemuTarget(args.kernel) as target:
@@ -50,22 +52,20 @@ def main() -> int:
             for before, after in zip(counts, counts[1:]):
                 for cache in after:
                     deltas[cache].append(after[cache] - before.get(cache, 0))
-            for cache in (counts[0] if counts else {}):
-                series = [c[cache] for c in counts]
-                if len(series) > 1 and all(b > a for a, b in zip(series, series[1:])):
-                    series_growing[cache] += 1
+            for cache in leaking(counts):
+                confirmed[cache] += 1
         kernel = target.label
     pairs = max((len(v) for v in deltas.values()), default=0)
     print(f"kernel {kernel}: {len(programs)} programs x {args.runs} runs, {pairs} consecutive pairs, "
           f"{time.monotonic() - started:.0f} s; per run, wall time outside the agent's total_us (slab "
           f"settling + transport): median {statistics.median(outside_us or [0]) / 1000:.1f} ms")
-    print(f"{'cache':<20} {'moved':>7} {'min':>6} {'max':>6} {'mean':>7} {'|d|p95':>7} {'grew-every-run':>15}")
+    print(f"{'cache':<20} {'moved':>7} {'min':>6} {'max':>6} {'mean':>7} {'|d|p95':>7} {'leak-rule':>15}")
     for cache in sorted(deltas):
         d = deltas[cache]
         moved = sum(1 for x in d if x)
         p95 = sorted(abs(x) for x in d)[max(0, int(len(d) * 0.95) - 1)]
         print(f"{cache:<20} {moved:>3}/{len(d):<3} {min(d):>6} {max(d):>6} {statistics.mean(d):>7.1f} "
-              f"{p95:>7} {series_growing[cache]:>9}/{len(programs)}")
+              f"{p95:>7} {confirmed[cache]:>9}/{len(programs)}")
     return 0
 
 

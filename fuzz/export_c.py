@@ -27,7 +27,7 @@ from reference.program import HIDEPID_VALUES, LINK_KINDS, OP_SPECS, SUBSET_VALUE
 from reference.trace import Trace
 from targets.initramfs import AGENT_SOURCE
 
-from .leaks import RERUNS
+from .leaks import RERUNS, tolerance
 
 
 class ExportError(ValueError):
@@ -317,7 +317,7 @@ int main(int argc, char **argv)
 
 # A leak: the program runs 1 + LEAK_RUNS times, each in a fresh sandbox; after each run the
 # counts of the slab caches settle as in the agent's leak oracle (settle_slab_counts); a cache
-# of the finding leaks when it grows at each run after the first (fuzz/leaks.py leak_check).
+# of the finding leaks by the oracle's rule (fuzz/leaks.py leaking).
 MAIN_LEAK = SETUP + r"""
 int main(int argc, char **argv)
 {
@@ -337,18 +337,20 @@ int main(int argc, char **argv)
 		if (settle_slab_counts(count[run]) < 0)
 			setup_failed("/proc/slabinfo", strerror(errno));
 	}
-	for (int i = 0; i < N_SLAB_CACHES; i++) {
-		int leaked = 0, grew = count[0][i] >= 0;
-		for (int k = 0; k < N_LEAKED; k++)
-			leaked |= strcmp(slab_caches[i], LEAKED[k]) == 0;
-		if (!leaked)
+	for (int k = 0; k < N_LEAKED; k++) {
+		int i = 0, grew = 1;
+		while (i < N_SLAB_CACHES && strcmp(slab_caches[i], LEAKED[k]) != 0)
+			i++;
+		if (i == N_SLAB_CACHES || count[0][i] < 0)
 			continue;
-		printf("procfuzz-repro: %s active objects after each run:", slab_caches[i]);
+		printf("procfuzz-repro: %s active objects after each run:", LEAKED[k]);
 		for (int run = 0; run <= LEAK_RUNS; run++) {
 			printf(" %lld", count[run][i]);
 			grew &= run == 0 || count[run][i] > count[run - 1][i];
 		}
-		printf("%s\n", grew ? " (grew at every run)" : "");
+		/* fuzz/leaks.py leaking: up at every run, and by more than the tolerance in all */
+		grew &= count[LEAK_RUNS][i] - count[0][i] > LEAK_TOLERANCE[k];
+		printf("%s\n", grew ? " (leaks)" : "");
 		leaks += grew;
 	}
 	if (leaks)
@@ -392,10 +394,13 @@ def export_c(program: Program, expected: Trace, *, kernel: str, summary: str,
         "".join(f"\t{_op_initialiser(op)},\n" for op in program.ops) + "};\n")
     if leaked:
         program_table += (
-            f"\n/* The slab caches that grew at every run when procfuzz found this leak. */\n"
+            f"\n/* The slab caches that leaked when procfuzz found this leak. */\n"
             f"enum {{ N_LEAKED = {len(leaked)}, LEAK_RUNS = {leak_runs} }};\n\n"
             "static const char *const LEAKED[N_LEAKED] = {\n" +
-            "".join(f"\t{c_string(cache)},\n" for cache in leaked) + "};\n")
+            "".join(f"\t{c_string(cache)},\n" for cache in leaked) + "};\n\n"
+            "/* The growth over all runs that procfuzz's measured noise never reached. */\n"
+            "static const long long LEAK_TOLERANCE[N_LEAKED] = { " +
+            ", ".join(str(tolerance(cache)) for cache in leaked) + " };\n")
     else:
         program_table += (
             "\nstatic const char *const OP_TEXT[N_OPS] = {\n" +
@@ -428,7 +433,8 @@ def _header_comment(program: Program, kernel: str, summary: str, run_as_agent: b
           [f"Run as root: ./repro   It runs the program {leak_runs + 1} times, each in fresh namespaces, and",
            "after each run prints the settled active object counts of the slab caches that leaked",
            "(drop_caches, an RCU grace period, /sys/kernel/slab/<cache>/shrink, /proc/slabinfo); then",
-           "`procfuzz-repro: LEAKS (k caches)` (exit 1) if one grew at every run after the first, else",
+           "`procfuzz-repro: LEAKS (k caches)` (exit 1) if one grew at every run, and by more than",
+           "procfuzz's noise tolerance in all (fuzz/leaks.py leaking), else",
            "`procfuzz-repro: OK` (exit 0); exit 2 when it cannot set up.  Boot the kernel with",
            "slab_nomerge, as procfuzz's guest does, or caches of the same size share one count."]),
         "The code below the program is procfuzz's guest agent (targets/agent/agent.c), trimmed to",

@@ -29,7 +29,7 @@ from reference.program import OP_SPECS, Op, Program, ProgramError, make_op, subs
 from reference.trace import Trace
 
 from .findings import Finding
-from .leaks import leak_check, leak_signature
+from .leaks import leak_check, leak_signature, shows_leak
 from .oracle import Divergence, compare
 
 DEFAULT_RETRIES = 3
@@ -79,11 +79,11 @@ def attempt(signature: str, program: Program, expected: Trace,
             run_kernel: Callable[[Program], Trace]) -> tuple[int | None, str]:
     """One try at reproducing `signature`: (the index of the last op it needs, or None; the
     signature seen, '' for none).  A divergence costs one kernel run and needs no op after the
-    divergent one; a leak costs 1 + RERUNS runs (run_kernel must measure: kernel_runner) and
-    needs the whole program."""
+    divergent one; a leak costs 1 + RERUNS runs (run_kernel must measure: kernel_runner), needs
+    the whole program and shows when the re-check confirms at least its caches (shows_leak)."""
     if is_leak(signature):
-        seen = leak_signature(leak_check(lambda: run_kernel(program).extra.get("slab")))
-        return (len(program.ops) - 1 if seen == signature else None), seen
+        confirmed = leak_check(lambda: run_kernel(program).extra.get("slab"))
+        return (len(program.ops) - 1 if shows_leak(signature, confirmed) else None), leak_signature(confirmed)
     divergence, seen = divergence_with(signature, program, expected, run_kernel(program))
     if divergence is None:
         return None, seen

@@ -105,6 +105,23 @@ def reclassified(finding: Finding) -> Finding:
     return dataclasses.replace(finding, divergence=divergence) if divergence else finding
 
 
+def _leaks_joined(groups: dict[str, list]) -> dict[str, list]:
+    """A leak seen with fewer caches than another leak on the same kernel joins it (the
+    fullest such): a count that dipped once by noise drops out of a finding's signature
+    (fuzz/leaks.py leaking), so `leak pid_namespace` is `leak dentry, pid_namespace,
+    proc_inode_cache` seen less clearly.  Across kernels, or without a fuller leak, it stays."""
+    caches = {key: set(finding.leaked_caches) for key, members in groups.items()
+              for finding, _, _ in members[:1] if finding.leaked_caches}
+    joined: dict[str, list] = defaultdict(list)
+    for key, members in groups.items():
+        for member in members:
+            kernel = member[0].kernel
+            fuller = [other for other in caches if key in caches and caches[key] < caches[other]
+                      and any(f.kernel == kernel for f, _, _ in groups[other])]
+            joined[max(fuller, key=lambda other: (len(caches[other]), other)) if fuller else key].append(member)
+    return joined
+
+
 def collect(dirs: list[Path], known: dict[str, tuple[str, tuple[str, ...]]] | None = None,
             warn: Callable[[str], None] = _stderr) -> list[Bug]:
     """Bugs from run output directories (a run's ``--out``, a merged directory, a tree of
@@ -119,6 +136,7 @@ def collect(dirs: list[Path], known: dict[str, tuple[str, tuple[str, ...]]] | No
             warn(f"skipped {err}")
             continue
         groups[finding.bug_key].append((finding, recorded, directory))
+    groups = _leaks_joined(groups)
     bugs = [with_artifacts(_bug(key, members, _known_entry(key, members, known)), warn)
             for key, members in groups.items()]
     return sorted(bugs, key=lambda b: (not b.is_new, -b.count, b.signature))

@@ -50,26 +50,26 @@ def test_growth_within_tolerance_is_noise():
     assert grown(base, {"new_cache": 10**6}) == []          # no baseline for it: nothing to compare
 
 
-def test_leak_needs_growth_at_every_run():
-    base = {"pid_namespace": 3, "dentry": 1000}
-    runs = [{"pid_namespace": 6, "dentry": 1200}, {"pid_namespace": 9, "dentry": 1150},
+def test_a_leak_grows_at_every_run():
+    runs = [{"pid_namespace": 6, "dentry": 1200}, {"pid_namespace": 9, "dentry": 1199},
             {"pid_namespace": 12, "dentry": 1300}, {"pid_namespace": 15, "dentry": 1400}]
-    assert leaking(base, runs) == {"pid_namespace": [3, 6, 9, 12, 15]}
-    assert leaking(base, [runs[0], {"pid_namespace": 6}]) == {}     # flat
-    assert leaking(base, [runs[0], {}]) == {}                      # count missing
+    assert leaking(runs) == {"pid_namespace": [6, 9, 12, 15]}
+    assert leaking([runs[0], runs[1], {"pid_namespace": 9}]) == {}     # flat
+    assert leaking([runs[0], runs[1], {}]) == {}                      # count missing
+    teardown = [{"kernfs_node_cache": n} for n in (11414, 11478, 11580, 11580)]     # measured, 6.1
+    assert leaking(teardown) == {}
 
 
 def test_a_leak_is_every_cache_that_grew_every_run_beyond_its_tolerance_in_all():
     """One pid namespace a run never passes the tolerance between two runs, yet it leaks; a
     cache that creeps up by less than its tolerance over all runs does not."""
-    base = {"pid_namespace": 3, "dentry": 1000, "proc_dir_entry": 500}
     runs = [{"pid_namespace": 4 + n, "dentry": 1004 + 4 * n, "proc_dir_entry": 501 + n} for n in range(4)]
-    assert sorted(leaking(base, runs)) == ["dentry", "pid_namespace"]
-    assert leaking(base, runs[:1]) == {}                          # one run is no trend
+    assert sorted(leaking(runs)) == ["dentry", "pid_namespace"]
+    assert leaking(runs[:2]) == {}                          # two runs are no trend
 
 
-def test_describe_names_cache_baseline_and_runs():
-    assert describe({"pid_namespace": [3, 6, 9]}) == "pid_namespace grew every run: baseline 3, after runs 6, 9"
+def test_describe_names_cache_and_counts():
+    assert describe({"pid_namespace": [3, 6, 9]}) == "pid_namespace grew over the runs: 3, 6, 9"
 
 
 class FakeKernel:
@@ -92,7 +92,7 @@ def test_oracle_confirms_a_steady_leak_and_reruns_it():
     oracle = LeakOracle()
     assert oracle.check(kernel.run_counts(), kernel.run_counts) == {}      # first program: the baseline
     found = oracle.check(kernel.run_counts(), kernel.run_counts)
-    assert found == {"pid_namespace": [7, 12, 17, 22, 27]}
+    assert found == {"pid_namespace": [12, 17, 22, 27]}
     assert kernel.runs == 2 + leaks.RERUNS
 
 
@@ -152,7 +152,7 @@ def test_campaign_records_a_leak(tmp_path):
     assert "leak" in KERNEL_CLASSES
     leaked = [load(d) for d in list_findings(tmp_path / "out") if load(d).divergence.cls == "leak"]
     assert stats.findings["leak"] == 1 and len(leaked) == 1
-    assert leaked[0].divergence.detail.startswith("pid_namespace grew every run: baseline 4, after runs 8, 12, 16, 20")
+    assert leaked[0].divergence.detail.startswith("pid_namespace grew over the runs: 8, 12, 16, 20")
     assert leaked[0].reruns == (leaks.RERUNS, leaks.RERUNS)
 
 
@@ -207,5 +207,5 @@ def test_zoo_leak_is_caught():
         assert target.load_zoo("leak_pidns") == "ok"
         found = oracle.check(run(), run)
     series = found["pid_namespace"]
-    assert list(found) == ["pid_namespace"] and len(series) == 2 + leaks.RERUNS
+    assert list(found) == ["pid_namespace"] and len(series) == 1 + leaks.RERUNS
     assert all(b - a == 4 for a, b in zip(series, series[1:])), series

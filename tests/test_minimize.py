@@ -243,7 +243,7 @@ class LeakingKernel:
                for op in program.ops):
             self.pinned += 1
         trace = MODEL.run(program)
-        counts = {"dentry": 1000 + self.pinned, "pid": 50 + self.runs % 2, "proc_inode_cache": 700}
+        counts = {"dentry": 1000 + 3 * self.pinned, "pid": 50 + self.runs % 2, "proc_inode_cache": 700 + self.pinned}
         return Trace(trace.results, extra={"slab": counts})
 
 
@@ -271,6 +271,9 @@ def test_a_leak_shrinks_to_the_ops_that_leak_and_its_signature_stays():
     assert result.kernel_runs == kernel.runs and kernel.runs % (1 + RERUNS) == 0
     with pytest.raises(NotReproduced):
         minimize(parse_text(LEAKY), "leak dentry, pid", kernel_runner(kernel, "leak dentry, pid"), MODEL, retries=1)
+    # A finding whose campaign saw fewer caches leak (a count dipped) is the same leak.
+    assert minimize(parse_text(LEAKY), "leak dentry", kernel_runner(kernel, "leak dentry"), MODEL, retries=1).program \
+        == result.program
 
 
 def test_reproducibility_of_a_leak_counts_leak_rechecks():
