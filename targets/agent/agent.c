@@ -1386,6 +1386,13 @@ static struct task *task_of(struct sandbox *sb, struct handle h)
 	return h.kind == 't' ? &sb->t[h.n] : &sb->p[h.n];
 }
 
+/* The task at the other end of channel chan has exited (its end closed), now. */
+static int hung_up(int chan)
+{
+	struct pollfd p = { .fd = chan, .events = POLLIN };
+	return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR));
+}
+
 static void drop_channel(struct task *t)
 {
 	if (t->chan >= 0)
@@ -1782,7 +1789,10 @@ static void ctl_simple(struct sandbox *sb, const struct op *op, char *result)
 		put_errno(result, ENAMETOOLONG);
 		return;
 	}
-	/* A dead actor does nothing, so its op is `dead` before the namespace is looked at. */
+	/* A dead actor does nothing, so its op is `dead` before the namespace is looked at; one
+	 * killed since its last op (by the exit of its pid namespace's init) has hung up. */
+	if (netns_of && a->chan >= 0 && hung_up(a->chan))
+		drop_channel(a);
 	if (netns_of && a->chan >= 0 && (nsfd = open_netns_of(sb, *netns_of, &err)) < 0) {
 		put_errno(result, err);
 		return;
