@@ -23,7 +23,7 @@ from reference.program import Program, ProgramError, parse
 from reference.trace import Trace
 
 from .leaks import leak_signature
-from .oracle import Divergence, last_removal, observed, op_path
+from .oracle import OBJECT_REMOVALS, Divergence, last_removal, observed, op_path
 
 _NUMBER = re.compile(r"(?<![A-Za-z])\d+")
 # fuzz/leaks.py describe(), and its wording before 2026-11-25 (findings of older nights)
@@ -90,11 +90,15 @@ class Finding:
             return f"{d.cls} {self.program.ops[d.index].kind}"
         if d.cls not in ("stale", "missing"):
             return f"{d.cls} {object_pattern(seen[0])}"
-        # A removal explains a stale answer only; for a missing one it is incidental (the model
-        # says the object exists: re-created, moved into the observer's namespace).
+        # Only the end of the object explains a stale answer (OBJECT_REMOVALS); a change of the
+        # observer's view (unshare_net, umount, setuid) leaves the object and makes the name
+        # resolve to another one.  For a missing answer a removal is incidental (the model says
+        # the object exists: re-created, moved into the observer's namespace).
         removal = last_removal(self.program, d.index, seen, self.expected.results) if d.cls == "stale" else ""
         obj = object_pattern(seen[0], lifetime=True)
-        return f"stale {obj} after {REMOVAL_GROUPS.get(removal, removal)}" if removal else f"wrong {obj}"
+        if removal in OBJECT_REMOVALS:
+            return f"stale {obj} after {REMOVAL_GROUPS.get(removal, removal)}"
+        return f"wrong {obj}"
 
     def _observed(self) -> tuple[str, int | None]:
         d = self.divergence
@@ -103,18 +107,18 @@ class Finding:
 
 # Ops that end an object the same way, for bug keys: a pid dentry left behind by exit, reap
 # or exec (de_thread) is one bug, as is a sysctl dentry left by any kind of unregistration.
-REMOVAL_GROUPS = {"reap": "exit", "exec": "exit", "setgid": "setuid",
-                  "link_rename": "link_del", "link_set_netns": "link_del", "setns_net": "unshare_net"}
+REMOVAL_GROUPS = {"reap": "exit", "exec": "exit", "link_rename": "link_del", "link_set_netns": "link_del"}
 
 
 def object_pattern(path: str, lifetime: bool = False) -> str:
     """The object a path belongs to, for bug keys: a task's directory (/proc/<pid>, its
     task/<tid> and fd entries included), its net directory, a sysctl table directory
     (/proc/sys/net/ipv4/conf/<dev>), or the first component under /proc.  For ``lifetime``
-    keys (stale, missing) /proc/sys/net is one object: its dentries live and die by the same
-    code whatever the table (proc_sys_lookup, proc_sys_revalidate, proc_sys_compare,
-    proc_sys_invalidate_dcache), and the tables of a device or a namespace come and go
-    together, so one bug there shows in any of them."""
+    keys (stale, wrong) /proc/<pid>/net is its task's (it goes with the task), and
+    /proc/sys/net is one object: its dentries live and die by the same code whatever the table
+    (proc_sys_lookup, proc_sys_revalidate, proc_sys_compare, proc_sys_invalidate_dcache), and
+    the tables of a device or a namespace come and go together, so one bug there shows in any
+    of them."""
     parts = path_pattern(path).split("/")
     if parts[:2] != ["", "proc"] or len(parts) < 3:
         return "<cwd>" if parts[0] else "/proc"
@@ -125,7 +129,7 @@ def object_pattern(path: str, lifetime: bool = False) -> str:
         return "/".join(parts[:table + 2] if table else parts[:5])
     if parts[2] == "<pid>":
         rest = parts[5:] if parts[3:4] == ["task"] and len(parts) > 4 else parts[3:]
-        return "/proc/<pid>" + ("/net" if rest[:1] == ["net"] else "")
+        return "/proc/<pid>" + ("/net" if rest[:1] == ["net"] and not lifetime else "")
     return "/".join(parts[:3])
 
 

@@ -442,3 +442,16 @@ def test_a_leak_seen_with_fewer_caches_joins_the_fuller_leak_of_its_kernel(tmp_p
     rows = {bug.signature: (bug.count, bug.kernels) for bug in collect([tmp_path])}
     assert rows == {"leak dentry, pid_namespace, proc_inode_cache": (3, (K61,)),
                     "leak pid_namespace": (1, (K612,))}
+
+
+def test_a_change_of_view_is_no_end_of_the_object():
+    """After unshare_net the name means the new namespace's table: finding the old one is a
+    wrong lookup (measured with sysctl_wrong_netns), not a dentry that outlived its table.
+    /proc/<pid>/net goes with its task."""
+    other_view = ("m1 = mount_proc p1\nlink_add p1 d0\nlookup p1 {m1}/sys/net/ipv4/conf/d0\np2 = spawn p1\n"
+                  "unshare_net p1\nlookup p1 {m1}/sys/net/ipv4/conf/d0\n")
+    finding = _model_finding(other_view, "ok:dir")
+    assert finding.signature == "stale lookup /proc/sys/net/ipv4/conf/<dev> after unshare_net"
+    assert finding.bug_key == "wrong /proc/sys/net"
+    task_net = "m1 = mount_proc p1\np2 = spawn p1\nexit p2\nreap p1 p2\nlookup p1 {m1}/{p2}/net/dev\n"
+    assert _model_finding(task_net, "ok:reg").bug_key == "stale /proc/<pid> after exit"
