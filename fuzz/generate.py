@@ -266,16 +266,33 @@ def _remove_named_object(draw, draft: _Draft, path: str, observer: str):
 
 def _episode(draw, draft: _Draft):
     """Observe a name, change the world (a quarter of the time including the removal of the task
-    or device the name is about), observe the same name again (maybe as someone else)."""
+    or device the name is about), observe the same name again (maybe as someone else).  A
+    quarter of the time the name is held instead (an open fd or the cwd) and looked at through
+    the holder's link, whose target d_path marks " (deleted)" once the dentry is invalidated:
+    a dentry in use that outlives its object shows only there."""
     first = _actor(draw, draft)
     path = _path(draw, draft, first)
-    draft.add(draw(st.sampled_from(("lookup", "readdir"))), actor=first, path=path)
+    mount = re.match(r"\{m\d+\}", path)
+    link = None
+    if mount and draw(st.integers(0, 3)) == 0:
+        handle = draft.new_handle("f") if draw(st.booleans()) else None
+        if handle:
+            draft.add("open", handle, actor=first, path=path)
+            link = f"{mount.group()}/{{{first}}}/fd/{{{handle}}}"
+        else:
+            draft.add("chdir", actor=first, path=path)
+            link = f"{mount.group()}/{{{first}}}/cwd"
+    else:
+        draft.add(draw(st.sampled_from(("lookup", "readdir"))), actor=first, path=path)
     for _ in range(draw(st.integers(1, 3))):
         _mutate(draw, draft)
     if draw(st.integers(0, 3)) == 0:
         _remove_named_object(draw, draft, path, first)
     again = draw(st.sampled_from((first, _actor(draw, draft))))
-    draft.add(draw(st.sampled_from(("lookup", "readdir"))), actor=again, path=path)
+    if link:
+        draft.add("readlink", actor=again, path=link)
+    else:
+        draft.add(draw(st.sampled_from(("lookup", "readdir"))), actor=again, path=path)
 
 
 @st.composite
