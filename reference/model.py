@@ -17,7 +17,7 @@ from . import sysctl
 from .profile import KernelProfile
 from .program import Op, substitute
 from .sysctl import CtlRef, NetDevice, NetNamespace
-from .trace import fnv1a64
+from .trace import ALTERNATIVE_SEPARATOR, fnv1a64
 
 INVISIBLE_NR = 999999          # what a template resolves to for a task outside the mount's pid ns
 HELD_FD_BASE = 100             # held fd fN lives at fd number 100+N in the guest
@@ -63,6 +63,10 @@ class Pid:
     """struct pid: one number per namespace from the task's own up to the root."""
     numbers: dict            # PidNamespace -> nr
     task: "Task | None" = None   # pid_task(pid, PIDTYPE_PID); None once released
+    # Released by its own exiting thread (release_task in exit_notify, also for the threads
+    # de_thread kills): proc_flush_pid runs after the pid left the pid hash, so an observer
+    # that saw the thread gone may still find its dentries hashed for a moment.
+    flushed_late: bool = False
 
     def nr_in(self, ns: PidNamespace) -> int:
         return self.numbers.get(ns, 0)
@@ -266,6 +270,7 @@ class Kernel:
         """release_task for a non-leader thread: unhash its pid (then proc_flush_pid)."""
         task.process.threads.remove(task)
         task.pid.task = None
+        task.pid.flushed_late = True
 
     def _do_exit_group(self, process: Process):
         for task in list(process.threads):
@@ -793,7 +798,11 @@ class Kernel:
             raise Unmodelled()             # d_path of a lazily unmounted tree
         if node.kind in ("pid_dir", "tid_dir") and node.task is None:
             # proc_flush_pid d_invalidate()d the base dentry: d_path reports it unlinked.
-            return node.path + " (deleted)"
+            deleted = node.path + " (deleted)"
+            return deleted + ALTERNATIVE_SEPARATOR + node.path if node.pid.flushed_late else deleted
+        if node.kind != "sysctl" and node.ctl is not None and node.ctl.netns is not None and node.ctl.netns.dying:
+            # /proc/<pid>/net entries of a namespace cleanup_net removes, asynchronously
+            return node.path + ALTERNATIVE_SEPARATOR + node.path + " (deleted)"
         if node.kind == "sysctl" and node.ctl.registration is not None:
             # unregistering a table prunes the dentries of its inodes (proc_sys_prune_dcache)
             state = sysctl.grab(node.ctl.registration)
@@ -868,7 +877,9 @@ class Kernel:
             raise Errno("ENOENT | EINVAL")
         if node.ftype != "lnk":
             raise Errno("EINVAL")
-        return "ok:" + self.link_target(node, actor)
+        # d_path may answer alternatives (a flush that may not have happened yet)
+        return ALTERNATIVE_SEPARATOR.join("ok:" + target
+                                          for target in self.link_target(node, actor).split(ALTERNATIVE_SEPARATOR))
 
     def _open(self, actor: Task, path: str, directory: bool, rw: bool = False) -> Node:
         node = self.resolve(actor, path, follow_last=True)
@@ -960,6 +971,8 @@ class Kernel:
         node = self._held(actor, op.arg("fd"))
         if node.kind == "pid_entry" and node.name in SEQ_FILES:
             raise Errno("ESPIPE")            # ksys_pwrite64: seq_open() cleared FMODE_PWRITE
+        if node.kind == "static":
+            raise Unmodelled()               # seq files answer ESPIPE (no FMODE_PWRITE), others EBADF
         if op.arg("fd") not in self.fd_rw:
             raise Errno("EBADF")             # vfs_write: not opened for writing
         if node.kind != "sysctl" or node.ctl.level != "leaf":
