@@ -39,13 +39,13 @@ class ExportError(ValueError):
 # The controller side and the actor loop, needed by every reproducer (agent.c names, any order:
 # they are emitted in the agent's own order, which declares before use).
 CORE = (
-    "enum:MAX_OPS OP_DEADLINE_NS TEARDOWN_DEADLINE_NS SANDBOX_FLAGS ERRNO_NAME errno_names put_errno "
+    "enum:MAX_OPS OP_DEADLINE_NS TEARDOWN_DEADLINE_NS FLUSH_DEADLINE_NS SANDBOX_FLAGS ERRNO_NAME errno_names put_errno "
     "put_status now_ns pause_briefly struct:text text_add text_str text_printf read_file move_fd "
     "union:fd_cmsg send_msg recv_msg enum:op_kind struct:handle struct:option_spec enum:MAX_OPTS "
     "OPT_HIDEPID struct:op parse_handle parse_template struct:cmd struct:actor send_hello set_comm leave "
     "perform; serve_actor redirect_stdio become_sandbox_init struct:task struct:sandbox task_of "
     "hung_up drop_channel pid_in_ns resolve_path await_msg request await_hello put_spawned start_task ctl_spawn "
-    "ctl_spawn_thread tasklist_barrier poll_until process_exited struct:thread_id thread_exited "
+    "ctl_spawn_thread await_flush tasklist_barrier poll_until process_exited struct:thread_id thread_exited "
     "drop_threads_of ctl_exit ctl_exec ctl_drop_caches open_netns_of ctl_simple run_op init_sandbox "
     "start_sandbox init_reaped teardown prepare_mount_points").split()
 

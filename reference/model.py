@@ -63,10 +63,6 @@ class Pid:
     """struct pid: one number per namespace from the task's own up to the root."""
     numbers: dict            # PidNamespace -> nr
     task: "Task | None" = None   # pid_task(pid, PIDTYPE_PID); None once released
-    # Released by its own exiting thread (release_task in exit_notify, also for the threads
-    # de_thread kills): proc_flush_pid runs after the pid left the pid hash, so an observer
-    # that saw the thread gone may still find its dentries hashed for a moment.
-    flushed_late: bool = False
 
     def nr_in(self, ns: PidNamespace) -> int:
         return self.numbers.get(ns, 0)
@@ -270,7 +266,6 @@ class Kernel:
         """release_task for a non-leader thread: unhash its pid (then proc_flush_pid)."""
         task.process.threads.remove(task)
         task.pid.task = None
-        task.pid.flushed_late = True
 
     def _do_exit_group(self, process: Process):
         for task in list(process.threads):
@@ -798,8 +793,7 @@ class Kernel:
             raise Unmodelled()             # d_path of a lazily unmounted tree
         if node.kind in ("pid_dir", "tid_dir") and node.task is None:
             # proc_flush_pid d_invalidate()d the base dentry: d_path reports it unlinked.
-            deleted = node.path + " (deleted)"
-            return deleted + ALTERNATIVE_SEPARATOR + node.path if node.pid.flushed_late else deleted
+            return node.path + " (deleted)"
         if node.kind != "sysctl" and node.ctl is not None and node.ctl.netns is not None and node.ctl.netns.dying:
             # /proc/<pid>/net entries of a namespace cleanup_net removes, asynchronously
             return node.path + ALTERNATIVE_SEPARATOR + node.path + " (deleted)"

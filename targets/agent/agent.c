@@ -66,6 +66,7 @@ enum {
 
 static const long long OP_DEADLINE_NS = 5000000000LL;
 static const long long TEARDOWN_DEADLINE_NS = 10000000000LL;
+static const long long FLUSH_DEADLINE_NS = 200000000LL;
 
 #define SANDBOX_FLAGS (CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
 
@@ -1372,6 +1373,7 @@ struct task {
 	int proc;                   /* number of the process handle the task belongs to */
 	int nlevels;
 	long nspid[MAX_LEVELS];     /* [0] controller's namespace, [1] sandbox's, ... */
+	int flushfd;                /* a thread's /proc/<tgid>/task/<tid> in our /proc, O_PATH */
 };
 
 struct sandbox {
@@ -1558,9 +1560,41 @@ static void ctl_spawn_thread(struct sandbox *sb, const struct op *op, char *resu
 {
 	struct task *a = task_of(sb, op->actor), *child = &sb->t[op->ret.n];
 	struct cmd c = { .kind = OP_SPAWN_THREAD, .num = op->ret.n };
+	char path[64];
 	child->proc = a->proc;
 	child->ns = a->ns;
 	start_task(a, child, &c, result);
+	if (child->chan >= 0) {
+		snprintf(path, sizeof path, "/proc/%ld/task/%ld", sb->p[a->proc].nspid[0], child->nspid[0]);
+		child->flushfd = open(path, O_PATH | O_CLOEXEC);
+	}
+}
+
+/*
+ * A thread releases itself (exit_notify, or killed by exit_group or de_thread): release_task
+ * unhashes its pid, then calls proc_flush_pid, which invalidates the dentries of the pid's
+ * inodes newest first.  The thread is gone from /proc before the flush is done, so a program
+ * looking right away could still find its dentries hashed (seen once in ~10,000 programs).
+ * Our own dentry, pinned since the spawn, is the oldest: once d_path calls it deleted, every
+ * dentry of the program's mounts has been invalidated.  Bounded: a kernel that never flushes
+ * (the zoo's stale_tid) costs the wait, and the program's ops show the rest.
+ */
+static void await_flush(struct task *t)
+{
+	char self[64], target[PATH_CAP];
+	long long deadline = now_ns() + FLUSH_DEADLINE_NS;
+	if (t->flushfd < 0)
+		return;
+	snprintf(self, sizeof self, "/proc/self/fd/%d", t->flushfd);
+	for (;;) {
+		ssize_t n = readlink(self, target, sizeof target - 1);
+		target[n > 0 ? n : 0] = '\0';
+		if (n < 0 || (n > 10 && strcmp(target + n - 10, " (deleted)") == 0) || now_ns() > deadline)
+			break;
+		pause_briefly();
+	}
+	close(t->flushfd);
+	t->flushfd = -1;
 }
 
 /*
@@ -1638,8 +1672,10 @@ static int thread_exited(const void *arg)
 static void drop_threads_of(struct sandbox *sb, int pn)
 {
 	for (int i = 1; i <= MAX_HANDLES; i++) {
-		if (sb->t[i].proc == pn)
+		if (sb->t[i].proc == pn) {
 			drop_channel(&sb->t[i]);
+			await_flush(&sb->t[i]);
+		}
 	}
 }
 
@@ -1660,6 +1696,8 @@ static void ctl_exit(struct sandbox *sb, const struct op *op, char *result)
 	} else {
 		struct thread_id id = { tgid, a->nspid[0] };
 		done = poll_until(thread_exited, &id, now_ns() + OP_DEADLINE_NS);
+		if (done == 0)
+			await_flush(a);
 	}
 	drop_channel(a);
 	strcpy(result, done == 0 ? "ok" : "ETIMEDOUT");
@@ -1818,7 +1856,7 @@ static void init_sandbox(struct sandbox *sb)
 {
 	memset(sb, 0, sizeof *sb);
 	for (int i = 0; i <= MAX_HANDLES; i++)
-		sb->p[i].chan = sb->t[i].chan = -1;
+		sb->p[i].chan = sb->t[i].chan = sb->p[i].flushfd = sb->t[i].flushfd = -1;
 	sb->init = -1;
 	sb->nns = 1;                    /* namespace 0: the sandbox's, one level below ours */
 	sb->ns_parent[0] = -1;
@@ -1871,6 +1909,8 @@ static int teardown(struct sandbox *sb)
 	for (int i = 0; i <= MAX_HANDLES; i++) {
 		drop_channel(&sb->p[i]);
 		drop_channel(&sb->t[i]);
+		if (sb->t[i].flushfd >= 0)
+			close(sb->t[i].flushfd);
 	}
 	return rc;
 }
