@@ -110,14 +110,14 @@ def _leaks_joined(groups: dict[str, list]) -> dict[str, list]:
     fullest such): a count that dipped once by noise drops out of a finding's signature
     (fuzz/leaks.py leaking), so `leak pid_namespace` is `leak dentry, pid_namespace,
     proc_inode_cache` seen less clearly.  Across kernels, or without a fuller leak, it stays."""
-    caches = {key: set(finding.leaked_caches) for key, members in groups.items()
-              for finding, _, _ in members[:1] if finding.leaked_caches}
+    caches = {key: set(members[0][0].leaked_caches) for key, members in groups.items()
+              if members[0][0].leaked_caches}
+    kernels = {key: {finding.kernel for finding, _, _ in groups[key]} for key in caches}
     joined: dict[str, list] = defaultdict(list)
     for key, members in groups.items():
         for member in members:
-            kernel = member[0].kernel
             fuller = [other for other in caches if key in caches and caches[key] < caches[other]
-                      and any(f.kernel == kernel for f, _, _ in groups[other])]
+                      and member[0].kernel in kernels[other]]
             joined[max(fuller, key=lambda other: (len(caches[other]), other)) if fuller else key].append(member)
     return joined
 
