@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fuzz.leaks import leaking  # noqa: E402
-from fuzz.storage import load_directory  # noqa: E402
+from fuzz.compare.leaks import leaking  # noqa: E402
+from fuzz.record.programs import load_directory  # noqa: E402
 from targets.qemu import QemuTarget  # noqa: E402
 
 

@@ -19,11 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))     # the padded zoo program of tests/test_minimize.py
 
-from fuzz.minimize import minimize, signature_of  # noqa: E402
-from fuzz.oracle import compare  # noqa: E402
+from fuzz.triage.minimize import minimize, signature_of  # noqa: E402
+from fuzz.compare.oracle import compare  # noqa: E402
 from reference.program import parse_text  # noqa: E402
 from targets.kernels import load_profile  # noqa: E402
-from targets.model import ModelTarget  # noqa: E402
+from targets.model_target import ModelTarget  # noqa: E402
 from targets.qemu import QemuTarget  # noqa: E402
 from test_minimize import STALE_PID_CORE, padded  # noqa: E402
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fuzz.campaign import ProgramSource  # noqa: E402
+from fuzz.generate.source import ProgramSource  # noqa: E402
 from reference.model import Kernel  # noqa: E402
 from targets.kernels import load_profile  # noqa: E402
 

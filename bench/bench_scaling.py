@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fuzz.runtimes import WHOLE, Job, LocalRuntime  # noqa: E402
+from fuzz.campaign.shards import WHOLE  # noqa: E402
+from fuzz.scale.runtimes import Job, LocalRuntime  # noqa: E402
 
 GOAL = 1.6
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fuzz.cli import ToolError, _qemu  # noqa: E402
+from fuzz.errors import ToolError  # noqa: E402
+from fuzz.execute.kernels import KernelSpec, open_qemu  # noqa: E402
 from reference.program import parse_text  # noqa: E402
 
 PROGRAMS = [parse_text(text) for text in (
@@ -117,7 +118,7 @@ def main() -> int:
     args = parser.parse_args()
 
     try:
-        with _qemu(args) as target:
+        with open_qemu(KernelSpec.from_options(args.kernel, None, args.load_module)) as target:
             measure(target, args.rounds, args.pings)
     except ToolError as err:        # a bad --kernel or --load-module
         print(f"procfuzz: {err}", file=sys.stderr)

@@ -34,11 +34,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fuzz.campaign import Stats, WorkerConfig, run_campaign  # noqa: E402
-from fuzz.cli import KNOWN_ISSUES, SEED_DIRS, ToolError, parse_budget  # noqa: E402
-from fuzz.findings import list_findings  # noqa: E402
-from fuzz.known import load_known  # noqa: E402
-from fuzz.storage import atomic_write, load_directory  # noqa: E402
+from corpus import KNOWN_ISSUES, SEED_DIRS  # noqa: E402
+from fuzz.campaign.parallel import run_campaign  # noqa: E402
+from fuzz.campaign.run import parse_duration  # noqa: E402
+from fuzz.campaign.worker import WorkerConfig  # noqa: E402
+from fuzz.errors import ToolError  # noqa: E402
+from fuzz.execute.kernels import KernelSpec  # noqa: E402
+from fuzz.record import store  # noqa: E402
+from fuzz.record.summary import Stats  # noqa: E402
+
+from fuzz.record.known import load_known  # noqa: E402
+from fuzz.record.programs import atomic_write, load_directory  # noqa: E402
 
 # The classes of divergence each bug's mechanism causes (targets/zoo/README.md); a finding of
 # another class does not count.  tests/test_zoo.py checks that this lists exactly the bugs of
@@ -105,10 +111,10 @@ def first_finding(out: Path, classes: tuple[str, ...], known: frozenset) -> Path
     """The earliest recorded new finding of one of ``classes`` (``recorded`` has whole seconds:
     ties go to the smaller program id)."""
     candidates = []
-    for directory in list_findings(out):
-        meta = json.loads((directory / "meta.json").read_text())
-        if meta.get("class") in classes and meta.get("signature") not in known:
-            candidates.append((meta.get("recorded", 0), directory.name, directory))
+    for directory in store.list_findings(out):
+        finding = store.load(directory)
+        if finding.divergence.cls in classes and finding.signature not in known:
+            candidates.append((store.recorded_at(directory), directory.name, directory))
     return min(candidates)[2] if candidates else None
 
 
@@ -120,8 +126,8 @@ def run_pass(result: PassResult, *, kernel: str | None, label: str, profile, out
     corpus.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     configs = [WorkerConfig(i, seed, profile, label, out, corpus, started + budget, known=known,
-                            seed_dirs=SEED_DIRS if result.seeded else (), leak_every=leak_every,
-                            zoo_bug=result.bug) for i in range(workers)]
+                            seed_dirs=SEED_DIRS if result.seeded else (), leak_every=leak_every)
+               for i in range(workers)]
     stop = multiprocessing.get_context("spawn").Event()
 
     def on_update(stats: Stats) -> None:
@@ -136,7 +142,7 @@ def run_pass(result: PassResult, *, kernel: str | None, label: str, profile, out
         if result.detected or stats.errors or stop_all.is_set():
             stop.set()
 
-    stats = run_campaign(configs, kernel, on_update, stop)
+    stats = run_campaign(configs, KernelSpec(kernel, result.bug), on_update, stop)
     result.total_seconds = round(time.monotonic() - started, 1)
     result.total_programs = stats.programs
     result.findings = dict(stats.findings)
@@ -199,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from targets.kernels import KernelError, load_profile, resolve
-    budget = parse_budget(args.budget_per_bug)
-    control_budget = parse_budget(args.control_budget) if args.control_budget else budget
+    budget = parse_duration(args.budget_per_bug)
+    control_budget = parse_duration(args.control_budget) if args.control_budget else budget
     bugs = [b.strip() for b in args.bugs.split(",") if b.strip()]
     unknown = [b for b in bugs if b not in EXPECTED_CLASSES]
     if unknown or not bugs:

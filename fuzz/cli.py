@@ -1,38 +1,38 @@
-"""`procfuzz`: the command line.
-
-Exit codes (CI relies on them): 0 nothing new / no divergence, 1 new findings / the case
-reproduces, 2 procfuzz itself failed (bad input, model bug, harness error, no kernel).
+"""`procfuzz`: the command line.  It parses arguments, calls the library and prints: every
+command is a call that tests, benchmarks and the service make too.  Exit codes: fuzz/errors.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import os
-import re
-import signal
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
+import corpus
 from reference.program import Program, ProgramError
 from reference.trace import Trace, result_matches
+from targets.base import Target
 
-EXIT_OK, EXIT_FOUND, EXIT_TOOL = 0, 1, 2
-SEED_DIRS = tuple(Path(__file__).resolve().parent.parent / "corpus" / d for d in ("seeds", "regressions"))
-KNOWN_ISSUES = Path(__file__).resolve().parent.parent / "corpus" / "known-issues.toml"
-RUNTIME_START_SLACK = 600.0     # image start, kernel boot and seed replay come on top of --budget
+from fuzz.errors import EXIT_FOUND, EXIT_OK, EXIT_TOOL, ToolError
+from fuzz.campaign.run import parse_duration
+from fuzz.execute.kernels import KernelSpec, TargetOpener, model_for, open_qemu
+from fuzz.triage.minimize import DEFAULT_RETRIES
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+BENCHMARKS = tuple(sorted(p.stem.removeprefix("bench_") for p in BENCH_DIR.glob("bench_*.py"))) \
+    if BENCH_DIR.is_dir() else ()
 
 
-class ToolError(Exception):
-    """A clear message for the user; exit code 2."""
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, open_target: TargetOpener = open_qemu,
+         model_for: Callable[[str | None], Target] = model_for) -> int:
+    """``open_target`` boots the kernels and ``model_for`` gives the model of a kernel: tests
+    pass fake kernels here."""
     parser = _parser()
     args = parser.parse_args(argv)
+    args.open_target, args.model_for = open_target, model_for
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_TOOL
@@ -50,52 +50,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _load_case(path: str) -> tuple[Program, Path | None]:
     """A program file, or a finding directory (its program)."""
-    from .findings import load as load_finding
-    from .storage import load_program
+    from fuzz.record import store
+    from fuzz.record.programs import load_program
     target = Path(path)
     if target.is_dir():
-        return load_finding(target).program, target
+        return store.load(target).program, target
     return load_program(target), None
 
 
-def _profile(kernel: str | None):
-    from targets.kernels import KernelError, load_profile
-    try:
-        return load_profile(kernel)
-    except KernelError as err:
-        raise ToolError(str(err)) from None
+def _spec(args) -> KernelSpec:
+    """The kernel of --kernel, --zoo and --load-module."""
+    return KernelSpec.from_options(getattr(args, "kernel", None), getattr(args, "zoo", None),
+                                   getattr(args, "load_module", None) or ())
 
 
-def target_options(args) -> dict:
-    """QemuTarget keyword arguments from --zoo and --load-module."""
-    from targets.qemu import ModuleSpec
-    try:
-        modules = tuple(ModuleSpec.parse(text) for text in getattr(args, "load_module", None) or ())
-    except ValueError as err:
-        raise ToolError(str(err)) from None
-    return {"zoo": getattr(args, "zoo", None), "modules": modules}
-
-
-@contextmanager
-def _qemu(args):
-    """A started QemuTarget for the command's --kernel, --zoo and --load-module."""
-    from targets.kernels import KernelError
-    from targets.qemu import ModuleLoadError, QemuTarget
-    from targets.zoo.build import ZooBuildError
-    try:
-        target = QemuTarget(args.kernel, **target_options(args))
-        target.start()
-    except (KernelError, ModuleLoadError, ZooBuildError, ValueError) as err:
-        raise ToolError(str(err)) from None
-    try:
-        yield target
-    finally:
-        target.close()
-
-
-def _known(path: Path | None) -> dict[str, str]:
-    from .known import load_known
-    return load_known(path or KNOWN_ISSUES)
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)
 
 
 def print_trace(program: Program, trace: Trace) -> None:
@@ -122,7 +92,11 @@ def print_side_by_side(program: Program, expected: Trace, actual: Trace, first: 
         print(f"kernel outcome: {actual.outcome}: {actual.title}")
 
 
-# ---- commands ------------------------------------------------------------------------------------
+def _kernel_list(text: str) -> list[KernelSpec]:
+    return [KernelSpec(name.strip()) for name in text.split(",") if name.strip()]
+
+
+# ---- one case ------------------------------------------------------------------------------------
 
 def cmd_show(args) -> int:
     program, _ = _load_case(args.case)
@@ -132,134 +106,85 @@ def cmd_show(args) -> int:
 
 
 def cmd_model(args) -> int:
-    from targets.model import ModelTarget
     program, _ = _load_case(args.case)
-    trace = ModelTarget(_profile(args.kernel)).run(program)
+    trace = args.model_for(args.kernel).run(program)
     print_trace(program, trace)
     return EXIT_OK if trace.outcome == "ok" else EXIT_TOOL
 
 
 def cmd_exec(args) -> int:
     program, _ = _load_case(args.case)
-    with _qemu(args) as target:
+    with args.open_target(_spec(args)) as target:
         trace = target.run(program)
     print_trace(program, trace)
     return {"ok": EXIT_OK, "crash": EXIT_FOUND, "hang": EXIT_FOUND}.get(trace.outcome, EXIT_TOOL)
 
 
 def cmd_repro(args) -> int:
-    from targets.model import ModelTarget
-    from .oracle import compare
+    from fuzz.compare.classes import is_tool_failure
+    from fuzz.triage.replay import run_case
     program, _ = _load_case(args.case)
-    expected = ModelTarget(_profile(args.kernel)).run(program)
-    if expected.outcome != "ok":
+    model = args.model_for(args.kernel)
+    if (expected := model.run(program)).outcome != "ok":
         raise ToolError(f"the model failed on this program (a procfuzz bug): {expected.title}")
-    with _qemu(args) as target:
-        actual = target.run(program)
-    divergence = compare(program, expected, actual)
-    print_side_by_side(program, expected, actual, divergence.index if divergence else None)
+    with args.open_target(_spec(args)) as target:
+        case = run_case(program, model, target)
+    divergence = case.divergence
+    print_side_by_side(program, case.expected, case.actual, divergence.index if divergence else None)
     if divergence is None:
         print("not reproduced: the kernel agrees with the model")
         return EXIT_OK
     print(f"reproduced: {divergence.summary()}")
-    return EXIT_TOOL if divergence.cls in ("model-bug", "harness-error") else EXIT_FOUND
+    return EXIT_TOOL if is_tool_failure(divergence.cls) else EXIT_FOUND
 
 
 def cmd_replay(args) -> int:
-    from targets.model import ModelTarget
-    from .oracle import compare
-    from .storage import load_directory
+    from fuzz.record.programs import load_directory
+    from fuzz.triage.replay import replay
     programs, errors = load_directory(Path(args.dir))
     for err in errors:
         print(f"skipped: {err}", file=sys.stderr)
-    model = ModelTarget(_profile(args.kernel))
     failures = 0
-    with _qemu(args) as target:
-        for path, program in programs:
-            expected = model.run(program)
-            actual = target.run(program) if expected.outcome == "ok" else expected
-            divergence = compare(program, expected, actual)
-            failures += divergence is not None
-            print(f"{'DIVERGES' if divergence else 'ok':9} {path}" + (f"  {divergence.summary()}" if divergence else ""))
+    with args.open_target(_spec(args)) as target:
+        for case in replay(programs, args.model_for(args.kernel), target):
+            failures += case.divergence is not None
+            detail = f"  {case.divergence.summary()}" if case.divergence else ""
+            print(f"{'DIVERGES' if case.divergence else 'ok':9} {case.path}{detail}")
     print(f"{len(programs)} programs, {failures} divergent, {len(errors)} unreadable")
     return EXIT_FOUND if failures else (EXIT_TOOL if errors else EXIT_OK)
 
 
-def parse_budget(text: str) -> float:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", text.strip())
-    if not match:
-        raise ToolError(f"bad budget {text!r}: use e.g. 90s, 10m or 2h")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+# ---- campaigns -----------------------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from fuzz.campaign.run import RunOptions, new_stop_event, run, stop_on_signals
+    from fuzz.campaign.status import StatusDisplay
+    if args.runtime != "local" or args.dry_run:
+        return _run_on_runtime(args)
+    options = RunOptions(_spec(args), parse_duration(args.budget), args.workers, Path(args.out),
+                         Path(args.corpus) if args.corpus else None, args.seed, _shard(args.shard),
+                         args.max_ops, args.max_programs, args.leak_every,
+                         Path(args.known) if args.known else None, args.guest_cpus)
+    stop = new_stop_event()
+    display = StatusDisplay(options.kernel.label, args.workers, options.budget)
+    with stop_on_signals(stop, _say), display:
+        result = run(options, display.update, stop, args.open_target)
+    print(json.dumps(result.summary, indent=1, sort_keys=True))
+    return result.exit_code
 
 
 def _shard(text: str | None):
-    from .runtimes import WHOLE, Shard
+    from fuzz.campaign.shards import Shard
     try:
-        return Shard.parse(text) if text else WHOLE
+        return Shard.parse(text) if text else None
     except ValueError as err:
         raise ToolError(str(err)) from None
 
 
-def cmd_run(args) -> int:
-    from targets.kernels import KernelError, resolve
-    from targets.qemu import kernel_label
-    from .campaign import WorkerConfig, guest_cpus_for, run_campaign, write_summary
-    from .status import StatusDisplay
-    if args.runtime != "local" or args.dry_run:
-        return _run_on_runtime(args)
-    budget = parse_budget(args.budget)
-    shard = _shard(args.shard)
-    if args.workers < 1:
-        raise ToolError("--workers must be at least 1")
-    out = Path(args.out) / shard.dirname if args.shard else Path(args.out)
-    corpus = Path(args.corpus) if args.corpus else out / "corpus"
-    out.mkdir(parents=True, exist_ok=True)
-    corpus.mkdir(parents=True, exist_ok=True)
-    profile = _profile(args.kernel)
-    options = target_options(args)
-    try:
-        label = kernel_label(resolve(args.kernel).label, options["zoo"], options["modules"])
-    except KernelError as err:
-        raise ToolError(str(err)) from None
-    known = frozenset(_known(Path(args.known) if args.known else None))
-    seed = args.seed if args.seed is not None else int(time.time())
-    deadline = time.monotonic() + budget
-    configs = [WorkerConfig(stream, seed, profile, label, out, corpus, deadline, args.max_ops, args.max_programs,
-                            known=known, seed_dirs=SEED_DIRS, leak_every=args.leak_every,
-                            zoo_bug=options["zoo"], modules=options["modules"],
-                            guest_cpus=args.guest_cpus or guest_cpus_for(args.workers, os.cpu_count()))
-               for stream in shard.streams(args.workers)]
-    stop = multiprocessing.get_context("spawn").Event()
-
-    def request_stop(signum, _frame):
-        print(f"\nprocfuzz: {signal.Signals(signum).name}: stopping workers, keeping everything",
-              file=sys.stderr)
-        stop.set()
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    display = StatusDisplay(label, args.workers, budget)
-    started = time.monotonic()
-    try:
-        with display:
-            stats = run_campaign(configs, args.kernel, display.update, stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    elapsed = time.monotonic() - started
-    summary = write_summary(out, stats, {"kernel": label, "seed": seed, "workers": args.workers, "shard": str(shard),
-                                         "seconds": round(elapsed, 1),
-                                         "programs_per_second": round(stats.programs / max(elapsed, 1e-9), 2),
-                                         "interrupted": stop.is_set()})
-    print(json.dumps(json.loads(summary.read_text()), indent=1, sort_keys=True))
-    tool_failed = stats.errors or any(stats.findings.get(c) for c in ("model-bug", "harness-error"))
-    if tool_failed:
-        return EXIT_TOOL
-    return EXIT_FOUND if sum(stats.findings.values()) else EXIT_OK
-
-
 def _run_on_runtime(args) -> int:
     """`run --runtime docker|kubernetes`: one job (one worker) per shard, merged into --out."""
-    from .merge import MergeError
-    from .runtimes import WHOLE, Job, RuntimeUnavailable, combined_exit, make_runtime
+    from fuzz.campaign.shards import WHOLE
+    from fuzz.scale.runtimes import Job, RuntimeUnavailable, make_runtime, run_on_runtime
     if args.shard:
         raise ToolError("--shard runs one shard here; --runtime docker|kubernetes starts every shard "
                         "itself, one per --workers")
@@ -273,33 +198,24 @@ def _run_on_runtime(args) -> int:
                         "does not carry: run zoo campaigns with the local runtime")
     if args.workers < 1:
         raise ToolError("--workers must be at least 1")
-    budget = int(parse_budget(args.budget))
     seed = args.seed if args.seed is not None else int(time.time())
     extra = ("--max-ops", str(args.max_ops), "--leak-every", str(args.leak_every))
-    jobs = [Job(shard, seed, budget, args.kernel, 1, args.max_programs, extra) for shard in WHOLE.split(args.workers)]
-    out = Path(args.out)
-    runtime = make_runtime(args.runtime, out, image=args.image, namespace=args.namespace, claim=args.claim)
-    if args.dry_run:
-        sys.stdout.write(runtime.manifest_yaml(jobs))
-        return EXIT_OK
+    jobs = [Job(shard, seed, int(parse_duration(args.budget)), args.kernel, 1, args.max_programs, extra)
+            for shard in WHOLE.split(args.workers)]
+    options = {"image": args.image, "namespace": args.namespace, "claim": args.claim}
     try:
-        runtime.prepare()
-        handles = runtime.submit(jobs)
-        print(f"procfuzz: {len(handles)} {args.runtime} workers started (seed {seed})", file=sys.stderr)
-        try:
-            codes = runtime.wait(handles, time.monotonic() + budget + RUNTIME_START_SLACK)
-        except KeyboardInterrupt:
-            print("\nprocfuzz: interrupted: stopping the workers, keeping everything", file=sys.stderr)
-            codes = runtime.wait(handles, time.monotonic())
-        runtime.collect(handles, out)
-    except (RuntimeUnavailable, MergeError) as err:
+        if args.dry_run:
+            sys.stdout.write(make_runtime(args.runtime, Path(args.out), **options).manifest_yaml(jobs))
+            return EXIT_OK
+        code, summary = run_on_runtime(args.runtime, jobs, Path(args.out), _say, **options)
+    except (RuntimeUnavailable, OSError, ValueError) as err:
         raise ToolError(str(err)) from None
-    print(json.dumps(json.loads((out / "summary.json").read_text()), indent=1, sort_keys=True))
-    return combined_exit(codes)
+    print(json.dumps(summary, indent=1, sort_keys=True))
+    return code
 
 
 def cmd_merge(args) -> int:
-    from .merge import MergeError, merge
+    from fuzz.scale.merge import MergeError, merge
     try:
         summary = merge(Path(args.out), [Path(source) for source in args.sources])
     except (MergeError, OSError) as err:
@@ -309,20 +225,32 @@ def cmd_merge(args) -> int:
     return EXIT_OK
 
 
+def cmd_atheris(args) -> int:
+    from fuzz.execute.kernels import profile_for
+    from fuzz.generate.atheris_driver import grow_corpus
+    added = grow_corpus(profile_for(args.kernel), Path(args.corpus), args.runs, args.max_ops, args.kernel)
+    print(f"{added} programs with new model coverage saved to {args.corpus}")
+    return EXIT_OK
+
+
+# ---- triage --------------------------------------------------------------------------------------
+
 def cmd_triage(args) -> int:
-    from .known import load_known_issues
-    from .report import clean, write_reports
-    from .triage import collect
+    from fuzz.record.known import load_known_issues
+    from fuzz.report.reports import clean, write_reports
+    from fuzz.triage.bugs import collect
+    from fuzz.triage.follow_up import follow_up
     dirs = [Path(d) for d in args.dirs]
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
         raise ToolError(f"not a directory: {', '.join(missing)}")
     if args.known and not Path(args.known).is_file():
         raise ToolError(f"no known-issues file {args.known}")
-    known_file = Path(args.known) if args.known else KNOWN_ISSUES
+    known_file = Path(args.known) if args.known else corpus.KNOWN_ISSUES
     bugs = collect(dirs, load_known_issues(known_file))
     if args.minimize or args.kernels:
-        bugs = [_follow_up(bug, args) for bug in bugs]
+        kernels = _kernel_list(args.kernels or "")
+        bugs = [follow_up(bug, args.minimize, kernels, args.runs, print, args.open_target, args.model_for) for bug in bugs]
     out = Path(args.report) if args.report else dirs[0] / "report"
     meta = {"generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "sources": [str(d) for d in dirs], "known_issues": str(known_file)}
@@ -339,29 +267,58 @@ def cmd_triage(args) -> int:
     return EXIT_FOUND if new else EXIT_OK
 
 
-def _follow_up(bug, args):
-    """`triage --minimize/--kernels`: a new bug's representative finding is minimised, re-run
-    on the kernels and exported as C, exactly as `procfuzz minimize`, `reproduce` and
-    `export-c` would do it; a step that fails is reported and the row keeps what it has."""
-    from .minimize import DEFAULT_RETRIES
-    from .triage import with_artifacts
-    if not bug.is_new or bug.cls in ("model-bug", "harness-error"):
-        return bug
-    print(f"# following up: {bug.signature}")
-    common = {"finding": str(bug.directory), "kernel": None, "zoo": None, "load_module": []}
-    try:
-        recorded = _as_recorded(argparse.Namespace(**common), bug.representative)
-        if args.minimize and bug.minimized is None and \
-                cmd_minimize(argparse.Namespace(**vars(recorded), retries=DEFAULT_RETRIES)) != EXIT_OK:
-            return with_artifacts(bug)
-        if args.kernels:
-            cmd_reproduce(argparse.Namespace(**vars(recorded), kernels=args.kernels, runs=args.runs))
-        if args.minimize:
-            cmd_export_c(argparse.Namespace(**common, output=None))
-    except ToolError as err:
-        print(f"procfuzz: {bug.signature}: {err}", file=sys.stderr)
-    return with_artifacts(bug)
+def _as_recorded(args, finding) -> KernelSpec:
+    from fuzz.triage.follow_up import as_recorded
+    spec = _spec(args)
+    recorded = as_recorded(finding, spec)
+    if (recorded.pin, recorded.zoo) != (spec.pin, spec.zoo):
+        print(f"# as recorded: kernel {recorded.pin or 'default'}" + (f", zoo bug {recorded.zoo}" if recorded.zoo else ""))
+    return recorded
 
+
+def cmd_minimize(args) -> int:
+    from fuzz.triage.follow_up import kernel_finding, minimize_finding
+    from fuzz.triage.minimize import NotReproduced
+    directory = Path(args.finding)
+    finding = kernel_finding(directory)
+    try:
+        result = minimize_finding(directory, _as_recorded(args, finding), args.retries, args.open_target,
+                                  args.model_for)
+    except NotReproduced as err:
+        print(f"not minimised: {err} ({err.kernel_runs} kernel runs)")
+        return EXIT_FOUND
+    print(f"# {finding.signature}: {len(finding.program)} -> {len(result.program)} ops, "
+          f"{result.kernel_runs} kernel runs, {result.seconds:.1f} s")
+    sys.stdout.write(result.program.to_text())
+    return EXIT_OK
+
+
+def cmd_reproduce(args) -> int:
+    from fuzz.triage.follow_up import kernel_finding, reproduce_finding
+    from fuzz.triage.reproduce import verdict
+    directory = Path(args.finding)
+    finding = kernel_finding(directory)
+    spec = _spec(args)
+    kernels = [KernelSpec(k.pin, spec.zoo, spec.modules) for k in _kernel_list(args.kernels)]
+    result = reproduce_finding(directory, kernels, args.runs, args.open_target, args.model_for)
+    print(f"# {finding.signature} ({result.which} program, {len(result.program)} ops)")
+    for kernel, (diverged, runs) in result.counts.items():
+        print(f"{verdict(diverged, runs):28} {kernel}")
+    return EXIT_FOUND if result.reproduces else EXIT_OK
+
+
+def cmd_export_c(args) -> int:
+    from fuzz.triage.follow_up import export_finding
+    export = export_finding(Path(args.finding), args.kernel, Path(args.output) if args.output else None,
+                           args.model_for)
+    if export.note:
+        print(f"note: {export.note}", file=sys.stderr)
+    print(f"{export.path}: C reproducer of the {export.which} program ({len(export.program)} ops); "
+          f"build: gcc -static -O2 -Wall -o repro {export.path}")
+    return EXIT_OK
+
+
+# ---- kernels and benchmarks ----------------------------------------------------------------------
 
 def cmd_kernels(args) -> int:
     from targets.kernels import KernelError, load_pins, resolve
@@ -382,137 +339,9 @@ def cmd_kernels(args) -> int:
         raise ToolError(str(err)) from None
 
 
-def cmd_atheris(args) -> int:
-    from .atheris_driver import grow_corpus
-    added = grow_corpus(_profile(args.kernel), Path(args.corpus), args.runs, args.max_ops, args.kernel)
-    print(f"{added} programs with new model coverage saved to {args.corpus}")
-    return EXIT_OK
-
-
-# ---- minimize, reproduce, export-c -------------------------------------------------------------
-# minimize: 0 minimised (minimized.prog + minimize.json written), 1 the finding does not reproduce,
-# 2 tool error.  reproduce: 1 it reproduces on at least one kernel, 0 on none, 2 tool error.
-# export-c: 0 written, 2 tool error (an op export-c does not support is named).
-
-def _kernel_finding(directory: Path):
-    """A finding whose class a re-run can show again (divergence, inconsistency, crash, hang, leak)."""
-    from .findings import load as load_finding
-    from .oracle import KERNEL_CLASSES
-    finding = load_finding(directory)
-    if finding.divergence.cls not in KERNEL_CLASSES:
-        raise ToolError(f"{directory}: a {finding.divergence.cls!r} finding is procfuzz's own failure, "
-                        "not the kernel's: nothing to re-run")
-    return finding
-
-
-def _as_recorded(args, finding) -> argparse.Namespace:
-    """args with --kernel and --zoo defaulting to the kernel the finding ran on (its label names
-    the package and any injected zoo bug)."""
-    from targets.kernels import load_pins
-    from targets.qemu import injected_zoo_bug, stock_label
-    package = stock_label(finding.kernel).split("=", 1)[0]
-    kernel = args.kernel or next((name for name, pin in load_pins()[1].items() if pin.package == package), None)
-    zoo = args.zoo or injected_zoo_bug(finding.kernel)
-    if (kernel, zoo) != (args.kernel, args.zoo):
-        print(f"# as recorded: kernel {kernel or 'default'}" + (f", zoo bug {zoo}" if zoo else ""))
-    return argparse.Namespace(**{**vars(args), "kernel": kernel, "zoo": zoo})
-
-
-def _finding_program(directory: Path, finding) -> tuple[Program, str]:
-    """The minimised program when the finding has one, else its own; with a word saying which."""
-    from .storage import load_program
-    minimized = directory / "minimized.prog"
-    if minimized.is_file():
-        return load_program(minimized), "minimised"
-    return finding.program, "original"
-
-
-def cmd_minimize(args) -> int:
-    from targets.model import ModelTarget
-    from .minimize import NotReproduced, kernel_runner, minimize
-    from .storage import atomic_write
-    directory = Path(args.finding)
-    finding = _kernel_finding(directory)
-    if args.retries < 1:
-        raise ToolError("--retries must be at least 1")
-    args = _as_recorded(args, finding)
-    model = ModelTarget(_profile(args.kernel))
-    with _qemu(args) as target:
-        try:
-            result = minimize(finding.program, finding.signature, kernel_runner(target, finding.signature), model,
-                              retries=args.retries)
-        except NotReproduced as err:
-            print(f"not minimised: {err} ({err.kernel_runs} kernel runs)")
-            return EXIT_FOUND
-    atomic_write(directory / "minimized.prog", result.program.to_text())
-    summary = {"signature": finding.signature, "kernel": target.label,
-               "original_ops": [op.to_text() for op in finding.program.ops],
-               "minimized_ops": [op.to_text() for op in result.program.ops],
-               "kernel_runs": result.kernel_runs, "seconds": round(result.seconds, 2),
-               "steps": result.steps, "retries": args.retries}
-    atomic_write(directory / "minimize.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    print(f"# {finding.signature}: {len(finding.program)} -> {len(result.program)} ops, "
-          f"{result.kernel_runs} kernel runs, {result.seconds:.1f} s")
-    sys.stdout.write(result.program.to_text())
-    return EXIT_OK
-
-
-def cmd_reproduce(args) -> int:
-    from .reproduce import reproducibility, verdict
-    from .storage import atomic_write
-    directory = Path(args.finding)
-    finding = _kernel_finding(directory)
-    kernels = [name.strip() for name in args.kernels.split(",") if name.strip()]
-    if not kernels or args.runs < 1:
-        raise ToolError("--kernels needs at least one kernel name and --runs at least 1")
-    program, which = _finding_program(directory, finding)
-    try:
-        counts = reproducibility(program, finding.signature, kernels, args.runs,
-                                 open_target=lambda name: _qemu(argparse.Namespace(**{**vars(args), "kernel": name})),
-                                 model_for=_profile_model)
-    except ValueError as err:
-        raise ToolError(str(err)) from None
-    doc = {kernel: {"diverged": diverged, "runs": runs} for kernel, (diverged, runs) in counts.items()}
-    atomic_write(directory / "reproducibility.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    print(f"# {finding.signature} ({which} program, {len(program)} ops)")
-    for kernel, (diverged, runs) in counts.items():
-        print(f"{verdict(diverged, runs):28} {kernel}")
-    return EXIT_FOUND if any(diverged for diverged, _ in counts.values()) else EXIT_OK
-
-
-def _profile_model(kernel: str | None):
-    from targets.model import ModelTarget
-    return ModelTarget(_profile(kernel))
-
-
-def cmd_export_c(args) -> int:
-    from targets.qemu import stock_label
-    from .export_c import ExportError, export_c
-    from .findings import load as load_finding
-    from .storage import atomic_write
-    directory = Path(args.finding)
-    finding = load_finding(directory)
-    program, which = _finding_program(directory, finding)
-    expected = _profile_model(args.kernel or stock_label(finding.kernel) or None).run(program)
-    summary = f"{finding.signature} (first seen as: {finding.divergence.summary()})"
-    if finding.divergence.cls == "inconsistent":
-        print("note: the reproducer compares each result with the model's; it does not check this "
-              "'inconsistent' finding's own condition", file=sys.stderr)
-    try:
-        source = export_c(program, expected, kernel=finding.kernel or "unknown", summary=summary,
-                          leaked=tuple(finding.leaked_caches))
-    except ExportError as err:
-        raise ToolError(str(err)) from None
-    out = Path(args.output) if args.output else directory / "repro.c"
-    atomic_write(out, source)
-    print(f"{out}: C reproducer of the {which} program ({len(program)} ops); "
-          f"build: gcc -static -O2 -Wall -o repro {out}")
-    return EXIT_OK
-
-
 def cmd_bench(args) -> int:
     import runpy
-    bench = Path(__file__).resolve().parent.parent / "bench" / f"bench_{args.what}.py"
+    bench = BENCH_DIR / f"bench_{args.what}.py"
     if not bench.exists():
         raise ToolError(f"no benchmark {args.what!r} ({bench})")
     sys.argv = [str(bench)] + args.rest
@@ -603,8 +432,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default="out/corpus", help="working corpus to grow")
     p.add_argument("--runs", type=int, default=20000)
     p.add_argument("--max-ops", type=int, default=40)
-    p = command("bench", cmd_bench, "benchmarks: model, target, scaling or zoo")
-    p.add_argument("what", choices=("model", "target", "scaling", "zoo"))
+    p = command("bench", cmd_bench, "benchmarks: " + ", ".join(BENCHMARKS))
+    p.add_argument("what", choices=BENCHMARKS)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p = command("minimize", cmd_minimize, "shrink a finding to a 1-minimal program with the same signature "
                 "(exit 0 minimised, 1 it does not reproduce, 2 error)")
@@ -612,7 +441,6 @@ def _parser() -> argparse.ArgumentParser:
     kernel_option(p)
     module_options(p)
     p.epilog = "--kernel and --zoo default to what the finding's kernel label names"
-    from .minimize import DEFAULT_RETRIES
     p.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
                    help="kernel runs per candidate before it counts as not reproducing (flaky bugs)")
     p = command("reproduce", cmd_reproduce, "re-run a finding N times on each kernel: reliable, flaky or not "

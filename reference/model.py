@@ -195,6 +195,11 @@ class Kernel:
             return None
         return obj
 
+    def is_zombie_child_of(self, child: str, parent: str) -> bool:
+        """Has process ``child`` exited unreaped, with the live actor ``parent`` to reap it?"""
+        process, reaper = self.handles.get(child), self.actor_task(parent)
+        return getattr(process, "state", None) == "zombie" and reaper is not None and reaper.process is process.parent
+
     def nr_for_template(self, handle: str, ns: PidNamespace) -> int:
         if handle[0] == "f":
             return HELD_FD_BASE + int(handle[1:])

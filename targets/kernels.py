@@ -44,7 +44,7 @@ class KernelError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Pin:
+class KernelPin:
     name: str
     package: str
     version: str
@@ -108,15 +108,15 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
 
 # ---- pins and resolution --------------------------------------------------------------------
 
-def load_pins(path: Path = PINS_FILE) -> tuple[str, dict[str, Pin]]:
+def load_pins(path: Path = PINS_FILE) -> tuple[str, dict[str, KernelPin]]:
     doc = tomllib.loads(path.read_text())
-    pins = {name: Pin(name, entry["package"], entry["version"]) for name, entry in doc["kernel"].items()}
+    pins = {name: KernelPin(name, entry["package"], entry["version"]) for name, entry in doc["kernel"].items()}
     if doc["default"] not in pins:
         raise KernelError(f"{path}: default {doc['default']!r} is not a pin")
     return doc["default"], pins
 
 
-def find_pin(name: str | None = None, path: Path = PINS_FILE) -> Pin:
+def find_pin(name: str | None = None, path: Path = PINS_FILE) -> KernelPin:
     """A pin name, a pinned package name, ``package=version`` (any package), or None for the default."""
     default, pins = load_pins(path)
     name = name or default
@@ -127,7 +127,7 @@ def find_pin(name: str | None = None, path: Path = PINS_FILE) -> Pin:
             return pin
     if "=" in name:
         package, version = name.split("=", 1)
-        return Pin(name, package, version)
+        return KernelPin(name, package, version)
     raise KernelError(f"unknown kernel {name!r}; pins: {', '.join(sorted(pins))}, or give package=version")
 
 
@@ -143,7 +143,7 @@ def family_members(package: str, apt: Apt) -> list[str]:
     return [name for _, name in sorted(found, reverse=True)]
 
 
-def candidates(pin: Pin, apt: Apt) -> list[tuple[str, str]]:
+def candidates(pin: KernelPin, apt: Apt) -> list[tuple[str, str]]:
     """(package, version) to try in order: the pin if the mirror has it, then the family's newest."""
     out = []
     if pin.version in apt.versions(pin.package):
@@ -205,7 +205,7 @@ def _entry(root: Path, package: str, version: str) -> Path:
     return root / f"{package}_{version}"
 
 
-def _load(root: Path, package: str, version: str, pin: Pin) -> KernelImage | None:
+def _load(root: Path, package: str, version: str, pin: KernelPin) -> KernelImage | None:
     manifest = _entry(root, package, version) / "manifest.json"
     if not manifest.is_file():
         return None
@@ -218,7 +218,7 @@ def _load(root: Path, package: str, version: str, pin: Pin) -> KernelImage | Non
                        f"{pin.package}={pin.version}")
 
 
-def _install(root: Path, package: str, version: str, pin: Pin, apt: Apt) -> KernelImage:
+def _install(root: Path, package: str, version: str, pin: KernelPin, apt: Apt) -> KernelImage:
     final = _entry(root, package, version)
     with tempfile.TemporaryDirectory(prefix="procfuzz-deb-") as scratch, publish(final) as out:
         scratch = Path(scratch)

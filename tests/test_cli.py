@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.cli import main, parse_budget, ToolError
+from fuzz.campaign.run import parse_duration as parse_budget
+from fuzz.cli import main
+from fuzz.errors import ToolError
 
 SEED = Path(__file__).resolve().parent.parent / "corpus" / "seeds" / "zombie-until-reaped.prog"
 

@@ -6,16 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import findings
-from fuzz.campaign import WorkerConfig, run_worker
+from fuzz.record import store
+from fuzz.record.finding import Finding
+from fuzz.campaign.worker import WorkerConfig, run_worker
 from fuzz.cli import main as procfuzz
-from fuzz.known import load_known_issues
-from fuzz.oracle import compare
-from fuzz.storage import load_directory
+from fuzz.record.known import load_known_issues
+from fuzz.compare.oracle import compare
+from fuzz.record.programs import load_directory
 from reference import model as model_module
 from reference.model import Errno
 from targets.kernels import load_profile
-from targets.model import ModelTarget
+from targets.model_target import ModelTarget
 
 pytestmark = pytest.mark.kernel
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
@@ -35,7 +36,7 @@ def assert_agrees_or_known(program, expected, actual):
     divergence = compare(program, expected, actual)
     if divergence is None:
         return
-    signature = findings.Finding(program, expected, actual, divergence, actual.kernel).signature
+    signature = Finding(program, expected, actual, divergence, actual.kernel).signature
     note, kernels = KNOWN.get(signature, ("", ()))
     assert note and actual.kernel in kernels, f"{divergence.summary()} [{signature}]"
 
@@ -52,7 +53,7 @@ def test_corpus_program_matches_the_model_on_6_12(qemu_target_612, path, program
 
 
 def test_known_ipv6_forwarding_short_write_is_still_there_on_6_1_only(qemu_target, qemu_target_612):
-    from fuzz.storage import load_program
+    from fuzz.record.programs import load_program
     program = load_program(CORPUS / "regressions" / "ipv6-forwarding-short-write.prog")
     assert qemu_target.run(program).results[2] == "ok:1"
     assert qemu_target_612.run(program).results[2] == "ok"
@@ -75,8 +76,8 @@ def test_planted_model_mistake_is_found_stored_and_reproduced(qemu_target, tmp_p
                           deadline=time.monotonic() + 120, max_programs=3)
     stats = run_worker(config, qemu_target, lambda s: None, lambda: False)
     assert stats.findings["missing"] >= 1
-    directory = findings.list_findings(tmp_path / "out")[0]
-    finding = findings.load(directory)
+    directory = store.list_findings(tmp_path / "out")[0]
+    finding = store.load(directory)
     assert finding.divergence.cls == "missing" and finding.kernel == qemu_target.label
     assert procfuzz(["repro", str(directory)]) == 1
     assert "reproduced: missing" in capsys.readouterr().out
@@ -87,7 +88,7 @@ def test_planted_model_mistake_is_found_stored_and_reproduced(qemu_target, tmp_p
 def test_hidepid_ptraceable_answer_depends_on_the_dcache(qemu_target):
     """Documents a real kernel inconsistency (docs/model-gaps.md): the same lookup by the same
     reader is ENOENT before another task caches the dentry and EPERM after."""
-    from fuzz.storage import load_program
+    from fuzz.record.programs import load_program
     program = load_program(CORPUS / "regressions" / "hidepid-ptraceable-cached.prog")
     results = qemu_target.run(program).results
     assert (results[4], results[5], results[6]) == ("ENOENT", "ok:reg", "EPERM")

@@ -9,15 +9,18 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fuzz import findings
-from fuzz.campaign import ProgramSource, WorkerConfig, run_worker
-from fuzz.generate import mutate, programs
-from fuzz.oracle import compare, find_inconsistency
-from fuzz.storage import load_directory
+from fuzz.record import store
+from fuzz.record.finding import Finding
+from fuzz.campaign.worker import WorkerConfig, run_worker
+from fuzz.generate.source import ProgramSource
+from fuzz.generate.mutate import mutate
+from fuzz.generate.strategy import programs
+from fuzz.compare.oracle import compare, find_inconsistency
+from fuzz.record.programs import load_directory
 from reference.model import Errno, Kernel
 from reference.program import parse_text, validate
 from reference.trace import Trace
-from targets.model import ModelTarget
+from targets.model_target import ModelTarget
 from test_model import PROFILE
 
 ZOMBIE = parse_text("m1 = mount_proc p1\np2 = spawn p1\nexit p2\nreap p1 p2\nlookup p1 {m1}/{p2}\n"
@@ -116,12 +119,12 @@ def test_inconsistency_inside_one_kernel_trace():
 
 def test_finding_round_trip_and_signature(tmp_path):
     expected, actual = ModelTarget(PROFILE).run(ZOMBIE), BuggyTarget(PROFILE).run(ZOMBIE)
-    finding = findings.Finding(ZOMBIE, expected, actual, compare(ZOMBIE, expected, actual), "k=1", "log")
+    finding = Finding(ZOMBIE, expected, actual, compare(ZOMBIE, expected, actual), "k=1", "log")
     assert finding.signature == "stale lookup /proc/<pid> after reap"
-    directory, new = findings.record(tmp_path, finding)
+    directory, new = store.record(tmp_path, finding)
     assert new and directory.name == ZOMBIE.id
-    assert findings.record(tmp_path, finding) == (directory, False)
-    loaded = findings.load(directory)
+    assert store.record(tmp_path, finding) == (directory, False)
+    loaded = store.load(directory)
     assert loaded.program == ZOMBIE and loaded.divergence == finding.divergence
     assert sorted(p.name for p in directory.iterdir()) == sorted(
         ["program.prog", "program.json", "model.json", "kernel.json", "divergence.json", "console.log", "meta.json"])
@@ -134,18 +137,18 @@ def test_sigkill_while_recording_leaves_no_partial_finding(tmp_path):
     if pid == 0:                                  # child: record findings as fast as it can
         for i in range(100000):
             program = validate(ZOMBIE.ops + tuple(parse_text("drop_caches\n" * (1 + i % 200)).ops))
-            findings.record(tmp_path, findings.Finding(program, expected, actual, divergence, "k"))
+            store.record(tmp_path, Finding(program, expected, actual, divergence, "k"))
         os._exit(0)
     deadline = time.monotonic() + 120            # a loaded machine records slowly: wait for some
-    while len(findings.list_findings(tmp_path)) < 3 and time.monotonic() < deadline:
+    while len(store.list_findings(tmp_path)) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.1)                               # then kill it mid-write, most likely
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
-    recorded = findings.list_findings(tmp_path)
+    recorded = store.list_findings(tmp_path)
     assert recorded
     for directory in recorded:
-        findings.load(directory)                  # every visible finding is complete
+        store.load(directory)                  # every visible finding is complete
 
 
 @settings(max_examples=150, suppress_health_check=list(HealthCheck), deadline=None)
@@ -185,7 +188,7 @@ def test_campaign_finds_stores_and_grows_corpus(tmp_path):
     stats = run_worker(config, BuggyTarget(PROFILE), lambda s: None, lambda: False)
     assert stats.programs == 150
     assert stats.findings["stale"] >= 1
-    recorded = [findings.load(d) for d in findings.list_findings(tmp_path / "out")]
+    recorded = [store.load(d) for d in store.list_findings(tmp_path / "out")]
     assert ZOMBIE.id in {f.program.id for f in recorded}
     assert stats.corpus_added > 5 and len(load_directory(corpus)[0]) == 1 + stats.corpus_added
 
@@ -202,7 +205,7 @@ def test_next_campaign_starts_from_the_saved_corpus(tmp_path):
 
 
 def test_atheris_grows_the_corpus_with_valid_programs(tmp_path):
-    from fuzz.atheris_driver import grow_corpus
+    from fuzz.generate.atheris_driver import grow_corpus
     from targets.kernels import load_profile
     added = grow_corpus(load_profile(), tmp_path, runs=400, max_ops=20)
     programs, errors = load_directory(tmp_path)
@@ -212,7 +215,7 @@ def test_atheris_grows_the_corpus_with_valid_programs(tmp_path):
 
 
 def test_guest_cpus_do_not_oversubscribe_the_host():
-    from fuzz.campaign import guest_cpus_for
+    from fuzz.campaign.parallel import guest_cpus_for
     assert [guest_cpus_for(1, 2), guest_cpus_for(2, 2), guest_cpus_for(2, 8), guest_cpus_for(3, 2),
             guest_cpus_for(1, None)] == [2, 1, 2, 1, 1]
 

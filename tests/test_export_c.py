@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.cli import SEED_DIRS, main
-from fuzz.export_c import ExportError, _agent_code, c_string, export_c
-from fuzz.storage import load_directory
+from corpus import SEED_DIRS
+from fuzz.cli import main
+from fuzz.triage.export_c import ExportError, _agent_code, c_string, export_c
+from fuzz.record.programs import load_directory
 from reference.program import parse_text
 from reference.trace import Trace
 from targets.kernels import load_profile
-from targets.model import ModelTarget
+from targets.model_target import ModelTarget
 from test_minimize import CORE, STALE_PID_CORE, _finding_dir
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
@@ -162,7 +163,7 @@ def test_reproducer_is_silent_on_the_stock_kernel(stale_pid_binary):
 
 
 def test_an_op_kind_without_recipe_is_named(monkeypatch):
-    from fuzz import export_c as module
+    from fuzz.triage import export_c as module
     monkeypatch.delitem(module.ACTOR_RECIPES, "readlink")
     with pytest.raises(ExportError, match="does not support the op.s. readlink"):
         reproducer(parse_text("m1 = mount_proc p1\nreadlink p1 {m1}/self\n"))

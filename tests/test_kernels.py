@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from targets import initramfs, kernels
-from targets.kernels import KernelError, Pin, candidates, family_members, find_pin, resolve
+from targets.kernels import KernelError, KernelPin, candidates, family_members, find_pin, resolve
 
 CLOUD_61 = "linux-image-6.1.0-{}-cloud-amd64-unsigned"
 BZIMAGE = b"\0" * 0x202 + b"HdrS" + b"\0" * 100
@@ -69,7 +69,7 @@ def test_pins_file_has_the_three_kernels_and_a_default():
 def test_find_pin_by_name_package_or_explicit_version():
     assert find_pin().name == find_pin("6.1-cloud").name
     assert find_pin(CLOUD_61.format(50)).name == "6.1-cloud"
-    assert find_pin(CLOUD_61.format(47) + "=6.1.158-1") == Pin(CLOUD_61.format(47) + "=6.1.158-1",
+    assert find_pin(CLOUD_61.format(47) + "=6.1.158-1") == KernelPin(CLOUD_61.format(47) + "=6.1.158-1",
                                                                 CLOUD_61.format(47), "6.1.158-1")
     with pytest.raises(KernelError, match="unknown kernel"):
         find_pin("6.99-cloud")
@@ -86,7 +86,7 @@ def test_family_is_same_series_and_flavour_newest_abi_first():
 
 
 def test_candidates_pin_first_then_newest_other():
-    pin = Pin("x", CLOUD_61.format(50), "6.1.176-1")
+    pin = KernelPin("x", CLOUD_61.format(50), "6.1.176-1")
     apt = FakeApt({CLOUD_61.format(50): ["6.1.176-1"], CLOUD_61.format(56): ["6.1.192-2", "6.1.190-1"]})
     assert candidates(pin, apt) == [(pin.package, pin.version), (CLOUD_61.format(56), "6.1.192-2")]
     gone = FakeApt({CLOUD_61.format(56): ["6.1.192-2"], CLOUD_61.format(53): ["6.1.180-1"]})

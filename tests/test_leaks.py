@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import leaks
-from fuzz.campaign import WorkerConfig, run_worker
-from fuzz.findings import list_findings, load
-from fuzz.leaks import LeakOracle, describe, grown, leaking, tolerance
-from fuzz.oracle import KERNEL_CLASSES
-from fuzz.storage import load_directory
+from fuzz.compare import leaks
+from fuzz.campaign.worker import WorkerConfig, run_worker
+from fuzz.record.store import list_findings, load
+from fuzz.compare.leaks import Leak, LeakOracle, grown, leaking, tolerance
+from fuzz.compare.classes import KERNEL_CLASSES
+from fuzz.record.programs import load_directory
 from reference.trace import Trace
 from targets.kernels import load_profile
-from targets.model import ModelTarget
+from targets.model_target import ModelTarget
 from reference.program import parse_text
 from targets.protocol import MAX_SLAB_ENTRIES, ProtocolError, parse_slab
 
@@ -69,7 +69,10 @@ def test_a_leak_is_every_cache_that_grew_every_run_beyond_its_tolerance_in_all()
 
 
 def test_describe_names_cache_and_counts():
-    assert describe({"pid_namespace": [3, 6, 9]}) == "pid_namespace grew over the runs: 3, 6, 9"
+    leak = Leak.of({"pid_namespace": [3, 6, 9]})
+    assert leak.describe() == "pid_namespace grew over the runs: 3, 6, 9"
+    assert Leak.from_description(leak.describe()) == leak == Leak.from_json(leak.to_json())
+    assert leak.signature == "leak pid_namespace" and Leak.of({}) is None
 
 
 class FakeKernel:
@@ -90,9 +93,9 @@ class FakeKernel:
 def test_oracle_confirms_a_steady_leak_and_reruns_it():
     kernel = FakeKernel({"pid_namespace": 5})
     oracle = LeakOracle()
-    assert oracle.check(kernel.run_counts(), kernel.run_counts) == {}      # first program: the baseline
+    assert oracle.check(kernel.run_counts(), kernel.run_counts) is None      # first program: the baseline
     found = oracle.check(kernel.run_counts(), kernel.run_counts)
-    assert found == {"pid_namespace": [12, 17, 22, 27]}
+    assert found == Leak.of({"pid_namespace": [12, 17, 22, 27]})
     assert kernel.runs == 2 + leaks.RERUNS
 
 
@@ -102,7 +105,7 @@ def test_oracle_ignores_measured_noise():
     kernel = FakeKernel({}, noise=(0, top, top // 2, top, 0, 1, 0))
     oracle = LeakOracle()
     for _ in range(30):
-        assert oracle.check(kernel.run_counts(), kernel.run_counts) == {}
+        assert oracle.check(kernel.run_counts(), kernel.run_counts) is None
     assert kernel.runs == 30
 
 
@@ -111,18 +114,18 @@ def test_oracle_rejects_a_one_off_jump():
     oracle = LeakOracle()
     oracle.check(kernel.run_counts(), kernel.run_counts)
     kernel.counts["dentry"] += 500           # one program's worth, then flat
-    assert oracle.check(kernel.run_counts(), kernel.run_counts) == {}
+    assert oracle.check(kernel.run_counts(), kernel.run_counts) is None
     assert kernel.runs == 2 + leaks.RERUNS   # suspect: re-run, not confirmed
-    assert oracle.check(kernel.run_counts(), kernel.run_counts) == {}
+    assert oracle.check(kernel.run_counts(), kernel.run_counts) is None
     assert kernel.runs == 3 + leaks.RERUNS   # the new level is the baseline
 
 
 def test_oracle_without_counts_or_with_a_failed_rerun():
     oracle = LeakOracle()
-    assert oracle.check(None, lambda: pytest.fail("no re-run without counts")) == {}
-    assert oracle.check({}, lambda: pytest.fail("no re-run without counts")) == {}
+    assert oracle.check(None, lambda: pytest.fail("no re-run without counts")) is None
+    assert oracle.check({}, lambda: pytest.fail("no re-run without counts")) is None
     oracle.check({"pid_namespace": 1}, lambda: None)
-    assert oracle.check({"pid_namespace": 50}, lambda: None) == {}
+    assert oracle.check({"pid_namespace": 50}, lambda: None) is None
     assert oracle.baseline is None
 
 
@@ -171,7 +174,7 @@ def test_stock_kernel_does_not_leak(qemu_target, monkeypatch):
             slab = trace.extra["slab"]
             assert {"proc_inode_cache", "dentry", "pid", "pid_namespace", "net_namespace", "task_struct"} <= set(slab)
             found = oracle.check(slab, lambda: qemu_target.run(program).extra.get("slab"))
-            assert found == {}, f"{program.id}: {describe(found)}"
+            assert found is None, f"{program.id}: {found.describe()}"
             seen += 1
     assert seen == 2 * len(programs)
 
@@ -203,9 +206,10 @@ def test_zoo_leak_is_caught():
             assert trace.outcome == "ok", trace.title
             return trace.extra["slab"]
         for _ in range(3):
-            assert oracle.check(run(), run) == {}
+            assert oracle.check(run(), run) is None
         assert target.load_zoo("leak_pidns") == "ok"
         found = oracle.check(run(), run)
-    series = found["pid_namespace"]
-    assert list(found) == ["pid_namespace"] and len(series) == 1 + leaks.RERUNS
+    assert found.caches == ("pid_namespace",)
+    series = found.series[0][1]
+    assert len(series) == 1 + leaks.RERUNS
     assert all(b - a == 4 for a, b in zip(series, series[1:])), series

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import findings
-from fuzz.campaign import Stats, WorkerConfig, run_worker, write_summary
+from fuzz.record import store
+from fuzz.campaign.worker import WorkerConfig, run_worker
+from fuzz.record.summary import Stats, write_summary
 from fuzz.cli import main
-from fuzz.merge import merge
-from fuzz.runtimes import Shard
-from fuzz.storage import load_directory
+from fuzz.scale.merge import merge
+from fuzz.campaign.shards import Shard
+from fuzz.record.programs import load_directory
 from test_engine import ZOMBIE, BuggyTarget
 from test_model import PROFILE
 
@@ -39,7 +40,7 @@ def tree(directory: Path) -> dict[str, str]:
 
 
 def finding_keys(out: Path) -> set[tuple[str, str]]:
-    return {(d.name, findings.load(d).signature) for d in findings.list_findings(out)}
+    return {(d.name, store.load(d).signature) for d in store.list_findings(out)}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_merge_is_the_union_with_summed_counters(tmp_path, shards):
     out = tmp_path / "merged"
     summary = merge(out, shards)
     assert finding_keys(out) == finding_keys(shards[0]) | finding_keys(shards[1])
-    assert ZOMBIE.id in {d.name for d in findings.list_findings(out)}
+    assert ZOMBIE.id in {d.name for d in store.list_findings(out)}
     corpus = {p.id for _, p in load_directory(out / "corpus")[0]}
     assert corpus == {p.id for s in shards for _, p in load_directory(s / "corpus")[0]}
     assert summary["corpus_programs"] == len(corpus) and summary["distinct_findings"] == len(finding_keys(out))
@@ -128,7 +129,7 @@ def test_corpus_files_are_renamed_by_content_and_finding_files_all_kept(tmp_path
     (source / "corpus").mkdir(parents=True)
     (source / "corpus" / "my-name.prog").write_text(ZOMBIE.to_text())
     (source / "corpus" / "broken.prog").write_text("frobnicate p1\n")
-    finding = findings.list_findings(shards[0])[0]
+    finding = store.list_findings(shards[0])[0]
     copied = source / "findings" / finding.name
     copied.mkdir(parents=True)
     for path in finding.iterdir():
@@ -148,9 +149,9 @@ def test_same_program_on_two_kernels_keeps_both(tmp_path, seeds):
     out = tmp_path / "merged"
     merge(out, [old, new])
     merge(out, [new, old])
-    kernels = {findings.load(d).kernel for d in findings.list_findings(out) if d.name.startswith(ZOMBIE.id)}
+    kernels = {store.load(d).kernel for d in store.list_findings(out) if d.name.startswith(ZOMBIE.id)}
     assert kernels == {"kernel-a=1", "kernel-b=2"}
-    assert sorted(d.name for d in findings.list_findings(out) if d.name.startswith(ZOMBIE.id)) == \
+    assert sorted(d.name for d in store.list_findings(out) if d.name.startswith(ZOMBIE.id)) == \
         [ZOMBIE.id, f"{ZOMBIE.id}@kernel-b=2"]
     assert json.loads((out / "summary.json").read_text())["kernels"] == ["kernel-a=1", "kernel-b=2"]
 

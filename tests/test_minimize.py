@@ -1,5 +1,5 @@
 """Minimisation: ddmin over ops and argument simplification against fake kernels (a model with a
-planted bug, deterministic or flaky), the CLI, and (-m kernel) a padded zoo program on a real
+planted bug, deterministic or flaky), the finding follow-up (fake kernels passed in), and (-m kernel) a padded zoo program on a real
 kernel with the stale_pid bug injected."""
 
 import json
@@ -7,13 +7,19 @@ from contextlib import contextmanager
 
 import pytest
 
-from fuzz import findings
+from fuzz.record import store
+from fuzz.record.finding import Finding
 from fuzz.cli import main
-from fuzz.minimize import NotReproduced, _simpler_ops, divergence_with, minimize, signature_of
-from fuzz.oracle import compare
+from fuzz.execute.kernels import KernelSpec
+from fuzz.record.signature import signature as signature_text
+from fuzz.triage.follow_up import minimize_finding
+from fuzz.triage.minimize import NotReproduced, _simpler_ops, minimize
+from fuzz.triage.rerun import Goal, divergence_with, kernel_runner
+from fuzz.compare.oracle import compare
 from reference.program import parse_text, validate
-from targets.model import ModelTarget
+from targets.model_target import ModelTarget
 from test_engine import BuggyTarget
+from fuzz.compare.leaks import Leak
 from test_model import PROFILE
 
 # The planted bug of BuggyTarget: reaping does not release the child, so /proc keeps it (stale).
@@ -45,10 +51,10 @@ MODEL = ModelTarget(PROFILE)
 BUGGY = BuggyTarget(PROFILE)
 
 
-def signature(program, kernel=BUGGY):
+def signature(program, kernel=BUGGY) -> Goal:
     expected = MODEL.run(program)
     actual = kernel.run(program)
-    return signature_of(program, expected, actual, compare(program, expected, actual))
+    return Goal(signature_text(program, expected.results, compare(program, expected, actual)))
 
 
 class CountingKernel:
@@ -132,44 +138,56 @@ def test_flaky_bug_without_retries_does_not_reproduce():
 def test_another_signature_does_not_count():
     program = parse_text(CORE)
     with pytest.raises(NotReproduced) as caught:
-        minimize(program, "missing readdir /proc", BUGGY.run, MODEL, retries=1)
-    assert f"runs showed: {signature(program)}" in str(caught.value)
+        minimize(program, Goal("missing readdir /proc"), BUGGY.run, MODEL, retries=1)
+    assert f"runs showed: {signature(program).signature}" in str(caught.value)
+
+
+class FakeKernel:
+    """A started fake target: a label and a run (a planted bug, or none)."""
+    restarts, measure_leaks = 0, False
+
+    def __init__(self, label: str, run):
+        self.label, self.run = label, run
+
+    def close(self) -> None:
+        pass
 
 
 @contextmanager
-def fake_qemu(args):
-    yield type("FakeTarget", (), {"run": staticmethod(BUGGY.run), "label": "buggy-kernel"})()
+def buggy_kernel(spec):
+    yield FakeKernel("buggy-kernel", BUGGY.run)
+
+
+def model_for(kernel):
+    return MODEL
 
 
 def _finding_dir(tmp_path, program):
     expected, actual = MODEL.run(program), BUGGY.run(program)
-    finding = findings.Finding(program, expected, actual, compare(program, expected, actual), "buggy-kernel")
-    return findings.record(tmp_path, finding)[0], finding
+    finding = Finding(program, expected, actual, compare(program, expected, actual), "buggy-kernel")
+    return store.record(tmp_path, finding)[0], finding
 
 
-def test_cli_writes_minimized_program_and_summary(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("fuzz.cli._qemu", fake_qemu)
-    monkeypatch.setattr("fuzz.cli._profile", lambda kernel: PROFILE)
+def test_minimizing_a_finding_writes_minimized_program_and_summary(tmp_path):
     directory, finding = _finding_dir(tmp_path, parse_text(padded(CORE, 1)))
-    assert main(["minimize", str(directory), "--retries", "1"]) == 0
+    result = minimize_finding(directory, KernelSpec(), 1, buggy_kernel, model_for)
+    assert result.program.to_text() == CORE
     assert (directory / "minimized.prog").read_text() == CORE
     summary = json.loads((directory / "minimize.json").read_text())
     assert summary["minimized_ops"] == CORE.splitlines()
     assert len(summary["original_ops"]) == len(finding.program)
-    assert summary["signature"] == finding.signature and summary["kernel_runs"] > 0
-    assert capsys.readouterr().out.endswith(CORE)
+    assert summary["signature"] == finding.signature and summary["kernel_runs"] == result.kernel_runs > 0
+    assert summary["kernel"] == "buggy-kernel"
 
 
-def test_cli_exit_1_when_the_finding_does_not_reproduce(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("fuzz.cli._profile", lambda kernel: PROFILE)
+def test_a_finding_that_does_not_reproduce_is_not_minimised(tmp_path):
     directory, _ = _finding_dir(tmp_path, parse_text(CORE))
 
     @contextmanager
-    def agreeing_qemu(args):
-        yield type("Fixed", (), {"run": staticmethod(MODEL.run), "label": "fixed-kernel"})()
-    monkeypatch.setattr("fuzz.cli._qemu", agreeing_qemu)
-    assert main(["minimize", str(directory)]) == 1
-    assert "does not reproduce" in capsys.readouterr().out
+    def fixed_kernel(spec):
+        yield FakeKernel("fixed-kernel", MODEL.run)
+    with pytest.raises(NotReproduced, match="does not reproduce"):
+        minimize_finding(directory, KernelSpec(), 3, fixed_kernel, model_for)
     assert not (directory / "minimized.prog").exists()
 
 
@@ -202,7 +220,7 @@ def test_padded_zoo_program_minimises_on_the_kernel():
         actual = target.run(program)
         divergence = compare(program, expected, actual)
         assert divergence is not None and divergence.cls == "stale", divergence
-        wanted = signature_of(program, expected, actual, divergence)
+        wanted = Goal(signature_text(program, expected.results, divergence))
         result = minimize(program, wanted, target.run, model, retries=2)
         assert result.program.to_text() == STALE_PID_CORE
         minimal = result.program
@@ -216,12 +234,12 @@ def test_padded_zoo_program_minimises_on_the_kernel():
 
 
 def test_cli_refuses_findings_a_rerun_cannot_show(tmp_path, capsys):
-    from fuzz.oracle import Divergence
+    from fuzz.compare.oracle import Divergence
     from reference.trace import Trace
     program = parse_text(CORE)
-    ours = findings.Finding(program, MODEL.run(program), Trace(()), Divergence("model-bug", None, "", "", "", "boom"),
+    ours = Finding(program, MODEL.run(program), Trace(()), Divergence("model-bug", None, "", "", "", "boom"),
                             "buggy-kernel")
-    directory, _ = findings.record(tmp_path, ours)
+    directory, _ = store.record(tmp_path, ours)
     assert main(["minimize", str(directory)]) == 2
     assert "'model-bug' finding is procfuzz's own failure" in capsys.readouterr().err
 
@@ -263,44 +281,64 @@ lookup p1 {m1}/{p2}
 def test_a_leak_shrinks_to_the_ops_that_leak_and_its_signature_stays():
     """A leak has no divergent op: every op may go, the last one too, and each candidate costs
     1 + RERUNS measured runs (the leak oracle's re-check)."""
-    from fuzz.leaks import RERUNS
-    from fuzz.minimize import kernel_runner
+    from fuzz.compare.leaks import RERUNS
     kernel = LeakingKernel()
-    result = minimize(parse_text(LEAKY), "leak dentry", kernel_runner(kernel, "leak dentry"), MODEL, retries=1)
+    dentry = Goal("leak dentry", Leak((("dentry", ()),)))
+    result = minimize(parse_text(LEAKY), dentry, kernel_runner(kernel, dentry), MODEL, retries=1)
     assert result.program.to_text() == "m1 = mount_proc p1\nm2 = mount_proc p1\nlookup p1 {m2}/{p1}\n"
     assert result.kernel_runs == kernel.runs and kernel.runs % (1 + RERUNS) == 0
     with pytest.raises(NotReproduced):
-        minimize(parse_text(LEAKY), "leak dentry, pid", kernel_runner(kernel, "leak dentry, pid"), MODEL, retries=1)
+        both = Goal("leak dentry, pid", Leak((("dentry", ()), ("pid", ()))))
+        minimize(parse_text(LEAKY), both, kernel_runner(kernel, both), MODEL, retries=1)
     # A finding whose campaign saw fewer caches leak (a count dipped) is the same leak.
-    assert minimize(parse_text(LEAKY), "leak dentry", kernel_runner(kernel, "leak dentry"), MODEL, retries=1).program \
+    assert minimize(parse_text(LEAKY), dentry, kernel_runner(kernel, dentry), MODEL, retries=1).program \
         == result.program
 
 
 def test_reproducibility_of_a_leak_counts_leak_rechecks():
-    from fuzz.reproduce import reproducibility
+    from fuzz.triage.reproduce import reproducibility
     kernel = LeakingKernel()
     kernel.label = "leaky"
-    assert reproducibility(parse_text(LEAKY), "leak dentry", [kernel], 2, model_for=lambda _: MODEL) == \
-        {"leaky": (2, 2)}
-    assert reproducibility(parse_text(CORE), "leak dentry", [kernel], 2, model_for=lambda _: MODEL) == \
-        {"leaky": (0, 2)}
+    dentry = Goal("leak dentry", Leak((("dentry", ()),)))
+    assert reproducibility(parse_text(LEAKY), dentry, [kernel], 2, model_for=model_for) == {"leaky": (2, 2)}
+    assert reproducibility(parse_text(CORE), dentry, [kernel], 2, model_for=model_for) == {"leaky": (0, 2)}
 
 
-def test_cli_boots_the_kernel_and_zoo_bug_the_finding_ran_on(tmp_path, monkeypatch, capsys):
+def test_minimisation_boots_the_kernel_and_zoo_bug_the_finding_ran_on(tmp_path):
+    from fuzz.triage.follow_up import as_recorded
     booted = []
 
     @contextmanager
-    def recording_qemu(args):
-        booted.append((args.kernel, args.zoo))
-        yield type("FakeTarget", (), {"run": staticmethod(BUGGY.run), "label": "buggy-kernel"})()
-    monkeypatch.setattr("fuzz.cli._qemu", recording_qemu)
-    monkeypatch.setattr("fuzz.cli._profile", lambda kernel: PROFILE)
+    def recording_kernel(spec):
+        booted.append((spec.pin, spec.zoo))
+        yield FakeKernel("buggy-kernel", BUGGY.run)
     program = parse_text(CORE)
     expected, actual = MODEL.run(program), BUGGY.run(program)
     label = "linux-image-6.12.117+deb12-cloud-amd64-unsigned=6.12.117-1~deb12u1 +zoo:stale_pid"
-    finding = findings.Finding(program, expected, actual, compare(program, expected, actual), label)
-    directory, _ = findings.record(tmp_path, finding)
-    assert main(["minimize", str(directory), "--retries", "1"]) == 0
-    assert main(["minimize", str(directory), "--kernel", "6.1-cloud", "--zoo", "stale_tid"]) == 0
+    finding = Finding(program, expected, actual, compare(program, expected, actual), label)
+    directory, _ = store.record(tmp_path, finding)
+    for asked in (KernelSpec(), KernelSpec("6.1-cloud", "stale_tid")):
+        minimize_finding(directory, as_recorded(finding, asked), 1, recording_kernel, model_for)
     assert booted == [("6.12-cloud", "stale_pid"), ("6.1-cloud", "stale_tid")]
+
+
+def test_cli_minimize_prints_the_program_and_exits_by_outcome(tmp_path, capsys):
+    directory, _ = _finding_dir(tmp_path, parse_text(padded(CORE, 1)))
+    assert main(["minimize", str(directory), "--retries", "1"], open_target=buggy_kernel, model_for=model_for) == 0
+    assert capsys.readouterr().out.endswith(CORE)
+
+    @contextmanager
+    def fixed_kernel(spec):
+        yield FakeKernel("fixed-kernel", MODEL.run)
+    fixed, _ = _finding_dir(tmp_path / "fixed", parse_text(CORE))
+    assert main(["minimize", str(fixed)], open_target=fixed_kernel, model_for=model_for) == 1
+    assert "does not reproduce" in capsys.readouterr().out
+
+
+def test_cli_minimize_says_which_kernel_it_boots(tmp_path, capsys):
+    program = parse_text(CORE)
+    expected, actual = MODEL.run(program), BUGGY.run(program)
+    label = "linux-image-6.12.117+deb12-cloud-amd64-unsigned=6.12.117-1~deb12u1 +zoo:stale_pid"
+    directory, _ = store.record(tmp_path, Finding(program, expected, actual, compare(program, expected, actual), label))
+    assert main(["minimize", str(directory), "--retries", "1"], open_target=buggy_kernel, model_for=model_for) == 0
     assert "# as recorded: kernel 6.12-cloud, zoo bug stale_pid" in capsys.readouterr().out

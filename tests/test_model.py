@@ -5,7 +5,7 @@ from reference.model import UNMODELLED
 from reference.profile import KernelProfile
 from reference.program import parse_text
 from reference.trace import fnv1a64
-from targets.model import ModelTarget
+from targets.model_target import ModelTarget
 
 PROFILE = KernelProfile.from_json({
     "release": "test",

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fuzz.storage import load_directory, load_program
+from fuzz.record.programs import load_directory, load_program
 from reference.program import MAX_OPS, Program, ProgramError, make_op, parse, parse_json, parse_text
 
 SAMPLE = """\

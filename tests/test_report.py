@@ -13,9 +13,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from fuzz.known import load_known_issues
-from fuzz.report import FINGERPRINT, fingerprint, write_reports
-from fuzz.triage import collect
+from fuzz.record.known import load_known_issues
+from fuzz.report.reports import FINGERPRINT, fingerprint, write_reports
+from fuzz.triage.bugs import collect
 from test_triage import K61, KNOWN_FILE, NIGHT1, KEYS, _crash, build_runs, record_at
 
 META = {"generated": "2026-11-25 12:00:00 UTC", "sources": ["nightly"]}

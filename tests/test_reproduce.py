@@ -7,33 +7,30 @@ from contextlib import contextmanager
 import pytest
 
 from fuzz.cli import main
-from fuzz.minimize import signature_of
-from fuzz.reproduce import reproducibility, verdict
+from fuzz.execute.kernels import KernelSpec
+from fuzz.record.signature import signature as signature_text
+from fuzz.triage.reproduce import reproducibility, verdict
+from fuzz.triage.rerun import Goal
 from reference.program import parse_text
-from test_minimize import CORE, MODEL, BUGGY, CountingKernel, _finding_dir, signature
-from test_model import PROFILE
+from test_minimize import CORE, MODEL, BUGGY, CountingKernel, FakeKernel, _finding_dir, model_for, signature
 
 PROGRAM = parse_text(CORE)
 
 
-class Kernel:
-    """A started fake target: label and run."""
-
-    def __init__(self, label, run):
-        self.label, self.run = label, run
+Kernel = FakeKernel
 
 
 def test_counts_per_kernel():
     flaky = CountingKernel(flaky_every=2)
     counts = reproducibility(PROGRAM, signature(PROGRAM), [Kernel("buggy", BUGGY.run), Kernel("fixed", MODEL.run),
                                                            Kernel("flaky", flaky.run)],
-                             runs=4, model_for=lambda kernel: MODEL)
+                             runs=4, model_for=model_for)
     assert counts == {"buggy": (4, 4), "fixed": (0, 4), "flaky": (2, 4)}
 
 
 def test_other_signature_is_not_counted():
-    counts = reproducibility(PROGRAM, "missing readdir /proc", [Kernel("buggy", BUGGY.run)], runs=2,
-                             model_for=lambda kernel: MODEL)
+    counts = reproducibility(PROGRAM, Goal("missing readdir /proc"), [Kernel("buggy", BUGGY.run)], runs=2,
+                             model_for=model_for)
     assert counts == {"buggy": (0, 2)}
 
 
@@ -43,18 +40,16 @@ def test_verdicts():
     assert verdict(0, 5) == "not reproducible (0 of 5)"
 
 
-def test_cli_writes_reproducibility_json(tmp_path, monkeypatch, capsys):
+def test_cli_writes_reproducibility_json(tmp_path, capsys):
     booted = []
 
     @contextmanager
-    def fake_qemu(args):
-        booted.append((args.kernel, args.zoo))
-        yield Kernel(f"{args.kernel} +zoo:{args.zoo}", BUGGY.run if args.kernel == "6.1-cloud" else MODEL.run)
-    monkeypatch.setattr("fuzz.cli._qemu", fake_qemu)
-    monkeypatch.setattr("fuzz.cli._profile", lambda kernel: PROFILE)
+    def fake_kernels(spec):
+        booted.append((spec.pin, spec.zoo))
+        yield Kernel(f"{spec.pin} +zoo:{spec.zoo}", BUGGY.run if spec.pin == "6.1-cloud" else MODEL.run)
     directory, _ = _finding_dir(tmp_path, PROGRAM)
     code = main(["reproduce", str(directory), "--kernels", "6.1-cloud,6.12-cloud", "--runs", "3",
-                 "--zoo", "stale_pid"])
+                 "--zoo", "stale_pid"], open_target=fake_kernels, model_for=model_for)
     assert code == 1
     assert booted == [("6.1-cloud", "stale_pid"), ("6.12-cloud", "stale_pid")]
     assert json.loads((directory / "reproducibility.json").read_text()) == {
@@ -64,15 +59,14 @@ def test_cli_writes_reproducibility_json(tmp_path, monkeypatch, capsys):
                                                   ["not", "reproducible", "(0", "of", "3)", "6.12-cloud", "+zoo:stale_pid"]]
 
 
-def test_cli_prefers_the_minimised_program(tmp_path, monkeypatch, capsys):
+def test_cli_prefers_the_minimised_program(tmp_path, capsys):
     @contextmanager
-    def fake_qemu(args):
-        yield Kernel(args.kernel, BUGGY.run)
-    monkeypatch.setattr("fuzz.cli._qemu", fake_qemu)
-    monkeypatch.setattr("fuzz.cli._profile", lambda kernel: PROFILE)
+    def fake_kernels(spec):
+        yield Kernel(spec.pin, BUGGY.run)
     directory, _ = _finding_dir(tmp_path, parse_text(CORE + "readdir p1 {m1}\n"))
     (directory / "minimized.prog").write_text(CORE)
-    assert main(["reproduce", str(directory), "--kernels", "6.1-cloud", "--runs", "1"]) == 1
+    assert main(["reproduce", str(directory), "--kernels", "6.1-cloud", "--runs", "1"],
+                open_target=fake_kernels, model_for=model_for) == 1
     assert "(minimised program, 5 ops)" in capsys.readouterr().out
 
 
@@ -84,17 +78,15 @@ def test_cli_needs_kernels(tmp_path, capsys):
 
 @pytest.mark.kernel
 def test_zoo_bug_reproduces_at_every_run():
-    from fuzz.oracle import compare
+    from fuzz.compare.oracle import compare
     from reference.trace import Trace
     from targets.kernels import load_profile
-    from targets.model import ModelTarget
-    from targets.qemu import QemuTarget
+    from targets.model_target import ModelTarget
     from test_minimize import STALE_PID_CORE
     program = parse_text(STALE_PID_CORE)
     expected = ModelTarget(load_profile("6.1-cloud")).run(program)
     stale = Trace(expected.results[:-1] + ("ok:dir",))      # what tests/test_zoo.py shows
-    wanted = signature_of(program, expected, stale, compare(program, expected, stale))
-    counts = reproducibility(program, wanted, ["6.1-cloud"], runs=3,
-                             open_target=lambda name: QemuTarget(name, zoo="stale_pid"))
+    wanted = Goal(signature_text(program, expected.results, compare(program, expected, stale)))
+    counts = reproducibility(program, wanted, [KernelSpec("6.1-cloud", "stale_pid")], runs=3)
     assert list(counts.values()) == [(3, 3)]
     assert next(iter(counts)).endswith(" +zoo:stale_pid")

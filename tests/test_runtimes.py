@@ -11,11 +11,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from fuzz import findings
+from fuzz.record import store
 from fuzz.cli import main
-from fuzz.runtimes import (EXIT_FOUND, EXIT_OK, EXIT_TOOL, REPO, WHOLE, WORKER_UID, DockerRuntime, Job,
-                           KubernetesRuntime, LocalRuntime, RuntimeUnavailable, Shard, combined_exit)
-from fuzz.storage import load_directory
+from fuzz.campaign.shards import WHOLE, Shard
+from fuzz.errors import EXIT_FOUND, EXIT_OK, EXIT_TOOL
+from fuzz.scale.docker_runtime import DockerRuntime
+from fuzz.scale.kubernetes_runtime import KubernetesRuntime
+from fuzz.scale.runtimes import REPO, WORKER_UID, Job, LocalRuntime, RuntimeUnavailable, combined_exit
+from fuzz.record.programs import load_directory
 
 K8S_VERSIONS = ("1.29.0", "1.33.0", "1.37.0")     # backoffLimitPerIndex and FailIndex: 1.29 on
 
@@ -27,7 +30,7 @@ def campaign(shards: int, seed=3, workers=1, **fields) -> list[Job]:
 def content(out: Path) -> tuple[set, set]:
     """What a campaign found, independent of which worker found it first: (program id,
     signature) of every finding, and the corpus program ids."""
-    found = {(d.name, findings.load(d).signature) for d in findings.list_findings(out)}
+    found = {(d.name, store.load(d).signature) for d in store.list_findings(out)}
     return found, {program.id for _, program in load_directory(out / "corpus")[0]}
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from reference.profile import KernelProfile
 from reference.program import parse_text
-from targets.model import ModelTarget
+from targets.model_target import ModelTarget
 
 LEAVES = {"forwarding": "reg", "mtu": "reg"}
 NEIGH = {"retrans_time": "reg"}

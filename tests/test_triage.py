@@ -6,17 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import findings
+from fuzz.record import store
+from fuzz.record.finding import Finding
+from fuzz.record.signature import object_pattern
 from fuzz.cli import main
-from fuzz.known import load_known_issues
-from fuzz.leaks import describe
-from fuzz.oracle import Divergence, compare
-from fuzz.storage import load_program
-from fuzz.triage import collect
+from fuzz.record.known import load_known_issues
+from fuzz.compare.leaks import Leak
+from fuzz.compare.oracle import Divergence, compare
+from fuzz.record.programs import load_program
+from fuzz.triage.bugs import collect
 from reference.program import parse_text
 from reference.trace import Trace
 from targets.kernels import load_profile
-from targets.model import ModelTarget
+from targets.model_target import ModelTarget
 
 ROOT = Path(__file__).resolve().parent.parent
 KNOWN_FILE = ROOT / "corpus" / "known-issues.toml"
@@ -51,28 +53,28 @@ KEYS = {**SIGNATURES,
         "ipv6_all": "errno /proc/sys/net/ipv6/conf/all"}
 
 
-def _run(text: str, index: int, result: str, kernel: str, console: str = "") -> findings.Finding:
+def _run(text: str, index: int, result: str, kernel: str, console: str = "") -> Finding:
     """A finding whose kernel answered ``result`` at op ``index`` where the model agreed otherwise."""
     program = parse_text(text)
     expected = ModelTarget(load_profile()).run(program)
     results = list(expected.results)
     results[index] = result
     actual = Trace(tuple(results), kernel=kernel)
-    return findings.Finding(program, expected, actual, compare(program, expected, actual), kernel, console)
+    return Finding(program, expected, actual, compare(program, expected, actual), kernel, console)
 
 
-def _crash(title: str, kernel: str) -> findings.Finding:
+def _crash(title: str, kernel: str) -> Finding:
     program = parse_text(RENAMED)
     expected = ModelTarget(load_profile()).run(program)
     actual = Trace(expected.results[:3], outcome="crash", title=title, kernel=kernel)
-    return findings.Finding(program, expected, actual, compare(program, expected, actual), kernel, HOSTILE_CONSOLE)
+    return Finding(program, expected, actual, compare(program, expected, actual), kernel, HOSTILE_CONSOLE)
 
 
-def _leak(kernel: str) -> findings.Finding:
+def _leak(kernel: str) -> Finding:
     program = parse_text(ZOMBIE)
     trace = ModelTarget(load_profile()).run(program)
-    detail = describe({"task_struct": [100, 101, 102, 103], "pid": [50, 51, 52, 53]})
-    return findings.Finding(program, trace, trace, Divergence("leak", None, "", "", "", detail), kernel, "", (3, 3))
+    leak = Leak.of({"task_struct": [100, 101, 102, 103], "pid": [50, 51, 52, 53]})
+    return Finding(program, trace, trace, Divergence.of_leak(leak), kernel, "", (3, 3))
 
 
 FINDINGS = {
@@ -98,8 +100,8 @@ LAYOUT = [
 ]
 
 
-def record_at(out: Path, finding: findings.Finding, recorded: int) -> Path:
-    directory, _ = findings.record(out, finding)
+def record_at(out: Path, finding: Finding, recorded: int) -> Path:
+    directory, _ = store.record(out, finding)
     meta = json.loads((directory / "meta.json").read_text())
     (directory / "meta.json").write_text(json.dumps({**meta, "recorded": recorded}))
     return directory
@@ -146,7 +148,7 @@ def triage(root: Path, *more: Path):
 def _signature(text: str, index: int, cls: str = "stale") -> str:
     program = parse_text(text)
     trace = Trace(("ok",) * len(program))
-    return findings.Finding(program, trace, trace, Divergence(cls, index, "", "", ""), "k").signature
+    return Finding(program, trace, trace, Divergence(cls, index, "", "", ""), "k").signature
 
 
 @pytest.mark.parametrize("text, index, signature", [
@@ -204,7 +206,7 @@ def test_crash_hang_and_leak_signatures():
     assert FINDINGS["crash"](K61).signature == FINDINGS["crash_spaced"](K612).signature == SIGNATURES["crash"]
     program = parse_text(ZOMBIE)
     hang = Divergence("hang", 0, "", "", "hang", "INFO: task hung:\n  agent")
-    assert findings.Finding(program, Trace(()), Trace(()), hang, "k").signature == "hang: INFO: task hung: agent"
+    assert Finding(program, Trace(()), Trace(()), hang, "k").signature == "hang: INFO: task hung: agent"
     assert _leak(K61).signature == SIGNATURES["leak"]
 
 
@@ -332,7 +334,7 @@ def test_bug_key_groups_one_object_across_ops_files_and_removals():
     def key(text: str, cls: str) -> str:
         program = parse_text(text)
         trace = Trace(("ok",) * len(program))
-        return findings.Finding(program, trace, trace, Divergence(cls, len(program) - 1, "", "", ""), "k").bug_key
+        return Finding(program, trace, trace, Divergence(cls, len(program) - 1, "", "", ""), "k").bug_key
     stale = {key("m1 = mount_proc p1\np2 = spawn p1\nexit p2\nreap p1 p2\n" + last, "stale")
              for last in ("lookup p1 {m1}/{p2}", "readdir p1 {m1}/{p2}/task", "readlink p1 {m1}/{p2}/cwd")}
     stale.add(key("m1 = mount_proc p1\np2 = spawn p1\nt1 = spawn_thread p2\nexec t1\nlookup p1 {m1}/{p2}/comm\n",
@@ -351,7 +353,7 @@ def test_the_exit_of_a_pid_namespace_init_removes_the_tasks_inside():
     assert _signature(text, 4) == "stale lookup /proc/<pid> after exit"
 
 
-def _model_finding(text: str, actual_of_last: str) -> findings.Finding:
+def _model_finding(text: str, actual_of_last: str) -> Finding:
     """A finding whose last op answered ``actual_of_last`` where the model (run here) says
     otherwise; every other op as the model says."""
     program = parse_text(text)
@@ -359,7 +361,7 @@ def _model_finding(text: str, actual_of_last: str) -> findings.Finding:
     actual = Trace(model.results[:-1] + (actual_of_last,))
     divergence = compare(program, model, actual)
     assert divergence is not None and divergence.index == len(program) - 1
-    return findings.Finding(program, model, actual, divergence, "k")
+    return Finding(program, model, actual, divergence, "k")
 
 
 CWD_IN_DEAD_TASK = ("m1 = mount_proc p1\np2 = spawn p1\np3 = spawn p1\nchdir p3 {m1}/{p2}\n"
@@ -398,7 +400,7 @@ def test_sysctl_dentries_are_one_object_for_lifetime_bugs():
                      "p2 = spawn p1\ngetdents p2 cwd\n")      # p3 keeps the first namespace alive
     assert _model_finding(other_netns, "ok:dir").bug_key == _model_finding(inherited_cwd, "ENOENT").bug_key == \
         "wrong /proc/sys/net"
-    assert findings.object_pattern("{m1}/sys/net/ipv6/conf/d0/forwarding") == "/proc/sys/net/ipv6/conf/<dev>"
+    assert object_pattern("{m1}/sys/net/ipv6/conf/d0/forwarding") == "/proc/sys/net/ipv6/conf/<dev>"
 
 
 @pytest.mark.parametrize("last", ["setns_net p1 p2", "link_set_netns p1 d0 p2",
@@ -429,11 +431,11 @@ def test_a_leak_seen_with_fewer_caches_joins_the_fuller_leak_of_its_kernel(tmp_p
     """A count that dipped once drops out of a leak's signature (fuzz/leaks.py leaking)."""
     model = ModelTarget(load_profile())
 
-    def leak(text: str, caches: tuple[str, ...], kernel: str) -> findings.Finding:
+    def leak(text: str, caches: tuple[str, ...], kernel: str) -> Finding:
         program = parse_text(text)
         trace = model.run(program)
-        detail = describe({cache: [10, 11, 12, 13] for cache in caches})
-        return findings.Finding(program, trace, trace, Divergence("leak", None, "", "", "", detail), kernel)
+        leak = Leak.of({cache: [10, 11, 12, 13] for cache in caches})
+        return Finding(program, trace, trace, Divergence.of_leak(leak), kernel)
     full = ("dentry", "pid_namespace", "proc_inode_cache")
     record_at(tmp_path / "a", leak(ZOMBIE, full, K61), NIGHT1)
     record_at(tmp_path / "a", leak(RENAMED, ("pid_namespace",), K61), NIGHT1)

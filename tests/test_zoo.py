@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import findings
+from fuzz.record import store
+from fuzz.record.finding import Finding
 from fuzz.cli import main
-from fuzz.leaks import LeakOracle, describe
-from fuzz.oracle import Divergence, compare
+from fuzz.compare.leaks import LeakOracle
+from fuzz.compare.oracle import Divergence, compare
 from reference.program import parse_text
 from targets.initramfs import entries, newc_archive
 from targets.kernels import load_profile
-from targets.model import ModelTarget
+from targets.model_target import ModelTarget
 
 STALE_PID = parse_text("""\
 m1 = mount_proc p1
@@ -211,15 +212,15 @@ def test_leak_dentry_is_caught_as_a_leak_and_unloading_drops_it():
             assert compare(STALE_PID, model, trace) is None
             return trace.extra["slab"]
         for _ in range(3):
-            assert oracle.check(run(), run) == {}
+            assert oracle.check(run(), run) is None
         before = oracle.baseline
         assert target.load_zoo("leak_dentry") == "ok"
         # Measured: the first run after loading grows dentry and proc_inode_cache by 2 (within
         # the tolerance: not yet suspect), every later run by 4 (/proc/<pid> and the pinned
         # superblock's root, self and thread-self).
         found = oracle.check(run(), run) or oracle.check(run(), run)
-        assert {"dentry", "proc_inode_cache"} <= set(found), describe(found)
-        assert "dentry grew over the runs" in describe(found)
+        assert found is not None and {"dentry", "proc_inode_cache"} <= set(found.caches), found
+        assert "dentry grew over the runs" in found.describe()
 
         unload = target.run_file(RMMOD_ZOO[0], timeout=30)
         assert unload.status == "exit 0", unload
@@ -253,8 +254,8 @@ def test_first_finding_is_the_earliest_new_one_of_the_class(tmp_path):
 
     def record(program, cls, recorded):
         trace = ModelTarget(profile).run(program)
-        finding = findings.Finding(program, trace, trace, Divergence(cls, None, "", "", "", f"{cls} of {program.id}"), "k")
-        directory, _ = findings.record(tmp_path, finding)
+        finding = Finding(program, trace, trace, Divergence(cls, None, "", "", "", f"{cls} of {program.id}"), "k")
+        directory, _ = store.record(tmp_path, finding)
         meta = json.loads((directory / "meta.json").read_text())
         (directory / "meta.json").write_text(json.dumps({**meta, "recorded": recorded}))
         return directory, finding.signature
@@ -288,7 +289,7 @@ def test_bench_zoo_finds_leak_dentry_with_and_without_seeds_and_the_control_is_c
         [("leak_dentry", True, True), ("leak_dentry", False, True)]
     generated = report["bugs"][1]
     assert generated["origin"] == "generated" and generated["programs"] >= 2     # the first is the baseline
-    leak = findings.load(Path(generated["finding"])).divergence
+    leak = store.load(Path(generated["finding"])).divergence
     assert leak.cls == "leak" and "dentry grew over the runs" in leak.detail and "proc_inode_cache grew" in leak.detail
     assert report["leak_every"] == 10 and report["control"]["findings"] == {}
     assert report["done"] is True

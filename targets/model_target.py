@@ -1,7 +1,7 @@
 """The model target: runs a program on the reference model and returns its Trace.
 
-It implements the same interface as the QEMU target (`run(program) -> Trace`), so the engine
-treats both sides alike.  An exception inside the model is a procfuzz bug: it is reported as a
+It implements the Target protocol (targets/base.py) like the QEMU target, so the engine treats
+both sides alike.  An exception inside the model is a procfuzz bug: it is reported as a
 Trace with outcome "error", never swallowed and never mistaken for a kernel result.
 """
 
@@ -16,7 +16,9 @@ from reference.trace import Trace
 
 
 class ModelTarget:
-    name = "model"
+    label = "model"
+    restarts = 0
+    measure_leaks = False       # the model has no slab caches
 
     def __init__(self, profile: KernelProfile):
         self.profile = profile
@@ -33,5 +35,5 @@ class ModelTarget:
                              extra={"traceback": traceback.format_exc()})
         return Trace(tuple(results), kernel="model")
 
-    def close(self):
+    def close(self) -> None:
         pass

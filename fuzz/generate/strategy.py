@@ -1,5 +1,4 @@
-"""Program generation: a Hypothesis strategy that simulates the model while it draws, plus
-mutation of corpus programs.
+"""Program generation: a Hypothesis strategy that simulates the model while it draws.
 
 Generation only *draws choices*; Hypothesis owns the byte stream, so shrinking, replay and
 atheris-driven decoding (`fuzz_one_input`) all work on the same strategy.  The strategy is
@@ -10,14 +9,13 @@ across removals; remove many objects at once (init death, exec from a thread).
 
 from __future__ import annotations
 
-import random
 import re
 
 from hypothesis import strategies as st
 
 from reference.model import UNKNOWN, Kernel
 from reference.profile import KernelProfile
-from reference.program import (HIDEPID_VALUES, MAX_HANDLES_PER_KIND, Op, Program, ProgramError,
+from reference.program import (HIDEPID_VALUES, MAX_HANDLES_PER_KIND, Op, Program,
                                make_op, validate)
 
 # Per-pid entries worth aiming at: the ones with modelled children or contents.
@@ -151,13 +149,13 @@ def _observe(draw, draft: _Draft, path: str | None = None, actor: str | None = N
         draft.add(kind if kind != "read" else "lookup", actor=actor, path=path or _path(draw, draft, actor))
 
 
-def _mutate(draw, draft: _Draft):
+def _change_state(draw, draft: _Draft):
     actor = _actor(draw, draft)
     choice = draw(st.sampled_from(("spawn", "spawn", "spawn_thread", "spawn_thread", "exit", "exit",
                                    "reap", "exec", "setuid", "mount_proc", "umount", "close",
                                    "chdir", "chdir", "drop_caches", "net", "net", "net", "net")))
     if choice == "net":
-        _mutate_net(draw, draft, actor)
+        _change_net(draw, draft, actor)
         return
     if choice in ("spawn", "spawn_thread", "mount_proc"):
         handle = draft.new_handle({"spawn": "p", "spawn_thread": "t", "mount_proc": "m"}[choice])
@@ -203,13 +201,11 @@ def _mutate(draw, draft: _Draft):
 
 def _parents_of_zombies(draft: _Draft) -> list[tuple[str, str]]:
     """(live actor of the parent, zombie child) handle pairs."""
-    kernel = draft.kernel
-    return [(parent, child) for child in draft.handles("p") if kernel.handles[child].state == "zombie"
-            for parent in draft.live_actors()
-            if kernel.actor_task(parent).process is kernel.handles[child].parent]
+    return [(parent, child) for child in draft.handles("p") for parent in draft.live_actors()
+            if draft.kernel.is_zombie_child_of(child, parent)]
 
 
-def _mutate_net(draw, draft: _Draft, actor: str):
+def _change_net(draw, draft: _Draft, actor: str):
     tasks = draft.handles("pt")
     name = draw(st.sampled_from(DEVICES))
     kind = draw(st.sampled_from(("link_add", "link_add", "veth", "link_del", "link_rename",
@@ -285,7 +281,7 @@ def _episode(draw, draft: _Draft):
     else:
         draft.add(draw(st.sampled_from(("lookup", "readdir"))), actor=first, path=path)
     for _ in range(draw(st.integers(1, 3))):
-        _mutate(draw, draft)
+        _change_state(draw, draft)
     if draw(st.integers(0, 3)) == 0:
         _remove_named_object(draw, draft, path, first)
     again = draw(st.sampled_from((first, _actor(draw, draft))))
@@ -304,7 +300,7 @@ def programs(draw, profile: KernelProfile, max_ops: int = 40) -> Program:
     while len(draft.ops) < max_ops and draw(st.integers(0, 15)) > 0:
         step = draw(st.integers(0, 9))
         if step < 4:
-            _mutate(draw, draft)
+            _change_state(draw, draft)
         elif step < 7:
             _observe(draw, draft)
         else:
@@ -313,63 +309,3 @@ def programs(draw, profile: KernelProfile, max_ops: int = 40) -> Program:
 
 
 # ---- mutation of saved programs -----------------------------------------------------------------
-
-def mutate(program: Program, donor: Program, rng: random.Random, tries: int = 20) -> Program | None:
-    """Insert, delete, splice or change an argument; returns a valid program or None."""
-    for _ in range(tries):
-        ops = list(program.ops)
-        how = rng.choice(("insert", "delete", "splice", "argument"))
-        if how == "delete" and ops:
-            del ops[rng.randrange(len(ops))]
-        elif how == "insert" and donor.ops:
-            ops.insert(rng.randrange(len(ops) + 1), rng.choice(donor.ops))
-        elif how == "splice" and donor.ops:
-            cut = rng.randrange(len(ops) + 1)
-            ops = ops[:cut] + list(donor.ops[rng.randrange(len(donor.ops)):])
-        elif how == "argument" and ops:
-            index = rng.randrange(len(ops))
-            ops[index] = _change_argument(ops[index], program, rng) or ops[index]
-        candidate = _renumber(ops)
-        if candidate is None or candidate == program:
-            continue
-        try:
-            return validate(candidate.ops)
-        except ProgramError:
-            continue
-    return None
-
-
-def _change_argument(op: Op, program: Program, rng: random.Random) -> Op | None:
-    args = dict(op.args)
-    handles = sorted({h for o in program.ops for h in o.handles_used()} | {o.ret for o in program.ops if o.ret})
-    name = rng.choice(list(args)) if args else None
-    if name is None:
-        return None
-    value = args[name]
-    if name in ("actor", "child") and handles:
-        candidates = [h for h in handles if h[0] in ("pt" if name == "actor" else "p")]
-        args[name] = rng.choice(candidates) if candidates else value
-    elif name == "hidepid":
-        args[name] = rng.choice(HIDEPID_VALUES)
-    elif name in ("newpid", "lazy"):
-        args[name] = 1 - value
-    elif name == "path" and "/" in value:
-        args[name] = value.rsplit("/", 1)[0]
-    else:
-        return None
-    try:
-        return make_op(op.kind, op.ret, **args)
-    except ValueError:
-        return None
-
-
-def _renumber(ops: list[Op]) -> Program | None:
-    """Splices can create a handle twice: keep the first creation, drop later duplicates."""
-    created, kept = {"p1"}, []
-    for op in ops:
-        if op.ret and op.ret in created:
-            continue
-        if op.ret:
-            created.add(op.ret)
-        kept.append(op)
-    return Program(tuple(kept)) if kept else None

@@ -16,7 +16,6 @@ leaves whole entries only and can simply be run again.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -25,11 +24,10 @@ from pathlib import Path
 
 from targets.cache import publish
 
-from .campaign import Stats
-from .findings import list_findings
-from .storage import atomic_write, load_directory, save_program
+from fuzz.record.programs import load_directory, save_program
+from fuzz.record.store import kernel_of, list_findings
+from fuzz.record.summary import SUMMARY, run_summaries, write_merged_summary
 
-MAX_JSON_BYTES = 1 << 20          # a summary or meta.json larger than this is not ours
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 
 
@@ -38,7 +36,7 @@ class MergeError(Exception):
 
 
 def is_run_output(directory: Path) -> bool:
-    return any((directory / name).exists() for name in ("summary.json", "findings", "corpus"))
+    return any((directory / name).exists() for name in (SUMMARY, "findings", "corpus"))
 
 
 def run_outputs(source: Path) -> list[Path]:
@@ -61,33 +59,28 @@ def merge(out: Path, sources: list[Path]) -> dict:
     out = Path(out)
     outputs = [run for source in sources for run in run_outputs(source)]
     out.mkdir(parents=True, exist_ok=True)
-    summaries = _read_summary(out / "summary.json")
+    summaries = run_summaries(out)
     index = _finding_index(out)
     for run in outputs:
         for directory in list_findings(run):
             _merge_finding(out, directory, index)
         if (run / "corpus").is_dir():
             _merge_corpus(out, run / "corpus")
-        summaries += _read_summary(run / "summary.json")
-    summary = merged_summary(summaries, out)
-    atomic_write(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
-    return summary
+        summaries += run_summaries(run)
+    corpus = out / "corpus"
+    return write_merged_summary(out, summaries, len(list_findings(out)),
+                                len(list(corpus.glob("*.prog"))) if corpus.is_dir() else 0)
 
 
 # ---- findings ------------------------------------------------------------------------------------
 
-def _finding_kernel(directory: Path) -> str:
-    meta = _read_json(directory / "meta.json")
-    return str(meta.get("kernel", "")) if isinstance(meta, dict) else ""
-
-
 def _finding_index(out: Path) -> dict[tuple[str, str], Path]:
     """(program id, kernel) -> finding directory already in ``out``."""
-    return {(d.name.split("@", 1)[0], _finding_kernel(d)): d for d in list_findings(out)}
+    return {(d.name.split("@", 1)[0], kernel_of(d)): d for d in list_findings(out)}
 
 
 def _merge_finding(out: Path, source: Path, index: dict[tuple[str, str], Path]) -> None:
-    program_id, kernel = source.name.split("@", 1)[0], _finding_kernel(source)
+    program_id, kernel = source.name.split("@", 1)[0], kernel_of(source)
     if (program_id, kernel) in index:
         return
     root = out / "findings"
@@ -125,51 +118,3 @@ def _merge_corpus(out: Path, corpus: Path) -> None:
         print(f"procfuzz: merge: skipped corpus file: {err}", file=sys.stderr)
 
 
-# ---- summaries -----------------------------------------------------------------------------------
-
-def _read_json(path: Path):
-    try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            return None
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _is_run_summary(doc) -> bool:
-    try:
-        Stats.from_json(doc)
-        return True
-    except (AttributeError, KeyError, TypeError, ValueError):
-        return False
-
-
-def _read_summary(path: Path) -> list[dict]:
-    """The run summaries a summary.json stands for: itself, or the runs of a merged one."""
-    if not path.exists():
-        return []
-    doc = _read_json(path)
-    runs = doc["runs"] if isinstance(doc, dict) and isinstance(doc.get("runs"), list) else [doc]
-    valid = [run for run in runs if _is_run_summary(run)]
-    if len(valid) != len(runs):
-        print(f"procfuzz: merge: {path}: not a procfuzz summary ({len(runs) - len(valid)} bad runs), ignored",
-              file=sys.stderr)
-    return valid
-
-
-def merged_summary(runs: list[dict], out: Path) -> dict:
-    """Each run once (identical summaries are the same run merged twice), and their sums."""
-    unique = {json.dumps(run, sort_keys=True): run for run in runs}
-    ordered = [unique[key] for key in sorted(unique)]
-    total = Stats()
-    for run in ordered:
-        total.merge(Stats.from_json(run))
-    corpus = out / "corpus"
-    return {**total.to_json(),
-            "runs": ordered,
-            "kernels": sorted({str(run.get("kernel", "")) for run in ordered}),
-            "workers": sum(int(run.get("workers", 0)) for run in ordered),
-            "programs_per_second": round(sum(float(run.get("programs_per_second", 0)) for run in ordered), 2),
-            "interrupted": any(run.get("interrupted") for run in ordered),
-            "distinct_findings": len(list_findings(out)),
-            "corpus_programs": len(list(corpus.glob("*.prog"))) if corpus.is_dir() else 0}

@@ -3,8 +3,8 @@ with the same signature, or for a leak, that still leaks the same caches.
 
 A candidate program *reproduces* when it is valid (reference.program.validate), the model runs
 it without error, and one of up to `retries` attempts (`attempt`) shows the expected signature
-(Finding.signature): a kernel run that diverges with it, or for a leak, the leak oracle's
-re-check (fuzz/leaks.py leak_check: 1 + RERUNS measured runs).  Verdicts are cached per
+(fuzz/triage/rerun.py): a kernel run that diverges with it, or for a leak, the leak oracle's
+re-check (fuzz/compare/leaks.py leak_check: 1 + RERUNS measured runs).  Verdicts are cached per
 program id, so no program is tried twice.
 
 The search, repeated until nothing changes (the result is then 1-minimal for every step below):
@@ -27,10 +27,9 @@ from typing import Callable, Iterator
 
 from reference.program import OP_SPECS, Op, Program, ProgramError, make_op, substitute, validate
 from reference.trace import Trace
+from targets.base import Target
 
-from .findings import Finding
-from .leaks import leak_check, leak_signature, shows_leak
-from .oracle import Divergence, compare
+from .rerun import Goal, attempt
 
 DEFAULT_RETRIES = 3
 
@@ -51,53 +50,14 @@ class Minimized:
     steps: int                  # accepted reductions
 
 
-def signature_of(program: Program, expected: Trace, actual: Trace, divergence: Divergence) -> str:
-    return Finding(program, expected, actual, divergence, actual.kernel).signature
-
-
-def divergence_with(signature: str, program: Program, expected: Trace, actual: Trace) -> tuple[Divergence | None, str]:
-    """(the divergence of this kernel run when its signature is `signature`, else None; the
-    signature the run showed, '' when it agrees with the model)."""
-    divergence = compare(program, expected, actual)
-    if divergence is None:
-        return None, ""
-    seen = signature_of(program, expected, actual, divergence)
-    return (divergence if seen == signature else None), seen
-
-
-def is_leak(signature: str) -> bool:
-    return signature.startswith("leak ")
-
-
-def kernel_runner(target, signature: str) -> Callable[[Program], Trace]:
-    """The target's run, measuring slab counts when the signature is a leak's."""
-    target.measure_leaks = is_leak(signature)
-    return target.run
-
-
-def attempt(signature: str, program: Program, expected: Trace,
-            run_kernel: Callable[[Program], Trace]) -> tuple[int | None, str]:
-    """One try at reproducing `signature`: (the index of the last op it needs, or None; the
-    signature seen, '' for none).  A divergence costs one kernel run and needs no op after the
-    divergent one; a leak costs 1 + RERUNS runs (run_kernel must measure: kernel_runner), needs
-    the whole program and shows when the re-check confirms at least its caches (shows_leak)."""
-    if is_leak(signature):
-        confirmed = leak_check(lambda: run_kernel(program).extra.get("slab"))
-        return (len(program.ops) - 1 if shows_leak(signature, confirmed) else None), leak_signature(confirmed)
-    divergence, seen = divergence_with(signature, program, expected, run_kernel(program))
-    if divergence is None:
-        return None, seen
-    return (len(program.ops) - 1 if divergence.index is None else divergence.index), seen
-
-
 class _Reproducer:
     """Answers "does this candidate reproduce?" with the kernel runs it costs, cached."""
 
-    def __init__(self, signature: str, run_kernel: Callable[[Program], Trace], model, retries: int):
-        self.signature, self.model = signature, model
+    def __init__(self, goal: Goal, run_kernel: Callable[[Program], Trace], model: Target, retries: int):
+        self.goal, self.model = goal, model
         self.run_kernel = self._counted(run_kernel)
         self.retries = max(1, retries)
-        self.keeps_last = not is_leak(signature)      # the divergent op; a leak has none
+        self.keeps_last = goal.leak is None           # the divergent op; a leak has none
         self.verdicts: dict[str, int | None] = {}   # program id -> index of the last op needed
         self.kernel_runs = 0
         self.last_seen = ""                           # a signature seen instead, for messages
@@ -120,7 +80,7 @@ class _Reproducer:
         verdict = None
         if expected.outcome == "ok":
             for _ in range(self.retries):
-                verdict, seen = attempt(self.signature, program, expected, self.run_kernel)
+                verdict, seen = attempt(self.goal, program, expected, self.run_kernel)
                 if verdict is not None:
                     break
                 self.last_seen = seen or self.last_seen
@@ -128,15 +88,15 @@ class _Reproducer:
         return verdict
 
 
-def minimize(program: Program, expected_signature: str, run_kernel: Callable[[Program], Trace], model,
+def minimize(program: Program, goal: Goal, run_kernel: Callable[[Program], Trace], model: Target,
              retries: int = DEFAULT_RETRIES) -> Minimized:
     """Raises NotReproduced when `program` itself does not reproduce within `retries` runs."""
     started = time.monotonic()
-    tester = _Reproducer(expected_signature, run_kernel, model, retries)
+    tester = _Reproducer(goal, run_kernel, model, retries)
     index = tester.divergent_index(program.ops)
     if index is None:
         seen = f" (runs showed: {tester.last_seen})" if tester.last_seen else ""
-        raise NotReproduced(f"the program does not reproduce `{expected_signature}` in {tester.retries} "
+        raise NotReproduced(f"the program does not reproduce `{goal.signature}` in {tester.retries} "
                             f"kernel run(s){seen}", tester.kernel_runs)
     ops, steps = program.ops[:index + 1], 0
     while True:

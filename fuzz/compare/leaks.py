@@ -21,8 +21,9 @@ gets past a tolerance costs ``RERUNS`` runs, not a finding: noise does not grow 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 RERUNS = 3
 # Largest growth between consecutive runs of a seed on a stock kernel (bench_leak_noise.py,
@@ -69,37 +70,66 @@ def leaking(runs: list[dict[str, int]]) -> dict[str, list[int]]:
     return confirmed
 
 
-def describe(confirmed: dict[str, list[int]]) -> str:
-    """The finding's detail: one clause per cache (cache name first, so findings of the same
-    cache share a signature)."""
-    return "; ".join(f"{cache} grew over the runs: " + ", ".join(str(n) for n in series)
-                     for cache, series in sorted(confirmed.items()))
+@dataclass(frozen=True)
+class Leak:
+    """A confirmed leak: every cache that grew at every run (``leaking``), with its counts."""
+    series: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @classmethod
+    def of(cls, confirmed: dict[str, list[int]]) -> "Leak | None":
+        return cls(tuple((cache, tuple(confirmed[cache])) for cache in sorted(confirmed))) if confirmed else None
+
+    @property
+    def caches(self) -> tuple[str, ...]:
+        return tuple(cache for cache, _ in self.series)
+
+    @property
+    def signature(self) -> str:
+        """Its caches, whatever the counts: the same on every worker, night and kernel."""
+        return "leak " + ", ".join(self.caches)
+
+    def shows(self, other: "Leak | None") -> bool:
+        """Does a re-check that found ``other`` show this leak?  It must show at least these
+        caches; more is the same leak seen more clearly (a dentry count that dipped once in a
+        busy campaign grows steadily in a quiet re-check)."""
+        return other is not None and set(self.caches) <= set(other.caches)
+
+    def describe(self) -> str:
+        """One clause per cache, cache name first."""
+        return "; ".join(f"{cache} grew over the runs: " + ", ".join(str(n) for n in counts)
+                         for cache, counts in self.series)
+
+    def to_json(self) -> dict:
+        return {cache: list(counts) for cache, counts in self.series}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "Leak":
+        if not isinstance(doc, dict) or not all(isinstance(n, int) for counts in doc.values() for n in counts):
+            raise ValueError("a leak is an object of cache -> list of counts")
+        return cls(tuple((str(cache), tuple(doc[cache])) for cache in sorted(doc)))
+
+    @classmethod
+    def from_description(cls, detail: str) -> "Leak | None":
+        """A leak recorded by a procfuzz that stored only ``describe()``'s text (older findings,
+        also the wording 'grew every run')."""
+        return cls.of({match.group(1): [int(n) for n in re.findall(r"\d+", match.group(2))]
+                       for match in _DESCRIBED.finditer(detail)})
 
 
-def leak_check(run: Callable[[], dict[str, int] | None], runs: int = RERUNS) -> dict[str, list[int]]:
+_DESCRIBED = re.compile(r"(?:^|; )([\w.-]+) grew (?:over the runs|every run): ([\d, ]*)")
+
+
+def leak_check(run: Callable[[], dict[str, int] | None], runs: int = RERUNS) -> Leak | None:
     """Re-checks a leak without a campaign (minimisation, reproducibility): ``run`` runs the
-    program once and returns its slab counts (None if that run failed).  The leaks as in
+    program once and returns its slab counts (None if that run failed).  The leak as in
     ``leaking``, over 1 + ``runs`` runs, as the campaign confirms a suspect program."""
     series = []
     for _ in range(1 + runs):
         counts = run()
         if not counts:
-            return {}
+            return None
         series.append(counts)
-    return leaking(series)
-
-
-def shows_leak(signature: str, confirmed: Iterable[str]) -> bool:
-    """Does a re-check that confirmed these caches show the leak of ``signature``?  It must
-    show at least that leak's caches; more is the same leak seen more clearly (a dentry count
-    that dipped once in a busy campaign grows steadily in a quiet re-check)."""
-    return set(signature.removeprefix("leak ").split(", ")) <= set(confirmed)
-
-
-def leak_signature(caches: Iterable[str]) -> str:
-    """The signature of a leak of these caches (Finding.signature reads them back from
-    describe()'s text); "" for none."""
-    return "leak " + ", ".join(sorted(caches)) if caches else ""
+    return Leak.of(leaking(series))
 
 
 @dataclass
@@ -109,24 +139,24 @@ class LeakOracle:
     baseline: dict | None = None
 
     def check(self, counts: dict[str, int] | None,
-              rerun: Callable[[], dict[str, int] | None]) -> dict[str, list[int]]:
-        """After a program's run with slab ``counts``: {} or the confirmed leaks. ``rerun`` runs
+              rerun: Callable[[], dict[str, int] | None]) -> Leak | None:
+        """After a program's run with slab ``counts``: None or the confirmed leak. ``rerun`` runs
         the same program again and returns its counts (None if that run failed)."""
         if not counts:
-            return {}
+            return None
         baseline, self.baseline = self.baseline, counts
         suspects = grown(baseline, counts) if baseline else []
         if not suspects:
-            return {}
+            return None
         runs = [counts]
         for _ in range(self.reruns):
             again = rerun()
             if not again:
                 self.baseline = None     # the VM may have restarted: counts start over
-                return {}
+                return None
             runs.append(again)
         self.baseline = runs[-1]
-        return leaking(runs)
+        return Leak.of(leaking(runs))
 
     def reset(self) -> None:
         """Something else ran the program or restarted the VM: the next counts are the baseline."""

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from reference.trace import result_matches
 
-from .storage import atomic_write
-from .triage import MINIMIZED_FILE, Bug
+from fuzz.record import store
+from fuzz.record.programs import atomic_write
+from fuzz.triage.bugs import Bug
 
 REPORT_VERSION = 1
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -66,9 +67,9 @@ def trace_rows(bug: Bug) -> list[tuple[int, str, str, str, bool]]:
 def _shown_program(bug: Bug) -> tuple[str, Path, str]:
     """(program text, its file, what it is): the minimised program if there is one."""
     if bug.minimized is not None:
-        return bug.minimized.to_text(), bug.directory / MINIMIZED_FILE, f"minimised, {len(bug.minimized)} ops"
+        return bug.minimized.to_text(), store.minimized_path(bug.directory), f"minimised, {len(bug.minimized)} ops"
     program = bug.representative.program
-    return program.to_text(), bug.directory / "program.prog", f"representative, {len(program)} ops, not minimised"
+    return program.to_text(), store.program_path(bug.directory), f"representative, {len(program)} ops, not minimised"
 
 
 def _repro_text(bug: Bug) -> str:

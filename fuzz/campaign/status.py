@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .campaign import Stats
+from fuzz.record.summary import Stats
 
 LOG_EVERY = 60.0
 
@@ -44,7 +44,7 @@ class StatusDisplay:
         found = ", ".join(f"{k}={v}" for k, v in sorted(stats.findings.items())) or "none"
         return (f"[{elapsed:7.0f}s] programs={stats.programs} ({stats.programs / elapsed:.1f}/s) "
                 f"ops/s={stats.ops / elapsed:.0f} corpus+={stats.corpus_added} features={stats.features} "
-                f"findings: {found} restarts={stats.restarts}")
+                f"findings: {found} restarts={stats.restarts} host_faults={stats.host_faults}")
 
     def _render(self, stats: Stats) -> Table:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -61,6 +61,7 @@ class StatusDisplay:
             ("findings", ", ".join(f"{k}: {v}" for k, v in sorted(stats.findings.items())) or "none"),
             ("duplicates", str(stats.duplicates)),
             ("VM restarts", str(stats.restarts)),
+            ("host faults", str(stats.host_faults)),
             ("tool errors", str(len(stats.errors))),
         ]
         for key, value in rows:

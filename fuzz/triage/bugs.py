@@ -12,7 +12,6 @@ those steps on a Bug can refresh it with the same function.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from collections import Counter, defaultdict
@@ -23,15 +22,12 @@ from typing import Callable
 from reference.program import Program, ProgramError
 from targets.qemu import stock_label
 
-from . import findings as findings_store
-from .findings import Finding
-from .oracle import compare
-from .reproduce import verdict
-from .storage import load_program
+from fuzz.compare.classes import OUTCOME_CLASSES
+from fuzz.compare.oracle import compare
+from fuzz.record import store
+from fuzz.record.finding import Finding
 
-REPRODUCIBILITY_FILE = "reproducibility.json"   # {"<kernel label>": {"diverged": k, "runs": n}}
-MINIMIZED_FILE = "minimized.prog"
-REPRO_C_FILE = "repro.c"
+from .reproduce import verdict
 
 
 @dataclass(frozen=True)
@@ -83,23 +79,14 @@ def finding_dirs(dirs: list[Path], warn: Callable[[str], None] = _stderr) -> lis
 
 
 def _read(directory: Path) -> tuple[Finding, int]:
-    """The finding, classified by today's oracle, and when it was recorded (meta.json, else
-    the file's time)."""
-    finding = reclassified(findings_store.load(directory))
-    meta_path = directory / "meta.json"
-    try:
-        recorded = json.loads(meta_path.read_text()).get("recorded")
-        if not isinstance(recorded, int) or isinstance(recorded, bool):
-            recorded = int(meta_path.stat().st_mtime)
-    except (OSError, ValueError, AttributeError) as err:
-        raise ProgramError(f"not a readable finding: {err}", source=str(directory)) from None
-    return finding, recorded
+    """The finding, classified by today's oracle, and when it was recorded."""
+    return reclassified(store.load(directory)), store.recorded_at(directory)
 
 
 def reclassified(finding: Finding) -> Finding:
     """A divergence compared again: findings of older procfuzz versions (or nights) group with
     today's. Crashes, hangs and leaks are not in the traces alone and keep their record."""
-    if finding.divergence.cls in ("crash", "hang", "leak"):
+    if finding.divergence.cls in OUTCOME_CLASSES:
         return finding
     divergence = compare(finding.program, finding.expected, finding.actual)
     return dataclasses.replace(finding, divergence=divergence) if divergence else finding
@@ -110,8 +97,8 @@ def _leaks_joined(groups: dict[str, list]) -> dict[str, list]:
     fullest such): a count that dipped once by noise drops out of a finding's signature
     (fuzz/leaks.py leaking), so `leak pid_namespace` is `leak dentry, pid_namespace,
     proc_inode_cache` seen less clearly.  Across kernels, or without a fuller leak, it stays."""
-    caches = {key: set(members[0][0].leaked_caches) for key, members in groups.items()
-              if members[0][0].leaked_caches}
+    caches = {key: set(members[0][0].divergence.leak.caches) for key, members in groups.items()
+              if members[0][0].divergence.leak}
     kernels = {key: {finding.kernel for finding, _, _ in groups[key]} for key in caches}
     joined: dict[str, list] = defaultdict(list)
     for key, members in groups.items():
@@ -126,7 +113,7 @@ def collect(dirs: list[Path], known: dict[str, tuple[str, tuple[str, ...]]] | No
             warn: Callable[[str], None] = _stderr) -> list[Bug]:
     """Bugs from run output directories (a run's ``--out``, a merged directory, a tree of
     shards), new ones first, then the most frequent.  ``known`` is
-    fuzz.known.load_known_issues()'s mapping; an unreadable finding is skipped with a warning."""
+    fuzz.record.known.load_known_issues()'s mapping; an unreadable finding is skipped with a warning."""
     known = known or {}
     groups: dict[str, list[tuple[Finding, int, Path]]] = defaultdict(list)
     for directory in finding_dirs([Path(d) for d in dirs], warn):
@@ -179,35 +166,16 @@ def with_artifacts(bug: Bug, warn: Callable[[str], None] = _stderr) -> Bug:
     minimised program and C reproducer.  A malformed file is a warning, not a failure."""
     reproducibility: dict[str, tuple[int, int]] = {}
     for directory in bug.directories:
-        path = directory / REPRODUCIBILITY_FILE
-        if not path.exists():
-            continue
         try:
-            for kernel, (diverged, runs) in _read_reproducibility(path).items():
+            for kernel, (diverged, runs) in store.read_reproducibility(directory).items():
                 before = reproducibility.get(kernel, (0, 0))
                 reproducibility[kernel] = (before[0] + diverged, before[1] + runs)
         except (OSError, ValueError) as err:
-            warn(f"{path}: ignored: {err}")
+            warn(f"{directory / store.REPRODUCIBILITY}: ignored: {err}")
     minimized = None
-    if (bug.directory / MINIMIZED_FILE).exists():
-        try:
-            minimized = load_program(bug.directory / MINIMIZED_FILE)
-        except ProgramError as err:
-            warn(f"ignored: {err}")
-    repro = bug.directory / REPRO_C_FILE
+    try:
+        minimized = store.read_minimized(bug.directory)
+    except ProgramError as err:
+        warn(f"ignored: {err}")
     return dataclasses.replace(bug, reproducibility=dict(sorted(reproducibility.items())),
-                               minimized=minimized, repro_c=repro if repro.is_file() else None)
-
-
-def _read_reproducibility(path: Path) -> dict[str, tuple[int, int]]:
-    doc = json.loads(path.read_text())
-    if not isinstance(doc, dict):
-        raise ValueError("expected an object of kernel label -> {diverged, runs}")
-    counts = {}
-    for kernel, entry in doc.items():
-        diverged, runs = (entry.get(key) if isinstance(entry, dict) else None for key in ("diverged", "runs"))
-        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (diverged, runs)) \
-                or not 0 <= diverged <= runs or runs == 0:
-            raise ValueError(f"{kernel!r}: expected 0 <= diverged <= runs, runs > 0")
-        counts[kernel] = (diverged, runs)
-    return counts
+                               minimized=minimized, repro_c=store.existing_repro_c(bug.directory))

@@ -1,129 +1,17 @@
-"""The oracle: compares a kernel trace with the model's expected trace and classifies the first
-divergence.  A second, model-free check looks for inconsistencies inside the kernel trace alone.
-
-Classes: stale (the kernel shows what the model says is gone), missing (the reverse),
-visibility (the difference involves hidepid, credentials or another pid namespace), errno
-(both fail, differently), inconsistent (readdir and lookup disagree inside one kernel trace),
-crash, hang; leak (slab objects that accumulate run after run, fuzz/leaks.py); plus model-bug and harness-error, which are procfuzz's own failures and never
-counted as kernel findings.
-"""
+"""Program analysis for signatures and classes: what an op looks at (its path, a held fd's or a
+cwd's path, a link's target) and the last op that ended or changed it."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from reference.program import OBSERVING_KINDS, Program, templates
-from reference.trace import Trace, alternatives, result_matches
+from reference.program import Program, templates
+from reference.trace import alternatives
 
-KERNEL_CLASSES = ("stale", "missing", "visibility", "errno", "inconsistent", "crash", "hang", "leak")
-TOOL_CLASSES = ("model-bug", "harness-error")
-GONE = ("ENOENT", "ESRCH", "dead")
 # Ops that end the object a path names: a difference after one is about that object's end
 # (stale or missing), even where hidepid or changed credentials are also involved.
 OBJECT_REMOVALS = ("exit", "reap", "exec", "close", "link_del", "link_rename", "link_set_netns")
-
-
-@dataclass(frozen=True)
-class Divergence:
-    cls: str
-    index: int | None          # op index, None for whole-program outcomes
-    op: str                    # the op's text ('' for whole-program outcomes)
-    expected: str
-    actual: str
-    detail: str = ""
-
-    def to_json(self) -> dict:
-        return {"class": self.cls, "index": self.index, "op": self.op, "expected": self.expected,
-                "actual": self.actual, "detail": self.detail}
-
-    @classmethod
-    def from_json(cls, doc: dict) -> "Divergence":
-        return cls(doc["class"], doc.get("index"), doc.get("op", ""), doc.get("expected", ""),
-                   doc.get("actual", ""), doc.get("detail", ""))
-
-    def summary(self) -> str:
-        if self.index is None:
-            return f"{self.cls}: {self.detail}"
-        return f"{self.cls} at op {self.index} `{self.op}`: expected {self.expected}, got {self.actual}"
-
-
-def compare(program: Program, expected: Trace, actual: Trace) -> Divergence | None:
-    if expected.outcome != "ok":
-        return Divergence("model-bug", None, "", "", "", expected.title)
-    if actual.outcome in ("crash", "hang"):
-        return Divergence(actual.outcome, len(actual.results), _op_text(program, len(actual.results)),
-                          "", actual.outcome, actual.title)
-    if actual.outcome != "ok" or len(actual.results) != len(program.ops):
-        return Divergence("harness-error", None, "", "", "",
-                          actual.title or f"{len(actual.results)} results for {len(program.ops)} ops")
-    for index, (want, got) in enumerate(zip(expected.results, actual.results)):
-        if not result_matches(want, got):
-            op = program.ops[index]
-            return Divergence(classify(program, index, want, got, expected.results), index, op.to_text(),
-                              want, got)
-    return find_inconsistency(program, actual)
-
-
-def _op_text(program: Program, index: int) -> str:
-    return program.ops[index].to_text() if index < len(program.ops) else ""
-
-
-def classify(program: Program, index: int, expected: str, actual: str,
-             results: Sequence[str] = ()) -> str:
-    """``results``: the model's results of the program, so that a removal the model says failed
-    does not count as one."""
-    op = program.ops[index]
-    want = alternatives(expected)[0]
-    # ESRCH comes from a task directory that resolved to a dead task: the name should have
-    # gone (a stale dentry), whatever credentials or hidepid were involved; and the reverse.
-    if (want, actual) == ("ENOENT", "ESRCH"):
-        return "stale"
-    if (want, actual) == ("ESRCH", "ENOENT"):
-        return "missing"
-    # A listing shows every task the mount lets the reader see: an extra or missing name there
-    # is visibility even after a removal; a single name is about the object the path names.
-    if _involves_visibility(program, index) and (
-            op.kind in ("readdir", "getdents")
-            or last_removal(program, index, observed(program, index, want, actual, results), results)
-            not in OBJECT_REMOVALS):
-        return "visibility"
-    if op.kind in ("readdir", "getdents") and want.startswith("ok:") and actual.startswith("ok:"):
-        extra = set(_names(actual)) - set(_names(want))
-        return "stale" if extra else "missing"
-    want_ok, got_ok = want.startswith("ok"), actual.startswith("ok")
-    if got_ok and not want_ok and want in GONE:
-        return "stale"
-    if want_ok and not got_ok and actual in GONE:
-        return "missing"
-    if not want_ok and not got_ok:
-        return "errno"
-    return "stale" if op.kind in OBSERVING_KINDS and got_ok else "errno"
-
-
-def _names(result: str) -> list[str]:
-    body = result[3:]
-    return body.split(",") if body else []
-
-
-def _involves_visibility(program: Program, index: int) -> bool:
-    """A path op through a hidepid mount, after changed credentials or nested pid namespaces."""
-    op = program.ops[index]
-    # getdents on a held fd lists with the mount's hidepid at that moment, like readdir
-    path = observed(program, index)[0] if op.kind == "getdents" else dict(op.args).get("path", "")
-    if not path:
-        return False                     # other ops on held fds look nothing up
-    if re.match(r"\{m\d+\}/sys(/|$)", path):
-        return False                     # /proc/sys shows by network namespace, not pid visibility
-    for op in program.ops[:index]:
-        if op.kind in ("setuid", "setgid") or (op.kind == "spawn" and op.arg("newpid")):
-            return True
-        if op.kind == "mount_proc" and op.arg("hidepid") != "off" and path.startswith("{" + op.ret + "}"):
-            return True
-    return False
-
-
 DELETED = " (deleted)"
 # Ops that name a task whose network namespace the agent opens (/proc/<pid>/ns/net).
 TASK_ARGUMENT = {"setns_net": "target", "link_set_netns": "target", "link_add": "peer_in"}
@@ -172,18 +60,18 @@ def link_target(program: Program, index: int, results: Sequence[str] = ()) -> tu
 def _cwd(program: Program, index: int, task: str, results: Sequence[str]) -> tuple[str, int] | None:
     """The cwd of ``task`` at op ``index``: the last successful chdir of its process before it
     (threads share a cwd), else the one its parent had when it spawned it (fork copies it)."""
-    process_of = _processes(program, index)
+    process_of = processes_of(program, index)
     process = process_of.get(task, task)
     for position in range(index - 1, -1, -1):
         op = program.ops[position]
-        if op.kind == "chdir" and process_of.get(op.actor, op.actor) == process and _succeeded(results, position):
+        if op.kind == "chdir" and process_of.get(op.actor, op.actor) == process and succeeded(results, position):
             return op.arg("path"), position
         if op.kind == "spawn" and op.ret == process:
             process = process_of.get(op.actor, op.actor)
     return None
 
 
-def _processes(program: Program, index: int) -> dict[str, str]:
+def processes_of(program: Program, index: int) -> dict[str, str]:
     """Task handle -> the process (thread group) it belongs to, for the ops before ``index``."""
     process_of = {"p1": "p1"}
     for op in program.ops[:index]:
@@ -194,53 +82,9 @@ def _processes(program: Program, index: int) -> dict[str, str]:
     return process_of
 
 
-def _succeeded(results: Sequence[str], index: int) -> bool:
+def succeeded(results: Sequence[str], index: int) -> bool:
     """Did the model say op ``index`` may succeed (unknown without results)?"""
     return index >= len(results) or any(a.startswith("ok") for a in alternatives(results[index]))
-
-
-def find_inconsistency(program: Program, trace: Trace) -> Divergence | None:
-    """Model-free: a name listed by readdir of D must be found by a later lookup of D/name by the
-    same actor, with no state-changing op in between (and the reverse for per-task dirs, where
-    every existing entry is listed)."""
-    listings: dict[tuple[str, str], tuple[int, set[str]]] = {}
-    for index, (op, result) in enumerate(zip(program.ops, trace.results)):
-        if op.kind not in OBSERVING_KINDS:
-            listings.clear()
-            continue
-        if op.kind == "readdir" and result.startswith("ok:"):
-            listings[(op.actor, op.arg("path"))] = (index, set(_names(result)))
-        elif op.kind == "lookup":
-            directory, _, name = op.arg("path").rpartition("/")
-            seen = listings.get((op.actor, directory))
-            if seen is None or not name:
-                continue
-            listed_at, names = seen
-            resolved = _resolved_name(name, program, trace)
-            if resolved is None:
-                continue
-            if resolved in names and result in GONE:
-                return Divergence("inconsistent", index, op.to_text(), "ok:*", result,
-                                  f"readdir at op {listed_at} listed {resolved!r}")
-            if resolved not in names and result.startswith("ok") and "/task" in directory[-5:]:
-                return Divergence("inconsistent", index, op.to_text(), "ENOENT", result,
-                                  f"readdir at op {listed_at} did not list {resolved!r}")
-    return None
-
-
-def _resolved_name(name: str, program: Program, trace: Trace) -> str | None:
-    """A literal name, or a {pN}/{tN} handle whose number the kernel reported at spawn (only
-    for tasks of the sandbox's own namespace, where that number is the one paths use)."""
-    if not name.startswith("{"):
-        return name
-    if any(op.kind == "spawn" and op.arg("newpid") for op in program.ops):
-        return None                      # numbers then depend on the mount's namespace
-    handle = name[1:-1]
-    for op, result in zip(program.ops, trace.results):
-        if op.ret == handle and op.kind in ("spawn", "spawn_thread") and result.startswith("ok:"):
-            numbers = result[3:].split(".")
-            return numbers[0] if len(numbers) == 1 else None
-    return "1" if handle == "p1" else None
 
 
 def op_path(program: Program, op) -> str:
@@ -283,7 +127,7 @@ def last_removal(program: Program, index: int, seen: tuple[str, int | None] | No
     path, bound = seen if seen is not None else observed(program, index, results=results)
     if not path:
         return ""
-    process_of = _processes(program, index)
+    process_of = processes_of(program, index)
     peers: dict[str, str] = {}         # veth ends
     cwd_mount: dict[str, str] = {}     # process -> the mount of its last chdir
     ns_inits: dict[str, tuple[str, ...]] = {"p1": ()}   # process -> inits of the pid namespaces it is in
@@ -345,8 +189,9 @@ def last_removal(program: Program, index: int, seen: tuple[str, int | None] | No
         earlier = program.ops[position]
         if earlier.kind == "link_add" and {earlier.arg("name"), earlier.arg("peer")} & devices:
             break
-        if relevant(earlier) and _succeeded(results, position):
+        if relevant(earlier) and succeeded(results, position):
             if earlier.kind in OBJECT_REMOVALS:
                 return earlier.kind
             changed = changed or earlier.kind
     return changed
+

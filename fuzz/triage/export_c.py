@@ -27,7 +27,7 @@ from reference.program import HIDEPID_VALUES, LINK_KINDS, OP_SPECS, SUBSET_VALUE
 from reference.trace import Trace
 from targets.initramfs import AGENT_SOURCE
 
-from .leaks import RERUNS, tolerance
+from fuzz.compare.leaks import RERUNS, tolerance
 
 
 class ExportError(ValueError):

@@ -1,0 +1,123 @@
+"""One worker of a campaign: generate -> run on the model and the kernel -> compare -> record.
+
+A worker owns one kernel target (one VM) and one model target, and writes findings and corpus
+entries straight to the shared output directory (atomic writes, so workers never collide and a
+kill never leaves a partial file).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from reference.profile import KernelProfile
+from reference.program import Program
+from targets.base import Target
+from targets.model_target import ModelTarget
+
+from fuzz.compare.classes import TOOL_CLASSES
+from fuzz.compare.leaks import LeakOracle
+from fuzz.compare.oracle import Divergence, compare
+from fuzz.generate.coverage import features
+from fuzz.generate.source import ProgramSource
+from fuzz.record import store
+from fuzz.record.finding import Finding
+from fuzz.record.programs import load_directory, save_program
+from fuzz.record.summary import Stats
+
+
+@dataclass
+class WorkerConfig:
+    index: int
+    seed: int
+    profile: KernelProfile
+    kernel_label: str
+    out: Path
+    corpus: Path
+    deadline: float
+    max_ops: int = 40
+    max_programs: int | None = None
+    known: frozenset = frozenset()
+    reruns: int = 1                 # re-runs of a divergent program, to tell flaky from reliable
+    seed_dirs: tuple = ()           # read-only program directories replayed first (corpus/seeds)
+    leak_every: int = 10            # slab counts (L frames, ~3x the cost) for every Nth program; 0: never
+
+
+def starting_programs(config: WorkerConfig) -> list[Program]:
+    """The seed directories' programs, then the working corpus as it is now."""
+    return [program for directory in (*config.seed_dirs, config.corpus) if Path(directory).is_dir()
+            for _, program in load_directory(directory)[0]]
+
+
+def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], None],
+               should_stop: Callable[[], bool], start: list[Program] | None = None) -> Stats:
+    """The differential loop for one worker; returns its final counters.
+
+    Its random stream is named by (seed, index): a campaign gives each worker, of every shard,
+    its own index.  ``start`` is the corpus to begin with (default: starting_programs now)."""
+    rng = random.Random(f"{config.seed}-{config.index}")
+    seeds = starting_programs(config) if start is None else start
+    source = ProgramSource(config.profile, seeds, rng, config.max_ops)
+    model = ModelTarget(config.profile)
+    seen_features: set = set()
+    leaks = LeakOracle()
+    stats, last_report = Stats(), time.monotonic()
+    while not should_stop() and time.monotonic() < config.deadline:
+        if config.max_programs is not None and stats.programs >= config.max_programs:
+            break
+        program = source.next()
+        # The leak oracle's baseline is the previous measured program; its re-runs measure too.
+        target.measure_leaks = bool(config.leak_every) and stats.programs % config.leak_every == 0
+        expected = model.run(program)
+        actual = target.run(program) if expected.outcome == "ok" else expected
+        stats.programs += 1
+        stats.ops += len(program)
+        stats.guest_us += actual.guest_us
+        divergence = compare(program, expected, actual)
+        if divergence is not None:
+            finding = Finding(program, expected, actual, divergence, config.kernel_label,
+                              actual.extra.get("console", ""),
+                              confirm(program, expected, divergence, target, config.reruns))
+            _record(config, finding, stats)
+            leaks.reset()               # the re-runs (or a VM restart) moved the counts
+        elif leak := leaks.check(actual.extra.get("slab"), lambda: target.run(program).extra.get("slab")):
+            _record(config, Finding(program, expected, actual, Divergence.of_leak(leak), config.kernel_label,
+                                    "", (leaks.reruns, leaks.reruns)), stats)
+        elif expected.outcome == "ok":
+            fresh = features(program, expected) - seen_features
+            if fresh:
+                seen_features |= fresh
+                save_program(config.corpus, program)
+                source.corpus.append(program)
+                stats.corpus_added += 1
+        stats.features = len(seen_features)
+        stats.restarts = target.restarts
+        if time.monotonic() - last_report > 1.0:
+            report(stats)
+            last_report = time.monotonic()
+    report(stats)
+    return stats
+
+
+def _record(config: WorkerConfig, finding, stats: Stats) -> None:
+    _, new = store.record(config.out, finding)
+    if new and finding.signature not in config.known:
+        stats.findings[finding.divergence.cls] += 1
+    else:
+        stats.duplicates += 1
+
+
+def confirm(program: Program, expected, divergence: Divergence, target: Target, reruns: int) -> tuple[int, int]:
+    """Re-run a divergent program; count the runs that diverge the same way (class and op)."""
+    if divergence.cls in TOOL_CLASSES:
+        return (0, 0)
+    same = 0
+    for _ in range(reruns):
+        again = compare(program, expected, target.run(program))
+        same += again is not None and (again.cls, again.index) == (divergence.cls, divergence.index)
+    return (same, reruns)
+
+

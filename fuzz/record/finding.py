@@ -1,0 +1,34 @@
+"""A finding: a program whose kernel run diverged from the model (or crashed, hung or leaked),
+with both traces, the divergence and what re-runs showed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reference.program import Program
+from reference.trace import Trace
+
+from fuzz.compare.oracle import Divergence
+
+from . import signature as signatures
+
+
+@dataclass(frozen=True)
+class Finding:
+    program: Program
+    expected: Trace
+    actual: Trace
+    divergence: Divergence
+    kernel: str                          # the kernel label it ran on (targets.qemu.kernel_label)
+    console: str = ""
+    reruns: tuple[int, int] = (0, 0)     # (runs that diverged the same way, re-runs done)
+
+    @property
+    def signature(self) -> str:
+        """Stable across runs, workers and kernels (fuzz/record/signature.py)."""
+        return signatures.signature(self.program, self.expected.results, self.divergence)
+
+    @property
+    def bug_key(self) -> str:
+        """What triage groups by (fuzz/record/signature.py bug_key)."""
+        return signatures.bug_key(self.program, self.expected.results, self.divergence)

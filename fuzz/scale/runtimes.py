@@ -1,0 +1,169 @@
+"""Where workers run: one interface, three runtimes (in the spirit of KernelCI's runtimes).
+
+    runtime.prepare()                          # check the engine; build or find the worker image
+    handles = runtime.submit(jobs)             # start one job per shard
+    codes = runtime.wait(handles, deadline)    # exit codes; jobs still running at the deadline are stopped
+    paths = runtime.collect(handles, out)      # shard outputs, merged into out
+
+A Job is one ``procfuzz run --shard I/N`` invocation, whatever runs it: a process here
+(``local``), a container (``docker``), or a pod of a Kubernetes Indexed Job (``kubernetes``).
+Shards are 0-based (``0/2`` and ``1/2``), like Kubernetes' completion index.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from fuzz.campaign.shards import Shard
+from fuzz.errors import EXIT_FOUND, EXIT_OK, EXIT_TOOL
+
+from .merge import merge
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_IMAGE = "procfuzz-worker:latest"
+WORKER_UID = 10001                 # the image's procfuzz user (ci/Dockerfile)
+STOP_GRACE_SECONDS = 60            # after SIGTERM a run stops its VMs and writes its summary
+RUNTIMES = ("local", "docker", "kubernetes")
+
+
+class RuntimeUnavailable(Exception):
+    """The runtime cannot be used here (no engine, no cluster, no image); the message says why."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ``procfuzz run`` of one shard."""
+    shard: Shard
+    seed: int
+    budget: int = 600                         # seconds
+    kernel: str | None = None
+    workers: int = 1
+    max_programs: int | None = None
+    extra_args: tuple[str, ...] = ()          # further `procfuzz run` options
+
+    def run_args(self, out: str, shard: str | None = None) -> list[str]:
+        """The ``procfuzz`` arguments; ``shard`` replaces the shard text (Kubernetes fills in the index)."""
+        args = ["run", "--shard", shard or str(self.shard), "--seed", str(self.seed),
+                "--budget", f"{self.budget}s", "--workers", str(self.workers), "--out", out]
+        if self.kernel:
+            args += ["--kernel", self.kernel]
+        if self.max_programs is not None:
+            args += ["--max-programs", str(self.max_programs)]
+        return args + list(self.extra_args)
+
+
+def combined_exit(codes: list[int | None]) -> int:
+    """2 if any job failed as a tool or did not finish, else 1 if any found something, else 0."""
+    if any(code not in (EXIT_OK, EXIT_FOUND) for code in codes):
+        return EXIT_TOOL
+    return EXIT_FOUND if EXIT_FOUND in codes else EXIT_OK
+
+
+class Runtime(ABC):
+    """Runs jobs whose outputs land in ``work/shard-I-of-N/``."""
+
+    def __init__(self, work: Path):
+        self.work = Path(work)
+
+    @abstractmethod
+    def prepare(self) -> None: ...
+
+    @abstractmethod
+    def submit(self, jobs: list[Job]) -> list: ...
+
+    @abstractmethod
+    def wait(self, handles: list, deadline: float) -> list[int | None]: ...
+
+    def collect(self, handles: list, out: Path) -> list[Path]:
+        """Merge the shard outputs into ``out``; returns the shard output directories."""
+        paths = [self.work / handle.job.shard.dirname for handle in handles]
+        merge(Path(out), [path for path in paths if path.is_dir()])
+        return paths
+
+
+# ---- local ---------------------------------------------------------------------------------------
+
+@dataclass
+class LocalHandle:
+    job: Job
+    process: subprocess.Popen
+
+
+class LocalRuntime(Runtime):
+    """Each job is a ``procfuzz run`` process here (run_campaign: one VM per worker), running
+    this very procfuzz; its output goes to ``work/shard-I-of-N/run.log``."""
+
+    def prepare(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    def submit(self, jobs: list[Job]) -> list[LocalHandle]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        handles = []
+        for job in jobs:
+            directory = self.work / job.shard.dirname
+            directory.mkdir(parents=True, exist_ok=True)
+            with open(directory / "run.log", "wb") as log:
+                process = subprocess.Popen([sys.executable, "-m", "fuzz.cli", *job.run_args(str(self.work))],
+                                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           env=env)
+            handles.append(LocalHandle(job, process))
+        return handles
+
+    def wait(self, handles: list[LocalHandle], deadline: float) -> list[int | None]:
+        for handle in handles:
+            try:
+                handle.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                handle.process.terminate()
+        for handle in handles:
+            try:
+                handle.process.wait(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                handle.process.kill()
+                handle.process.wait()
+        return [h.process.returncode if h.process.returncode >= 0 else EXIT_TOOL for h in handles]
+
+
+def make_runtime(name: str, work: Path, **options) -> Runtime:
+    """``options``: image (docker, kubernetes); namespace, claim (kubernetes)."""
+    if name == "local":
+        return LocalRuntime(work)
+    if name == "docker":
+        from .docker_runtime import DockerRuntime
+        return DockerRuntime(work, options.get("image"))
+    if name == "kubernetes":
+        from .kubernetes_runtime import KubernetesRuntime
+        return KubernetesRuntime(work, options.get("image"), options.get("namespace") or "default",
+                                 options.get("claim") or "procfuzz-findings")
+    raise ValueError(f"unknown runtime {name!r}: one of {', '.join(RUNTIMES)}")
+
+
+RUNTIME_START_SLACK = 600.0     # image start, kernel boot and seed replay come on top of the budget
+
+
+def run_on_runtime(name: str, jobs: list[Job], out: Path, log, **options) -> tuple[int, dict]:
+    """`run --runtime docker|kubernetes`: start one job (one worker) per shard, wait for them
+    (Ctrl-C stops them and keeps what they found), merge their outputs into ``out``; returns
+    (the combined exit code, the merged summary)."""
+    from fuzz.record.summary import read_summary
+    from .merge import MergeError
+    runtime = make_runtime(name, out, **options)
+    try:
+        runtime.prepare()
+        handles = runtime.submit(jobs)
+        log(f"procfuzz: {len(handles)} {name} workers started (seed {jobs[0].seed})")
+        try:
+            codes = runtime.wait(handles, time.monotonic() + jobs[0].budget + RUNTIME_START_SLACK)
+        except KeyboardInterrupt:
+            log("\nprocfuzz: interrupted: stopping the workers, keeping everything")
+            codes = runtime.wait(handles, time.monotonic())
+        runtime.collect(handles, out)
+        return combined_exit(codes), read_summary(out)
+    except MergeError as err:
+        raise RuntimeUnavailable(str(err)) from None

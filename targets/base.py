@@ -1,0 +1,20 @@
+"""The interface every target implements: the reference model, the QEMU guest, and the fake
+kernels of the tests.  The engine knows targets only through it."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from reference.program import Program
+from reference.trace import Trace
+
+
+@runtime_checkable
+class Target(Protocol):
+    label: str             # what findings name: "model", or package=version [+zoo:BUG +module.ko]
+    restarts: int          # VM restarts so far (a crash, hang or lost guest restarts it)
+    measure_leaks: bool    # report settled slab counts (trace.extra["slab"]) after each program
+
+    def run(self, program: Program) -> Trace: ...
+
+    def close(self) -> None: ...
