@@ -205,7 +205,7 @@ def test_next_campaign_starts_from_the_saved_corpus(tmp_path):
 
 
 def test_atheris_grows_the_corpus_with_valid_programs(tmp_path):
-    from fuzz.generate.atheris_driver import grow_corpus
+    from fuzz.campaign.atheris_driver import grow_corpus
     from targets.kernels import load_profile
     added = grow_corpus(load_profile(), tmp_path, runs=400, max_ops=20)
     programs, errors = load_directory(tmp_path)

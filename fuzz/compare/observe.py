@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from reference.program import Program, templates
 from reference.trace import alternatives
@@ -118,19 +119,58 @@ def op_path(program: Program, op) -> str:
 _DEVICE = re.compile(r"/(?:conf|neigh)/(?!all\b|default\b)([a-z][a-z0-9]*)")
 
 
-def last_removal(program: Program, index: int, seen: tuple[str, int | None] | None = None,
-                 results: Sequence[str] = ()) -> str:
-    """The kind of the last op before op ``index`` that ended what that op looks at (``seen``:
-    its ``observed`` path and binding op), else of the last that changed it, or "" if none did
-    (see above).  An op the model says failed (``results``) removed nothing."""
-    op = program.ops[index]
-    path, bound = seen if seen is not None else observed(program, index, results=results)
-    if not path:
-        return ""
+@dataclass(frozen=True)
+class _View:
+    """What an observing op looks at, as last_removal needs it."""
+    path: str
+    bound: int | None                      # the op that bound a held fd or cwd to its object
+    observer: str                          # the observing process
+    process_of: dict[str, str]             # task handle -> its process
+    peers: dict[str, str]                  # veth ends
+    ns_inits: dict[str, tuple[str, ...]]   # process -> inits of the pid namespaces it is in
+    mount: str | None                      # the mount the path resolves in (None: the agent's own /proc)
+
+    @property
+    def refs(self) -> list[str]:
+        return templates(self.path)
+
+    @property
+    def in_agent_proc(self) -> bool:       # setns_net's and link_set_netns' target
+        return self.path.startswith("/proc/")
+
+    @property
+    def relative(self) -> bool:
+        return not (self.path.startswith("{m") or self.in_agent_proc)
+
+    @property
+    def processes(self) -> set[str]:
+        return {self.process_of.get(h, h) for h in self.refs if h[0] in "pt"}
+
+    @property
+    def lists_tasks(self) -> bool:
+        return self.path.startswith("{m") and self.path == "{" + self.refs[0] + "}"
+
+    @property
+    def is_net(self) -> bool:
+        # /proc/<pid>/net and /proc/sys/net show the netns; /proc/<pid>/ns/net is a link that a
+        # change of netns repoints, removing nothing
+        path = self.path
+        return ("sys/net" in path or "/net/" in path or path.endswith("/net")) and "/ns/" not in path
+
+    @property
+    def devices(self) -> set[str]:
+        return set(_DEVICE.findall(self.path))
+
+    @property
+    def lists_devices(self) -> bool:
+        return re.search(r"/(conf|neigh)/?$", self.path) is not None
+
+
+def _view(program: Program, index: int, path: str, bound: int | None) -> _View:
     process_of = processes_of(program, index)
-    peers: dict[str, str] = {}         # veth ends
+    peers: dict[str, str] = {}
     cwd_mount: dict[str, str] = {}     # process -> the mount of its last chdir
-    ns_inits: dict[str, tuple[str, ...]] = {"p1": ()}   # process -> inits of the pid namespaces it is in
+    ns_inits: dict[str, tuple[str, ...]] = {"p1": ()}
     for earlier in program.ops[:index]:
         if earlier.kind == "spawn":
             parent = ns_inits.get(process_of.get(earlier.actor, earlier.actor), ())
@@ -139,59 +179,63 @@ def last_removal(program: Program, index: int, seen: tuple[str, int | None] | No
             peers[earlier.arg("name")], peers[earlier.arg("peer")] = earlier.arg("peer"), earlier.arg("name")
         elif earlier.kind == "chdir" and earlier.arg("path").startswith("{m"):
             cwd_mount[process_of.get(earlier.actor, earlier.actor)] = templates(earlier.arg("path"))[0]
-    refs = templates(path)
-    in_agent_proc = path.startswith("/proc/")          # setns_net's and link_set_netns' target
-    relative = not (path.startswith("{m") or in_agent_proc)
-    observer = process_of.get(op.actor, op.actor)
-    processes = {process_of.get(h, h) for h in refs if h[0] in "pt"}
-    mount = cwd_mount.get(observer) if relative else None if in_agent_proc else refs[0]
-    lists_tasks = path.startswith("{m") and path == "{" + refs[0] + "}"
-    # /proc/<pid>/net and /proc/sys/net show the netns; /proc/<pid>/ns/net is a link that a
-    # change of netns repoints, removing nothing
-    is_net = ("sys/net" in path or "/net/" in path or path.endswith("/net")) and "/ns/" not in path
-    devices = set(_DEVICE.findall(path))
-    lists_devices = re.search(r"/(conf|neigh)/?$", path) is not None
+    actor = program.ops[index].actor
+    observer = process_of.get(actor, actor)
+    view = _View(path, bound, observer, process_of, peers, ns_inits, None)
+    return replace(view, mount=cwd_mount.get(observer) if view.relative else
+                   None if view.in_agent_proc else view.refs[0])
 
-    def relevant(earlier) -> bool:
-        kind, process = earlier.kind, process_of.get(earlier.actor, earlier.actor)
-        if kind in ("exit", "exec"):
-            # A pid namespace's init taking its namespace down (zap_pid_ns_processes) ends
-            # every task in it.
-            inside = any(process in ns_inits.get(named, ()) for named in processes)
-            return process in processes or (kind == "exit" and (lists_tasks or inside))
-        if kind == "reap":
-            return earlier.arg("child") in processes or lists_tasks
-        if kind in ("setuid", "setgid"):      # the agent's own /proc is read as root
-            return not in_agent_proc and (
-                process in processes or (process == observer and bound is None and bool(processes)))
-        if kind == "close":
-            return earlier.arg("fd") in refs
-        if kind in ("link_del", "link_rename", "link_set_netns"):
-            gone = {earlier.arg("name")}
-            if kind == "link_rename":
-                gone.add(earlier.arg("new"))
-            elif kind == "link_del":
-                gone.add(peers.get(earlier.arg("name"), ""))
-            return is_net and (lists_devices or bool(gone & devices))
-        if kind == "umount":
-            return bound is None and mount is not None and earlier.arg("mount") == mount
-        if kind == "chdir":
-            return bound is None and relative and process == observer
-        if kind in ("unshare_net", "setns_net"):
-            return bound is None and is_net and (process == observer or process in processes)
-        return False
 
+def _affects(earlier, view: _View) -> bool:
+    """Did op ``earlier`` end or change what ``view`` looks at (see the table above)?"""
+    kind, process = earlier.kind, view.process_of.get(earlier.actor, earlier.actor)
+    if kind in ("exit", "exec"):
+        # A pid namespace's init taking its namespace down (zap_pid_ns_processes) ends
+        # every task in it.
+        inside = any(process in view.ns_inits.get(named, ()) for named in view.processes)
+        return process in view.processes or (kind == "exit" and (view.lists_tasks or inside))
+    if kind == "reap":
+        return earlier.arg("child") in view.processes or view.lists_tasks
+    if kind in ("setuid", "setgid"):      # the agent's own /proc is read as root
+        return not view.in_agent_proc and (
+            process in view.processes or (process == view.observer and view.bound is None and bool(view.processes)))
+    if kind == "close":
+        return earlier.arg("fd") in view.refs
+    if kind in ("link_del", "link_rename", "link_set_netns"):
+        gone = {earlier.arg("name")}
+        if kind == "link_rename":
+            gone.add(earlier.arg("new"))
+        elif kind == "link_del":
+            gone.add(view.peers.get(earlier.arg("name"), ""))
+        return view.is_net and (view.lists_devices or bool(gone & view.devices))
+    if kind == "umount":
+        return view.bound is None and view.mount is not None and earlier.arg("mount") == view.mount
+    if kind == "chdir":
+        return view.bound is None and view.relative and process == view.observer
+    if kind in ("unshare_net", "setns_net"):
+        return view.bound is None and view.is_net and (process == view.observer or process in view.processes)
+    return False
+
+
+def last_removal(program: Program, index: int, seen: tuple[str, int | None] | None = None,
+                 results: Sequence[str] = ()) -> str:
+    """The kind of the last op before op ``index`` that ended what that op looks at (``seen``:
+    its ``observed`` path and binding op), else of the last that changed it, or "" if none did
+    (see above).  An op the model says failed (``results``) removed nothing."""
+    path, bound = seen if seen is not None else observed(program, index, results=results)
+    if not path:
+        return ""
+    view = _view(program, index, path, bound)
     # An op that ended the object explains more than a later change around it (a setuid of the
     # observer after the task's exit), so it wins; else the last change.
     start = bound + 1 if bound is not None else 0
     changed = ""
     for position in range(index - 1, start - 1, -1):
         earlier = program.ops[position]
-        if earlier.kind == "link_add" and {earlier.arg("name"), earlier.arg("peer")} & devices:
+        if earlier.kind == "link_add" and {earlier.arg("name"), earlier.arg("peer")} & view.devices:
             break
-        if relevant(earlier) and succeeded(results, position):
+        if _affects(earlier, view) and succeeded(results, position):
             if earlier.kind in OBJECT_REMOVALS:
                 return earlier.kind
             changed = changed or earlier.kind
     return changed
-

@@ -29,7 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_IMAGE = "procfuzz-worker:latest"
 WORKER_UID = 10001                 # the image's procfuzz user (ci/Dockerfile)
 STOP_GRACE_SECONDS = 60            # after SIGTERM a run stops its VMs and writes its summary
-RUNTIMES = ("local", "docker", "kubernetes")
 
 
 class RuntimeUnavailable(Exception):
@@ -128,42 +127,3 @@ class LocalRuntime(Runtime):
                 handle.process.kill()
                 handle.process.wait()
         return [h.process.returncode if h.process.returncode >= 0 else EXIT_TOOL for h in handles]
-
-
-def make_runtime(name: str, work: Path, **options) -> Runtime:
-    """``options``: image (docker, kubernetes); namespace, claim (kubernetes)."""
-    if name == "local":
-        return LocalRuntime(work)
-    if name == "docker":
-        from .docker_runtime import DockerRuntime
-        return DockerRuntime(work, options.get("image"))
-    if name == "kubernetes":
-        from .kubernetes_runtime import KubernetesRuntime
-        return KubernetesRuntime(work, options.get("image"), options.get("namespace") or "default",
-                                 options.get("claim") or "procfuzz-findings")
-    raise ValueError(f"unknown runtime {name!r}: one of {', '.join(RUNTIMES)}")
-
-
-RUNTIME_START_SLACK = 600.0     # image start, kernel boot and seed replay come on top of the budget
-
-
-def run_on_runtime(name: str, jobs: list[Job], out: Path, log, **options) -> tuple[int, dict]:
-    """`run --runtime docker|kubernetes`: start one job (one worker) per shard, wait for them
-    (Ctrl-C stops them and keeps what they found), merge their outputs into ``out``; returns
-    (the combined exit code, the merged summary)."""
-    from fuzz.record.summary import read_summary
-    from .merge import MergeError
-    runtime = make_runtime(name, out, **options)
-    try:
-        runtime.prepare()
-        handles = runtime.submit(jobs)
-        log(f"procfuzz: {len(handles)} {name} workers started (seed {jobs[0].seed})")
-        try:
-            codes = runtime.wait(handles, time.monotonic() + jobs[0].budget + RUNTIME_START_SLACK)
-        except KeyboardInterrupt:
-            log("\nprocfuzz: interrupted: stopping the workers, keeping everything")
-            codes = runtime.wait(handles, time.monotonic())
-        runtime.collect(handles, out)
-        return combined_exit(codes), read_summary(out)
-    except MergeError as err:
-        raise RuntimeUnavailable(str(err)) from None

@@ -6,7 +6,7 @@ instrumented, so inputs that reach new model behaviour are what libFuzzer keeps:
 to a raw-input directory, and `grow_corpus` decodes those into program files of the corpus.
 
 atheris ends its process when the run is over, so it runs in a child process
-(`python -m fuzz.generate.atheris_driver RAWDIR RUNS MAX_OPS KERNEL`).
+(`python -m fuzz.campaign.atheris_driver RAWDIR RUNS MAX_OPS KERNEL`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from reference.profile import KernelProfile
 def grow_corpus(profile: KernelProfile, corpus: Path, runs: int, max_ops: int, kernel: str | None = None) -> int:
     from fuzz.record.programs import program_files, save_program
 
-    from .source import ProgramSource
+    from fuzz.generate.source import ProgramSource
     corpus.mkdir(parents=True, exist_ok=True)
     before = {p.name for p in program_files(corpus)}
     with tempfile.TemporaryDirectory(prefix="procfuzz-atheris-") as raw:
         root = Path(__file__).resolve().parents[2]
-        subprocess.run([sys.executable, "-m", "fuzz.generate.atheris_driver", raw, str(runs), str(max_ops), kernel or ""],
+        subprocess.run([sys.executable, "-m", "fuzz.campaign.atheris_driver", raw, str(runs), str(max_ops), kernel or ""],
                        cwd=root, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         source = ProgramSource(profile, [], random.Random(0), max_ops)
         for path in sorted(Path(raw).iterdir()):
@@ -46,7 +46,7 @@ def _fuzz(raw: str, runs: int, max_ops: int, kernel: str) -> None:
     from targets.kernels import load_profile
     from targets.model_target import ModelTarget
 
-    from .source import ProgramSource
+    from fuzz.generate.source import ProgramSource
     profile = load_profile(kernel or None)
     source = ProgramSource(profile, [], random.Random(0), max_ops)
     model = ModelTarget(profile)

@@ -1,49 +1,23 @@
-"""`procfuzz`: the command line.  It parses arguments, calls the library and prints: every
-command is a call that tests, benchmarks and the service make too.  Exit codes: fuzz/errors.py.
-"""
+"""The commands of `procfuzz`: each parses nothing, calls the library and prints."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import corpus
-from reference.program import Program, ProgramError
+from reference.program import Program
 from reference.trace import Trace, result_matches
-from targets.base import Target
 
-from fuzz.errors import EXIT_FOUND, EXIT_OK, EXIT_TOOL, ToolError
 from fuzz.campaign.run import parse_duration
-from fuzz.execute.kernels import KernelSpec, TargetOpener, model_for, open_qemu
-from fuzz.triage.minimize import DEFAULT_RETRIES
+from fuzz.errors import EXIT_FOUND, EXIT_OK, EXIT_TOOL, ToolError
+from fuzz.execute.kernels import KernelSpec
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 BENCHMARKS = tuple(sorted(p.stem.removeprefix("bench_") for p in BENCH_DIR.glob("bench_*.py"))) \
     if BENCH_DIR.is_dir() else ()
-
-
-def main(argv: list[str] | None = None, *, open_target: TargetOpener = open_qemu,
-         model_for: Callable[[str | None], Target] = model_for) -> int:
-    """``open_target`` boots the kernels and ``model_for`` gives the model of a kernel: tests
-    pass fake kernels here."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    args.open_target, args.model_for = open_target, model_for
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_TOOL
-    try:
-        return args.func(args)
-    except (ToolError, ProgramError) as err:
-        print(f"procfuzz: {err}", file=sys.stderr)
-        return EXIT_TOOL
-    except KeyboardInterrupt:
-        print("procfuzz: interrupted", file=sys.stderr)
-        return EXIT_TOOL
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -184,7 +158,8 @@ def _shard(text: str | None):
 def _run_on_runtime(args) -> int:
     """`run --runtime docker|kubernetes`: one job (one worker) per shard, merged into --out."""
     from fuzz.campaign.shards import WHOLE
-    from fuzz.scale.runtimes import Job, RuntimeUnavailable, make_runtime, run_on_runtime
+    from fuzz.scale.launch import make_runtime, run_on_runtime
+    from fuzz.scale.runtimes import Job, RuntimeUnavailable
     if args.shard:
         raise ToolError("--shard runs one shard here; --runtime docker|kubernetes starts every shard "
                         "itself, one per --workers")
@@ -227,7 +202,7 @@ def cmd_merge(args) -> int:
 
 def cmd_atheris(args) -> int:
     from fuzz.execute.kernels import profile_for
-    from fuzz.generate.atheris_driver import grow_corpus
+    from fuzz.campaign.atheris_driver import grow_corpus
     added = grow_corpus(profile_for(args.kernel), Path(args.corpus), args.runs, args.max_ops, args.kernel)
     print(f"{added} programs with new model coverage saved to {args.corpus}")
     return EXIT_OK
@@ -347,115 +322,3 @@ def cmd_bench(args) -> int:
     sys.argv = [str(bench)] + args.rest
     runpy.run_path(str(bench), run_name="__main__")
     return EXIT_OK
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="procfuzz", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers()
-
-    def command(name, func, help_text):
-        p = sub.add_parser(name, help=help_text)
-        p.set_defaults(func=func)
-        return p
-
-    def kernel_option(p):
-        p.add_argument("--kernel", default=None, help="kernel pin name (default: the pins file's default)")
-
-    def module_options(p):
-        p.add_argument("--zoo", default=None, metavar="BUG",
-                       help="inject a bug-zoo bug (targets/zoo/README.md) into the guest kernel")
-        p.add_argument("--load-module", action="append", default=[], metavar="PATH.ko[:params]",
-                       help="load an out-of-tree module into the guest after every boot (repeatable)")
-
-    p = command("show", cmd_show, "pretty-print a program or finding")
-    p.add_argument("case")
-    p.add_argument("--json", action="store_true", help="canonical JSON instead of text")
-    for name, func, help_text, operand in (
-            ("model", cmd_model, "print the reference model's trace for a program", "case"),
-            ("exec", cmd_exec, "run one program on the real kernel and print its trace", "case"),
-            ("repro", cmd_repro, "run a finding or program on model and kernel, side by side", "case"),
-            ("replay", cmd_replay, "run every program of a directory on both targets", "dir")):
-        p = command(name, func, help_text)
-        p.add_argument(operand)
-        kernel_option(p)
-        if name != "model":
-            module_options(p)
-    p = command("run", cmd_run, "a fuzzing campaign")
-    kernel_option(p)
-    module_options(p)
-    p.add_argument("--budget", default="10m")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--guest-cpus", type=int, choices=(1, 2, 4), default=None,
-                   help="vCPUs per guest (default: 2, or 1 when the workers would oversubscribe the host)")
-    p.add_argument("--corpus", default=None,
-                   help="working corpus, grown by the run (default OUT/corpus); corpus/seeds and "
-                        "corpus/regressions are always replayed first")
-    p.add_argument("--out", default="out")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-ops", type=int, default=40)
-    p.add_argument("--leak-every", type=int, default=10,
-                   help="measure slab counts after every Nth program for the leak oracle (0: never)")
-    p.add_argument("--known", default=None, help="known-issues file (default corpus/known-issues.toml)")
-    p.add_argument("--shard", default=None, metavar="I/N",
-                   help="run shard I of N (0-based: I is 0..N-1) of a campaign: its own random streams, "
-                        "output in OUT/shard-I-of-N/; give every shard the same --seed and --workers")
-    p.add_argument("--max-programs", type=int, default=None,
-                   help="stop each worker after this many programs (with --seed: a reproducible campaign)")
-    p.add_argument("--runtime", choices=("local", "docker", "kubernetes"), default="local",
-                   help="where workers run: here (default), one docker container per worker, or one pod "
-                        "per worker of a Kubernetes Indexed Job")
-    p.add_argument("--image", default=None,
-                   help="docker/kubernetes worker image (default procfuzz-worker:latest, which the docker "
-                        "runtime builds from this checkout's ci/Dockerfile)")
-    p.add_argument("--dry-run", action="store_true", help="with --runtime kubernetes: print the manifests")
-    p.add_argument("--namespace", default="default", help="kubernetes namespace")
-    p.add_argument("--claim", default="procfuzz-findings",
-                   help="kubernetes PersistentVolumeClaim (ReadWriteMany) the pods write findings to")
-    p = command("merge", cmd_merge, "fold run outputs (shards, nights, kernels) into one directory")
-    p.add_argument("out", help="the merged output directory (may be one of the sources)")
-    p.add_argument("sources", nargs="+",
-                   help="run outputs, or directories holding them (e.g. OUT of sharded runs)")
-    p = command("triage", cmd_triage, "one row per bug from run directories; Markdown, HTML, JSON, JUnit, SARIF reports")
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="run output directories (every findings/ below them)")
-    p.add_argument("--known", default=None, help="known-issues file (default corpus/known-issues.toml)")
-    p.add_argument("--report", default=None, help="report directory (default DIR/report of the first DIR)")
-    p.add_argument("--minimize", action="store_true",
-                   help="minimise each new bug's representative and export its C reproducer")
-    p.add_argument("--kernels", default=None, metavar="K1,K2",
-                   help="re-run each new bug on these kernel pins (with its zoo bug, if any)")
-    p.add_argument("--runs", type=int, default=5, help="re-runs per kernel for --kernels")
-    p = command("kernels", cmd_kernels, "list, fetch or profile pinned kernels")
-    p.add_argument("action", choices=("list", "fetch", "profile"))
-    p.add_argument("name", nargs="?", default=None)
-    p = command("atheris", cmd_atheris, "grow the corpus with atheris over the instrumented model")
-    kernel_option(p)
-    p.add_argument("--corpus", default="out/corpus", help="working corpus to grow")
-    p.add_argument("--runs", type=int, default=20000)
-    p.add_argument("--max-ops", type=int, default=40)
-    p = command("bench", cmd_bench, "benchmarks: " + ", ".join(BENCHMARKS))
-    p.add_argument("what", choices=BENCHMARKS)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p = command("minimize", cmd_minimize, "shrink a finding to a 1-minimal program with the same signature "
-                "(exit 0 minimised, 1 it does not reproduce, 2 error)")
-    p.add_argument("finding", help="finding directory")
-    kernel_option(p)
-    module_options(p)
-    p.epilog = "--kernel and --zoo default to what the finding's kernel label names"
-    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
-                   help="kernel runs per candidate before it counts as not reproducing (flaky bugs)")
-    p = command("reproduce", cmd_reproduce, "re-run a finding N times on each kernel: reliable, flaky or not "
-                "(exit 1 it reproduces somewhere, 0 nowhere, 2 error)")
-    p.add_argument("finding", help="finding directory")
-    p.add_argument("--kernels", required=True, help="comma-separated kernel pin names, e.g. 6.1-cloud,6.12-cloud")
-    p.add_argument("--runs", type=int, default=10)
-    module_options(p)
-    p = command("export-c", cmd_export_c, "write a standalone C reproducer of a finding")
-    p.add_argument("finding", help="finding directory")
-    p.add_argument("--kernel", default=None,
-                   help="kernel whose profile gives the expected results (default: the finding's)")
-    p.add_argument("-o", "--output", default=None, help="output file (default FINDING/repro.c)")
-    return parser
-
-
-if __name__ == "__main__":
-    sys.exit(main())
