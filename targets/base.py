@@ -17,4 +17,6 @@ class Target(Protocol):
 
     def run(self, program: Program) -> Trace: ...
 
+    def restart(self) -> None: ...           # a fresh kernel: the leak oracle confirms a leak in one
+
     def close(self) -> None: ...

@@ -35,5 +35,8 @@ class ModelTarget:
                              extra={"traceback": traceback.format_exc()})
         return Trace(tuple(results), kernel="model")
 
+    def restart(self) -> None:
+        pass                    # every run starts from a fresh model anyway
+
     def close(self) -> None:
         pass

@@ -132,18 +132,29 @@ def test_oracle_without_counts_or_with_a_failed_rerun():
 # ---- in the campaign loop ------------------------------------------------------------------
 
 class LeakyTarget:
-    """The model's results plus slab counts in which pid_namespace grows by 4 per run."""
+    """The model's results plus slab counts in which pid_namespace grows by 4 per program run;
+    with ``drift``, by 4 per run of anything, the empty program too (a loaded host, a slow
+    asynchronous teardown): not a leak of the program."""
+    label, measure_leaks = "fake=1", False
 
-    def __init__(self, profile):
+    def __init__(self, profile, drift: bool = False):
         self.model = ModelTarget(profile)
         self.pid_namespaces = 0
         self.restarts = 0
+        self.drift = drift
 
     def run(self, program):
         expected = self.model.run(program)
-        self.pid_namespaces += 4
+        if len(program) or self.drift:
+            self.pid_namespaces += 4
         results = tuple(r.split(" | ")[0].rstrip("*") for r in expected.results)
         return Trace(results, kernel="fake=1", extra={"slab": {"pid_namespace": self.pid_namespaces, "dentry": 7}})
+
+    def restart(self):
+        self.restarts += 1
+
+    def close(self):
+        pass
 
 
 def test_campaign_records_a_leak(tmp_path):
@@ -154,9 +165,38 @@ def test_campaign_records_a_leak(tmp_path):
     stats = run_worker(config, target, lambda s: None, lambda: False)
     assert "leak" in KERNEL_CLASSES
     leaked = [load(d) for d in list_findings(tmp_path / "out") if load(d).divergence.cls == "leak"]
-    assert stats.findings["leak"] == 1 and len(leaked) == 1
+    assert stats.findings["leak"] == 1 and len(leaked) == 1 and stats.unconfirmed == 0
     assert leaked[0].divergence.detail.startswith("pid_namespace grew over the runs: 8, 12, 16, 20")
-    assert leaked[0].reruns == (leaks.RERUNS, leaks.RERUNS)
+    assert leaked[0].reruns == (leaks.CONFIRM_ROUNDS, leaks.CONFIRM_ROUNDS) and leaked[0].leak_confirmed
+    assert target.restarts == 1                      # confirmed in a fresh VM
+
+
+def test_counts_that_drift_with_every_run_are_never_a_confirmed_leak(tmp_path):
+    """The suspect and its re-runs grow as a leak would, but so does the empty program."""
+    profile = load_profile()
+    target = LeakyTarget(profile, drift=True)
+    config = WorkerConfig(0, 1, profile, "fake=1", tmp_path / "out", tmp_path / "corpus", float("inf"),
+                          max_programs=2, seed_dirs=(SEEDS,))
+    stats = run_worker(config, target, lambda s: None, lambda: False)
+    leaked = [load(d) for d in list_findings(tmp_path / "out")]
+    assert stats.findings == {} and stats.unconfirmed == 1
+    assert [(f.divergence.cls, f.reruns, f.leak_confirmed) for f in leaked] == [("leak", (0, leaks.CONFIRM_ROUNDS), False)]
+
+
+def test_confirmation_needs_every_round_and_growth_beyond_the_control():
+    leak = Leak.of({"dentry": [1, 2, 3, 4]})
+    counts = {"dentry": 100}
+
+    def bump(by):
+        def run():
+            counts["dentry"] += by
+            return dict(counts)
+        return run
+    assert leaks.confirm_leak(leak, bump(1), bump(0)) == leaks.CONFIRM_ROUNDS          # one per program run
+    assert leaks.confirm_leak(leak, bump(1), bump(1)) == 0                             # the control too
+    steps = iter([1, 1, 1, 0, 1, 1, 1, 1])
+    assert leaks.confirm_leak(leak, lambda: bump(next(steps))(), bump(0)) == leaks.CONFIRM_ROUNDS - 1
+    assert leaks.confirm_leak(leak, bump(1), lambda: None) == 0                        # a failed run
 
 
 # ---- a stock kernel ------------------------------------------------------------------------

@@ -245,7 +245,11 @@ def test_known_issues_are_matched_per_kernel_and_new_bugs_come_first(runs):
     assert known_everywhere.count == 2 and known_everywhere.note
     partly = bugs[KEYS["ipv6_dev"]]        # known on 6.1.176 only, also seen on 6.12
     assert partly.is_new and partly.known_on == (K61,) and partly.status() == f"new on {K612}"
-    assert [bugs[s].is_new for s in order] == [True] * 5 + [False]
+    # A bug that re-runs showed on no kernel is unconfirmed: neither new nor known.
+    renamed = bugs[KEYS["renamed"]]
+    assert not renamed.is_new and not renamed.is_known and renamed.status() == "unconfirmed"
+    assert renamed.unconfirmed == f"did not reproduce on {K612}"
+    assert [bugs[s].status().split()[0] for s in order] == ["new"] * 4 + ["unconfirmed", "known"]
     assert order[0] == KEYS["zombie"]      # then by count
 
 
@@ -295,7 +299,8 @@ def test_triage_command_prints_one_line_per_bug_and_exits_1_on_new_bugs(runs, tm
     assert main(["triage", str(root), "--known", str(KNOWN_FILE), "--report", str(out)]) == 1
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
-    assert len(lines) == len(SIGNATURES) + 1 and lines[-1].startswith("6 bugs, 5 new")
+    assert len(lines) == len(SIGNATURES) + 1 and lines[-1].startswith("6 bugs, 4 new, 1 unconfirmed")
+    assert lines[-3].startswith("unconfirmed") and lines[-3].endswith("(did not reproduce on " + K612 + ")")
     assert lines[0].startswith("new") and KEYS["zombie"] in lines[0]
     assert lines[-2].startswith("known") and KEYS["ipv6_all"] in lines[-2]
     assert "1111half1111half" in captured.err and "Traceback" not in captured.err
@@ -457,3 +462,14 @@ def test_a_change_of_view_is_no_end_of_the_object():
     assert finding.bug_key == "wrong /proc/sys/net"
     task_net = "m1 = mount_proc p1\np2 = spawn p1\nexit p2\nreap p1 p2\nlookup p1 {m1}/{p2}/net/dev\n"
     assert _model_finding(task_net, "ok:reg").bug_key == "stale /proc/<pid> after exit"
+
+
+def test_an_unconfirmed_leak_is_neither_new_nor_known(tmp_path, capsys):
+    program = parse_text(ZOMBIE)
+    trace = ModelTarget(load_profile()).run(program)
+    leak = Divergence.of_leak(Leak.of({"dentry": [10, 11, 12, 13]}))
+    record_at(tmp_path / "run", Finding(program, trace, trace, leak, K61, "", (3, 8)), NIGHT1)
+    [bug] = collect([tmp_path])
+    assert (bug.status(), bug.unconfirmed) == ("unconfirmed", "the leak did not confirm in a fresh VM")
+    assert main(["triage", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("1 bugs, 0 new, 1 unconfirmed")

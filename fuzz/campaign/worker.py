@@ -19,7 +19,7 @@ from targets.base import Target
 from targets.model_target import ModelTarget
 
 from fuzz.compare.classes import TOOL_CLASSES
-from fuzz.compare.leaks import LeakOracle
+from fuzz.compare.leaks import CONFIRM_ROUNDS, LeakOracle, confirm_leak
 from fuzz.compare.oracle import Divergence, compare
 from fuzz.generate.coverage import features
 from fuzz.generate.source import ProgramSource
@@ -85,7 +85,8 @@ def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], N
             leaks.reset()               # the re-runs (or a VM restart) moved the counts
         elif leak := leaks.check(actual.extra.get("slab"), lambda: target.run(program).extra.get("slab")):
             _record(config, Finding(program, expected, actual, Divergence.of_leak(leak), config.kernel_label,
-                                    "", (leaks.reruns, leaks.reruns)), stats)
+                                    "", (confirm_in_fresh_vm(program, leak, target), CONFIRM_ROUNDS)), stats)
+            leaks.reset()
         elif expected.outcome == "ok":
             fresh = features(program, expected) - seen_features
             if fresh:
@@ -104,10 +105,23 @@ def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], N
 
 def _record(config: WorkerConfig, finding, stats: Stats) -> None:
     _, new = store.record(config.out, finding)
-    if new and finding.signature not in config.known:
-        stats.findings[finding.divergence.cls] += 1
-    else:
+    if not new or finding.signature in config.known:
         stats.duplicates += 1
+    elif not finding.leak_confirmed:
+        stats.unconfirmed += 1          # kept for triage, never counted as new
+    else:
+        stats.findings[finding.divergence.cls] += 1
+
+
+CONTROL = Program(())       # the empty program: only the agent's sandbox set-up and teardown
+
+
+def confirm_in_fresh_vm(program: Program, leak, target: Target) -> int:
+    """The rounds of confirm_leak that show ``leak`` again, on a freshly booted kernel."""
+    target.restart()
+    target.measure_leaks = True
+    return confirm_leak(leak, lambda: target.run(program).extra.get("slab"),
+                        lambda: target.run(CONTROL).extra.get("slab"))
 
 
 def confirm(program: Program, expected, divergence: Divergence, target: Target, reruns: int) -> tuple[int, int]:

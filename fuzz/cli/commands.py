@@ -235,10 +235,12 @@ def cmd_triage(args) -> int:
         raise ToolError(f"cannot write the reports to {out}: {err.strerror or err}") from None
     for bug in bugs:
         partly_known = f"  (known on {', '.join(bug.known_on)})" if bug.is_new and bug.known_on else ""
-        print(clean(f"{'new' if bug.is_new else 'known':5} {bug.count:5}x  {bug.signature}  "
-                    f"[{', '.join(bug.kernels)}]{partly_known}"))
+        why = f"  ({bug.unconfirmed})" if bug.unconfirmed else ""
+        print(clean(f"{bug.status().split()[0]:11} {bug.count:5}x  {bug.signature}  "
+                    f"[{', '.join(bug.kernels)}]{partly_known}{why}"))
     new = sum(bug.is_new for bug in bugs)
-    print(f"{len(bugs)} bugs, {new} new; reports in {out}")
+    unconfirmed = sum(bool(bug.unconfirmed) and not bug.is_known for bug in bugs)
+    print(f"{len(bugs)} bugs, {new} new, {unconfirmed} unconfirmed; reports in {out}")
     return EXIT_FOUND if new else EXIT_OK
 
 

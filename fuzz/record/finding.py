@@ -24,6 +24,12 @@ class Finding:
     reruns: tuple[int, int] = (0, 0)     # (runs that diverged the same way, re-runs done)
 
     @property
+    def leak_confirmed(self) -> bool:
+        """A leak counts only if its confirmation re-runs all showed it (``reruns``); anything
+        else confirms by being seen."""
+        return self.divergence.leak is None or self.reruns[0] == self.reruns[1]
+
+    @property
     def signature(self) -> str:
         """Stable across runs, workers and kernels (fuzz/record/signature.py)."""
         return signatures.signature(self.program, self.expected.results, self.divergence)

@@ -21,6 +21,7 @@ class Stats:
     ops: int = 0
     findings: Counter = field(default_factory=Counter)     # class -> new findings recorded
     duplicates: int = 0
+    unconfirmed: int = 0                                    # leak suspects that did not confirm
     corpus_added: int = 0
     features: int = 0
     restarts: int = 0
@@ -33,6 +34,7 @@ class Stats:
         self.ops += other.ops
         self.findings.update(other.findings)
         self.duplicates += other.duplicates
+        self.unconfirmed += other.unconfirmed
         self.corpus_added += other.corpus_added
         self.features = max(self.features, other.features)
         self.restarts += other.restarts
@@ -42,7 +44,7 @@ class Stats:
 
     def to_json(self) -> dict:
         return {"programs": self.programs, "ops": self.ops, "findings": dict(self.findings),
-                "duplicates": self.duplicates, "corpus_added": self.corpus_added,
+                "duplicates": self.duplicates, "unconfirmed_leaks": self.unconfirmed, "corpus_added": self.corpus_added,
                 "model_features": self.features, "vm_restarts": self.restarts,
                 "host_faults": self.host_faults, "guest_seconds": round(self.guest_us / 1e6, 3), "errors": self.errors}
 
@@ -50,12 +52,13 @@ class Stats:
     def from_json(cls, doc: dict) -> "Stats":
         """The counters of a summary (to_json's inverse), for merging runs; raises KeyError,
         TypeError, ValueError or AttributeError on a malformed one."""
-        return cls(int(doc["programs"]), int(doc["ops"]),
-                   Counter({str(cls_): int(n) for cls_, n in doc["findings"].items()}),
-                   int(doc["duplicates"]), int(doc["corpus_added"]), int(doc["model_features"]),
-                   int(doc["vm_restarts"]), int(doc.get("host_faults", 0)),
-                   round(float(doc["guest_seconds"]) * 1e6),
-                   [str(error) for error in _json_list(doc["errors"])])
+        return cls(programs=int(doc["programs"]), ops=int(doc["ops"]),
+                   findings=Counter({str(cls_): int(n) for cls_, n in doc["findings"].items()}),
+                   duplicates=int(doc["duplicates"]), unconfirmed=int(doc.get("unconfirmed_leaks", 0)),
+                   corpus_added=int(doc["corpus_added"]), features=int(doc["model_features"]),
+                   restarts=int(doc["vm_restarts"]), host_faults=int(doc.get("host_faults", 0)),
+                   guest_us=round(float(doc["guest_seconds"]) * 1e6),
+                   errors=[str(error) for error in _json_list(doc["errors"])])
 
 
 def _json_list(value) -> list:

@@ -111,8 +111,9 @@ def write_reports(bugs: list[Bug], out_dir: Path, meta: dict, source_root: Path 
 
 
 def _summary(bugs: list[Bug]) -> str:
-    new = sum(bug.is_new for bug in bugs)
-    return f"{len(bugs)} bugs, {new} new, {len(bugs) - new} known, from {sum(b.count for b in bugs)} findings"
+    new, known = sum(bug.is_new for bug in bugs), sum(bug.is_known for bug in bugs)
+    return (f"{len(bugs)} bugs, {new} new, {len(bugs) - new - known} unconfirmed, {known} known, "
+            f"from {sum(b.count for b in bugs)} findings")
 
 
 # ---- JSON ---------------------------------------------------------------------------------------
@@ -174,7 +175,7 @@ def markdown(bugs: list[Bug], out_dir: Path, meta: dict) -> str:
     lines += ["", "| # | status | signature | class | kernels | first seen | last seen | count | reproducibility |",
               "|---|---|---|---|---|---|---|---|---|"]
     for number, bug in enumerate(bugs, 1):
-        cells = [str(number), f"**{_md_text(bug.status())}**" if bug.is_new else "known", _md_code(bug.signature),
+        cells = [str(number), f"**{_md_text(bug.status())}**" if bug.is_new else bug.status(), _md_code(bug.signature),
                  _md_text(bug.cls), "<br>".join(map(_md_text, bug.kernels)), _when(bug.first_seen), _when(bug.last_seen),
                  str(bug.count), "<br>".join(map(_md_text, _reproducibility(bug)))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -273,7 +274,7 @@ def _html_row(number: int, bug: Bug, out_dir: Path) -> str:
     cells = [str(number), _e(bug.status()), f"<code>{_e(bug.signature)}</code>{note}", _e(bug.cls),
              "<br>".join(map(_e, bug.kernels)), _e(_when(bug.first_seen)), _e(_when(bug.last_seen)),
              str(bug.count), "<br>".join(map(_e, _reproducibility(bug))), evidence]
-    cls = "new" if bug.is_new else "known"
+    cls = bug.status().split()[0]
     classes = ("status", "signature", "class", "kernels", "first-seen", "last-seen", "count", "reproducibility")
     tds = "".join(f"<td class=\"{c}\">{cell}</td>" for c, cell in zip(("number", *classes, "evidence"), cells))
     return f"<tr class=\"bug {cls}\" id=\"bug-{number}\">{tds}</tr>"
@@ -302,7 +303,8 @@ def junit(bugs: list[Bug]) -> str:
                                     message=clean(f"{bug.status()}: {bug.signature}"))
             failure.text = clean(details)
         else:
-            ET.SubElement(case, "skipped", message=clean(f"known issue: {bug.note}"))
+            reason = f"unconfirmed: {bug.unconfirmed}" if bug.unconfirmed else f"known issue: {bug.note}"
+            ET.SubElement(case, "skipped", message=clean(reason))
             ET.SubElement(case, "system-out").text = clean(details)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 

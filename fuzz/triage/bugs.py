@@ -47,18 +47,37 @@ class Bug:
     minimized: Program | None = None
     repro_c: Path | None = None
     symptoms: tuple[tuple[str, int], ...] = ()   # (finding signature, count), most frequent first
+    leak_confirmed: bool = True              # a leak: did any finding's fresh-VM confirmation show it?
+
+    @property
+    def is_known(self) -> bool:
+        """A known-issues entry covers every kernel it was seen on."""
+        return set(self.kernels) <= set(self.known_on)
+
+    @property
+    def unconfirmed(self) -> str:
+        """Why the bug is not confirmed ('' if it is): a leak that its fresh-VM confirmation did
+        not show again, or a bug that re-runs on the kernel matrix showed nowhere."""
+        if not self.leak_confirmed:
+            return "the leak did not confirm in a fresh VM"
+        if self.reproducibility and not any(diverged for diverged, _ in self.reproducibility.values()):
+            return "did not reproduce on " + ", ".join(sorted(self.reproducibility))
+        return ""
 
     @property
     def is_new(self) -> bool:
-        """New unless a known-issues entry covers every kernel it was seen on."""
-        return not set(self.kernels) <= set(self.known_on)
+        """New unless known on every kernel it was seen on, or unconfirmed: a nightly fails on
+        new bugs only."""
+        return not self.is_known and not self.unconfirmed
 
     def verdict(self, kernel: str) -> str:
         return verdict(*self.reproducibility[kernel])
 
     def status(self) -> str:
-        if not self.is_new:
+        if self.is_known:
             return "known"
+        if self.unconfirmed:
+            return "unconfirmed"
         return f"new on {', '.join(sorted(set(self.kernels) - set(self.known_on)))}" if self.known_on else "new"
 
 
@@ -126,7 +145,7 @@ def collect(dirs: list[Path], known: dict[str, tuple[str, tuple[str, ...]]] | No
     groups = _leaks_joined(groups)
     bugs = [with_artifacts(_bug(key, members, _known_entry(key, members, known)), warn)
             for key, members in groups.items()]
-    return sorted(bugs, key=lambda b: (not b.is_new, -b.count, b.signature))
+    return sorted(bugs, key=lambda b: (not b.is_new, b.is_known, -b.count, b.signature))
 
 
 def _known_entry(key: str, members: list[tuple[Finding, int, Path]],
@@ -157,7 +176,8 @@ def _bug(signature: str, members: list[tuple[Finding, int, Path]],
     symptoms = Counter(finding.signature for finding, _, _ in members)
     return Bug(signature, representative.divergence.cls, kernels, min(times), max(times), len(members),
                representative, directory, tuple(sorted(d for _, _, d in members)), note, known_on,
-               symptoms=tuple(sorted(symptoms.items(), key=lambda item: (-item[1], item[0]))))
+               symptoms=tuple(sorted(symptoms.items(), key=lambda item: (-item[1], item[0]))),
+               leak_confirmed=any(finding.leak_confirmed for finding, _, _ in members))
 
 
 def with_artifacts(bug: Bug, warn: Callable[[str], None] = _stderr) -> Bug:
