@@ -22,11 +22,12 @@ from fuzz.compare.classes import TOOL_CLASSES
 from fuzz.compare.leaks import CONFIRM_ROUNDS, LeakOracle, confirm_leak
 from fuzz.compare.oracle import Divergence, compare
 from fuzz.generate.coverage import features
-from fuzz.generate.source import ProgramSource
 from fuzz.record import store
 from fuzz.record.finding import Finding
-from fuzz.record.programs import load_directory, save_program
+from fuzz.record.programs import save_program
 from fuzz.record.summary import Stats
+
+from .startup import StartCorpus, StartSource, load_start
 
 
 @dataclass
@@ -46,23 +47,22 @@ class WorkerConfig:
     leak_every: int = 10            # slab counts (L frames, ~3x the cost) for every Nth program; 0: never
 
 
-def starting_programs(config: WorkerConfig) -> list[Program]:
-    """The seed directories' programs, then the working corpus as it is now."""
-    return [program for directory in (*config.seed_dirs, config.corpus) if Path(directory).is_dir()
-            for _, program in load_directory(directory)[0]]
+def starting_programs(config: WorkerConfig) -> StartCorpus:
+    """The seed directories' programs, then the working corpus as it is now (fuzz/campaign/startup.py)."""
+    return load_start(config.seed_dirs, config.corpus)
 
 
 def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], None],
-               should_stop: Callable[[], bool], start: list[Program] | None = None) -> Stats:
+               should_stop: Callable[[], bool], start: StartCorpus | None = None) -> Stats:
     """The differential loop for one worker; returns its final counters.
 
     Its random stream is named by (seed, index): a campaign gives each worker, of every shard,
     its own index.  ``start`` is the corpus to begin with (default: starting_programs now)."""
     rng = random.Random(f"{config.seed}-{config.index}")
-    seeds = starting_programs(config) if start is None else start
-    source = ProgramSource(config.profile, seeds, rng, config.max_ops)
+    start = starting_programs(config) if start is None else start
+    source = StartSource(config.profile, start, rng, config.max_ops)
     model = ModelTarget(config.profile)
-    seen_features: set = set()
+    seen_features = source.seen_features    # with those of the corpus programs not replayed
     leaks = LeakOracle()
     stats, last_report = Stats(), time.monotonic()
     while not should_stop() and time.monotonic() < config.deadline:
