@@ -224,3 +224,39 @@ def test_a_full_disk_stops_the_campaign_with_exit_2_and_whole_entries(small_disk
         store.load(directory)                       # whole, or absent
     leftovers = [p for p in out.rglob(".tmp-*")]
     assert leftovers == []
+
+
+# ---- the real thing: Ctrl-C at a terminal, the default kernel ------------------------------------
+
+PROGRAMS_RAN = r"programs(?:\x1b\[[0-9;]*m|[\s│|])*[1-9]"      # the status panel's programs row, > 0
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("when", ["boot", "fuzzing"])
+def test_ctrl_c_at_a_terminal_stops_a_real_campaign_cleanly(tmp_path, when):
+    pexpect = pytest.importorskip("pexpect")
+    import io
+    out, log = tmp_path / "out", io.StringIO()
+    child = pexpect.spawn(sys.executable, ["-m", "fuzz.cli", "run", "--budget", "60s", "--workers", "1",
+                                           "--out", str(out)],
+                          cwd=str(ROOT), encoding="utf-8", timeout=300, dimensions=(60, 140))
+    child.logfile_read = log
+    child.expect("run time")                       # the status panel: the campaign has begun
+    if when == "boot":
+        time.sleep(4)                              # the worker is spawned and boots its guest
+    else:
+        child.expect(PROGRAMS_RAN)
+    stopped = time.monotonic()
+    child.sendintr()                               # the terminal's intr char: SIGINT to the group
+    child.expect(pexpect.EOF, timeout=180)
+    child.close()
+    text = log.getvalue()
+    assert "Traceback" not in text and "SIGINT: stopping workers" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["errors"] == []
+    assert child.exitstatus == (1 if sum(summary["findings"].values()) else 0), text[-3000:]
+    assert not [d for d in store.list_findings(out) if store.load(d).actual.outcome == "crash"
+                and "no kernel report" in store.load(d).actual.title]
+    assert time.monotonic() - stopped < 60
+    if when == "boot":
+        assert summary["programs"] == 0

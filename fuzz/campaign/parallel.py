@@ -72,6 +72,8 @@ def _worker_main(config: WorkerConfig, kernel: KernelSpec, open_target: TargetOp
             booted = True
             queue.put((config.index, BOOTED))
             run_worker(config, target, lambda s: queue.put((config.index, s)), stop_event.is_set, start)
+    except Abort:
+        _end_now(queue, config.index)
     except Exception as err:  # noqa: BLE001 - reported to the parent
         if is_disk_full(err):
             queue.put((config.index, NoSpace(_space_detail(err))))
@@ -79,6 +81,18 @@ def _worker_main(config: WorkerConfig, kernel: KernelSpec, open_target: TargetOp
             queue.put((config.index, Stats(errors=[f"worker {config.index}: {traceback.format_exc(limit=6)}"])))
     finally:
         queue.put((config.index, None))
+
+
+def _end_now(queue, index: int) -> None:
+    """End an aborted worker from inside its exception handler: the clean-ups on the way here
+    have run (staging removed, VM closed or, mid-boot, left to die with us), and leaving before
+    the half-built objects of an interrupted boot are collected keeps their complaints off the
+    operator's terminal (asyncio's "Task was destroyed but it is pending")."""
+    signal.signal(ABORT_SIGNAL, signal.SIG_IGN)
+    queue.put((index, None))
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
 
 
 def _space_detail(err: OSError) -> str:
