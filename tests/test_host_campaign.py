@@ -260,3 +260,19 @@ def test_ctrl_c_at_a_terminal_stops_a_real_campaign_cleanly(tmp_path, when):
     assert time.monotonic() - stopped < 60
     if when == "boot":
         assert summary["programs"] == 0
+
+
+def test_workers_ignore_stop_signals_sent_to_them_only_the_parent_decides(tmp_path):
+    out = tmp_path / "out"
+    proc = start_campaign(out, "model_kernel")
+    wait_for(lambda: booted_workers(out) == 2 and len(list((out / "corpus").glob("*.prog"))) >= 5, 90,
+             "the campaign to fuzz")
+    workers = [int(p.name) for p in (out.parent / "pids").iterdir()]
+    for pid in workers:
+        assert os.getsid(pid) == pid != os.getsid(proc.pid)     # a session of its own
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            os.kill(pid, sig)
+    time.sleep(1.0)
+    assert all(_alive(pid) for pid in workers) and proc.poll() is None
+    os.kill(proc.pid, signal.SIGTERM)
+    check_clean_stop(out, proc)
