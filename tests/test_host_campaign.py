@@ -276,3 +276,24 @@ def test_workers_ignore_stop_signals_sent_to_them_only_the_parent_decides(tmp_pa
     assert all(_alive(pid) for pid in workers) and proc.poll() is None
     os.kill(proc.pid, signal.SIGTERM)
     check_clean_stop(out, proc)
+
+
+def spawned_children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"PPid:\t{pid}\n" in (entry / "status").read_text() \
+                    and b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_ctrl_c_while_workers_still_start_up_reaches_the_parent_alone(tmp_path):
+    out = tmp_path / "out"
+    proc = start_campaign(out, "model_kernel")
+    wait_for(lambda: len(spawned_children(proc.pid)) >= 2, 90, "the workers to be spawned")
+    time.sleep(0.4)                                  # past Python's start, most likely still importing
+    os.killpg(proc.pid, signal.SIGINT)
+    check_clean_stop(out, proc)

@@ -17,10 +17,12 @@ import multiprocessing
 import os
 import queue as queues
 import signal
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from fuzz.execute.kernels import KernelSpec, TargetOpener, open_qemu
 from fuzz.record.programs import is_disk_full
@@ -32,6 +34,7 @@ from .worker import WorkerConfig, run_worker, starting_programs
 ABORT_SIGNAL = signal.SIGUSR1
 KILL_GRACE = 3.0               # seconds aborted workers get to unwind before SIGKILL
 BOOTED = "booted"              # a worker's message: its target is up
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
 
 
@@ -46,19 +49,41 @@ class NoSpace:
 
 
 def _abort(_signum, _frame):
+    signal.signal(ABORT_SIGNAL, signal.SIG_IGN)     # once: a second one must not cut the clean-ups short
     raise Abort(0)
 
 
 def _detach() -> None:
-    """Out of the parent's session and deaf to the operator's signals: only the parent stops us."""
+    """Out of the parent's session and deaf to the operator's signals: only the parent stops us.
+    (A worker is born ignoring them, see _born_deaf; until here they were also blocked.)"""
     os.setsid()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     signal.signal(ABORT_SIGNAL, _abort)
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, ABORT_SIGNAL)
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:
         raise Abort(0)                  # the parent died before the line above
+
+
+@contextmanager
+def _born_deaf() -> Iterator[None]:
+    """Workers started in here ignore the stop signals from their first instruction (an ignored
+    signal stays ignored across exec, and Python then installs no KeyboardInterrupt), so a
+    Ctrl-C while one still imports cannot reach it.  Meanwhile the parent holds them blocked:
+    pending, not lost, they reach its own handlers afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield                           # signal dispositions belong to the main thread
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _worker_main(config: WorkerConfig, kernel: KernelSpec, open_target: TargetOpener, start: StartCorpus,
@@ -88,7 +113,6 @@ def _end_now(queue, index: int) -> None:
     have run (staging removed, VM closed or, mid-boot, left to die with us), and leaving before
     the half-built objects of an interrupted boot are collected keeps their complaints off the
     operator's terminal (asyncio's "Task was destroyed but it is pending")."""
-    signal.signal(ABORT_SIGNAL, signal.SIG_IGN)
     queue.put((index, None))
     queue.close()
     queue.join_thread()
@@ -205,8 +229,9 @@ def follow_campaign(configs: list[WorkerConfig], kernel: KernelSpec, on_update: 
     campaign = _Campaign({c.index: context.Process(target=_worker_main, daemon=True,
                                                    args=(c, kernel, open_target, start, queue, stop_event))
                           for c in configs}, queue, on_update)
-    for worker in campaign.workers.values():
-        worker.start()
+    with _born_deaf():
+        for worker in campaign.workers.values():
+            worker.start()
     campaign.follow(stop_event, kill_now)
     for worker in campaign.workers.values():
         worker.join(timeout=30)

@@ -28,7 +28,7 @@ from fuzz.record.programs import load_directory
 @dataclass(frozen=True)
 class ReplayLimits:
     programs: int = 1000           # working-corpus programs replayed on the kernel at start, at most
-    seconds: float = 120.0         # ... and for at most this long after the first program
+    seconds: float = 90.0          # ... and for at most this long after the first program
 
 
 @dataclass(frozen=True)

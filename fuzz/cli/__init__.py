@@ -110,7 +110,7 @@ def _run_command(t: _Commands) -> None:
     p.add_argument("--replay-programs", type=int, default=1000, metavar="N",
                    help="replay at most N programs of the working corpus on the kernel at start (after "
                         "the seeds and regressions, which always replay); all of them serve as parents")
-    p.add_argument("--replay-seconds", type=float, default=120.0, metavar="S",
+    p.add_argument("--replay-seconds", type=float, default=90.0, metavar="S",
                    help="stop replaying the working corpus S seconds after the first program")
     p.add_argument("--max-programs", type=int, default=None,
                    help="stop each worker after this many programs (with --seed: a reproducible campaign)")
