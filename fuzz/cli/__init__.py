@@ -112,6 +112,8 @@ def _run_command(t: _Commands) -> None:
                         "the seeds and regressions, which always replay); all of them serve as parents")
     p.add_argument("--replay-seconds", type=float, default=90.0, metavar="S",
                    help="stop replaying the working corpus S seconds after the first program")
+    p.add_argument("--no-distill", action="store_true",
+                   help="keep every program of the working corpus (default: distill it when the campaign ends)")
     p.add_argument("--max-programs", type=int, default=None,
                    help="stop each worker after this many programs (with --seed: a reproducible campaign)")
     p.add_argument("--runtime", choices=("local", "docker", "kubernetes"), default="local",

@@ -143,7 +143,8 @@ def cmd_run(args) -> int:
                              Path(args.corpus) if args.corpus else None, args.seed, _shard(args.shard),
                              args.max_ops, args.max_programs, args.leak_every,
                              Path(args.known) if args.known else None, args.guest_cpus,
-                             replay=ReplayLimits(args.replay_programs, args.replay_seconds))
+                             replay=ReplayLimits(args.replay_programs, args.replay_seconds),
+                             distill=not args.no_distill)
         try:
             with StatusDisplay(options.kernel.label, args.workers, options.budget) as display:
                 result = run(options, display.update, stop, args.open_target, lambda: signals.kill)
