@@ -27,7 +27,7 @@ def generated():
     """A corpus as a campaign saves it: each program showed a feature the earlier ones had not,
     and many are covered by later (or smaller) ones."""
     source, seen, saved = ProgramSource(PROFILE, [], random.Random(11), max_ops=25), set(), []
-    for _ in range(500):
+    for _ in range(300):
         program = source.next()
         fresh = program_features(program, MODEL) - seen
         if fresh and program not in saved:
