@@ -1,0 +1,79 @@
+"""How much of a kernel trace the oracle really checks, and which episodes a program holds.
+
+A model result is exact (one value), a set of alternatives the kernel code allows (``a | b``),
+or unchecked: a ``*`` anywhere (anything, or ``ok:*``: any payload), or alternatives that mix a
+success with an error (either outcome passes).  An episode is an observation of an object, a
+change of that object, and an observation of it again: its cell is (object family, change, way
+of observing again).  ``procfuzz bench oracle`` reports both over generated programs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from reference.program import Program
+from reference.trace import alternatives
+
+from .observe import last_removal, observed
+
+EXACT, ALTERNATIVES, UNCHECKED = "exact", "alternatives", "unchecked"
+OBSERVING = ("lookup", "readdir", "getdents", "read", "readlink", "open", "chdir", "write")
+# The changes each family of object can undergo (fuzz/compare/observe.py _affects), i.e. the
+# cells of the episode matrix the model can express.
+CHANGES = {
+    "task": ("exit", "reap", "exec", "setuid", "setgid"),
+    "thread": ("exit", "exec"),
+    "fd": ("close",),
+    "task net": ("unshare_net", "setns_net"),
+    "sysctl device": ("link_del", "link_rename", "link_set_netns"),
+    "sysctl view": ("unshare_net", "setns_net"),
+    "mount": ("umount",),
+}
+
+
+def result_check(expected: str) -> str:
+    allowed = alternatives(expected)
+    if any("*" in a for a in allowed):
+        return UNCHECKED
+    if len(allowed) == 1:
+        return EXACT
+    succeeds = {a.startswith("ok") for a in allowed}
+    return UNCHECKED if succeeds == {True, False} else ALTERNATIVES
+
+
+def family(path: str) -> str | None:
+    """The kind of object a path names, for the episode matrix."""
+    if re.match(r"\{m\d+\}/sys/net/ipv[46]/(conf|neigh)/(?!all\b|default\b)\w+", path):
+        return "sysctl device"
+    if re.match(r"\{m\d+\}/sys/net", path):
+        return "sysctl view"
+    if re.match(r"\{m\d+\}/\{[pt]\d+\}/fd/\{f\d+\}", path):
+        return "fd"
+    if re.match(r"\{m\d+\}/\{[pt]\d+\}/net\b", path):
+        return "task net"
+    if re.match(r"\{m\d+\}/\{[pt]\d+\}/task/\{[pt]\d+\}", path):
+        return "thread"
+    if re.match(r"\{m\d+\}/\{[pt]\d+\}", path):
+        return "task"
+    return "mount" if re.fullmatch(r"\{m\d+\}(/.*)?", path) else None
+
+
+def episodes(program: Program, results: Sequence[str]) -> set[tuple[str, str, str]]:
+    """The (family, change, way) cells of the program's episodes: an op that looks at a path
+    seen before, with a change of that path's object in between (last_removal)."""
+    cells, seen = set(), set()
+    for index, op in enumerate(program.ops):
+        if op.kind not in OBSERVING:
+            continue
+        path, bound = observed(program, index, results=results)
+        kind = family(path) if path else None
+        way = "held " + op.kind if bound is not None or op.kind == "readlink" and "/fd/" in path + op.arg("path") \
+            or op.kind == "readlink" and op.arg("path").endswith("/cwd") else op.kind
+        if kind and path in seen:
+            change = last_removal(program, index, (path, bound), results)
+            if change in CHANGES[kind]:
+                cells.add((kind, change, way))
+        if path:
+            seen.add(path)
+    return cells
