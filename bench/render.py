@@ -103,19 +103,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="exit 1 if docs/benchmarks.md is not up to date, write nothing")
     args = parser.parse_args(argv)
     try:
-        text = render()
+        text = render(RESULTS)
     except ResultError as err:
         print(f"render: {err}", file=sys.stderr)
         return 2
     if args.check:
         current = OUTPUT.read_text() if OUTPUT.is_file() else ""
         if current != text:
-            print(f"render: {OUTPUT.relative_to(ROOT)} is out of date: run python bench/render.py",
-                  file=sys.stderr)
+            print(f"render: {OUTPUT} is out of date: run python bench/render.py", file=sys.stderr)
             return 1
         return 0
     OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT.relative_to(ROOT)}")
+    print(f"wrote {OUTPUT}")
     return 0
 
 
