@@ -77,3 +77,35 @@ def episodes(program: Program, results: Sequence[str]) -> set[tuple[str, str, st
         if path:
             seen.add(path)
     return cells
+
+
+class CheckedTally:
+    """Over many (program, model results) pairs: ops per kind by check, programs with anything
+    unchecked, and the episode matrix."""
+
+    def __init__(self):
+        self.ops: dict[str, dict[str, int]] = {kind: {EXACT: 0, ALTERNATIVES: 0, UNCHECKED: 0} for kind in OBSERVING}
+        self.programs = self.programs_unchecked = 0
+        self.cells: dict[tuple[str, str], set[str]] = {(kind, change): set() for kind, changes in CHANGES.items()
+                                                       for change in changes}
+        self.hits: dict[tuple[str, str], int] = dict.fromkeys(self.cells, 0)
+
+    def add(self, program: Program, results: Sequence[str]) -> None:
+        self.programs += 1
+        unchecked = False
+        for op, result in zip(program.ops, results):
+            if op.kind in self.ops:
+                check = result_check(result)
+                self.ops[op.kind][check] += 1
+                unchecked |= check == UNCHECKED
+        self.programs_unchecked += unchecked
+        for kind, change, way in episodes(program, results):
+            self.cells[(kind, change)].add(way)
+            self.hits[(kind, change)] += 1
+
+    def unchecked_share(self) -> float:
+        total = sum(sum(counts.values()) for counts in self.ops.values())
+        return sum(counts[UNCHECKED] for counts in self.ops.values()) / max(total, 1)
+
+    def missed_cells(self) -> list[tuple[str, str]]:
+        return [cell for cell, hits in self.hits.items() if not hits]
