@@ -54,15 +54,17 @@ def starting_programs(config: WorkerConfig) -> list[Program]:
 
 
 def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], None],
-               should_stop: Callable[[], bool], start: list[Program] | None = None) -> Stats:
+               should_stop: Callable[[], bool], start: list[Program] | None = None,
+               model: Target | None = None) -> Stats:
     """The differential loop for one worker; returns its final counters.
 
     Its random stream is named by (seed, index): a campaign gives each worker, of every shard,
-    its own index.  ``start`` is the corpus to begin with (default: starting_programs now)."""
+    its own index.  ``start`` is the corpus to begin with (default: starting_programs now);
+    ``model`` the model target (default: the reference model with the config's profile)."""
     rng = random.Random(f"{config.seed}-{config.index}")
     seeds = starting_programs(config) if start is None else start
     source = ProgramSource(config.profile, seeds, rng, config.max_ops)
-    loop = _Loop(config, target, ModelTarget(config.profile), config.known.explainer(config.kernel_label))
+    loop = _Loop(config, target, model or ModelTarget(config.profile), config.known.explainer(config.kernel_label))
     last_report = time.monotonic()
     while not should_stop() and time.monotonic() < config.deadline:
         if config.max_programs is not None and loop.stats.programs >= config.max_programs:
