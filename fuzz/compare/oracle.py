@@ -115,25 +115,40 @@ def compare_all(program: Program, expected: Trace, actual: Trace,
     return Comparison(tuple(found))
 
 
+# Ops whose divergence leaves their actor in another state (ended, other credentials or netns).
+_ACTOR_CHANGES = frozenset({"exit", "exec", "setuid", "setgid", "unshare_net", "setns_net"})
+
+
 class _Taint:
     """What a divergent op may have left in a different state in the model and the kernel: the
-    handles it created or acted on, and the devices it named.  A later op that uses one of them
-    is a consequence."""
+    handle it created, the task, fd, mount or child it acted on, its actor when it changes the
+    actor, the actor's cwd for a chdir, the devices it named.  An observing op changes nothing.
+    A later op that uses one of them is a consequence."""
 
     def __init__(self):
         self.handles: set[str] = set()
+        self.cwds: set[str] = set()
         self.devices: set[str] = set()
 
     def add(self, op) -> None:
-        self.handles |= set(op.handles_used()) | ({op.ret} if op.ret else set())
-        if op.kind in OBSERVING_KINDS or op.kind in ("open", "close", "write", "mount_proc", "drop_caches"):
-            self.handles.discard(op.actor)          # the actor itself is unchanged
-        self.devices |= {str(op.arg(name)) for name in ("name", "new", "peer") if name in dict(op.args)} - {""}
+        if op.kind in OBSERVING_KINDS:
+            return
+        args = dict(op.args)
+        self.handles |= {op.ret} if op.ret else set()
+        self.handles |= {str(args[name]) for name in ("child", "mount", "fd") if args.get(name)}
+        if op.kind in _ACTOR_CHANGES:
+            self.handles.add(op.actor)
+        if op.kind == "chdir":
+            self.cwds.add(op.actor)
+        self.devices |= {str(args[name]) for name in ("name", "new", "peer") if args.get(name)}
 
     def reaches(self, op) -> bool:
+        args = dict(op.args)
+        path = str(args.get("path", ""))
+        relative = bool(path) and not path.startswith("{") or args.get("fd") == "cwd"
+        words = set(re.split(r"[/ ]", " ".join(str(value) for value in args.values())))
         used = set(op.handles_used()) | ({op.actor} if op.actor else set())
-        words = set(re.split(r"[/ ]", " ".join(str(value) for _, value in op.args)))
-        return bool(used & self.handles or words & self.devices)
+        return bool(used & self.handles or words & self.devices or relative and op.actor in self.cwds)
 
 
 def _whole_program(program: Program, expected: Trace, actual: Trace) -> Divergence | None:
