@@ -134,6 +134,18 @@ class Node:
 # later use of it is unmodelled too, instead of a guess.
 UNKNOWN = Node("unknown", None, "?", "?")
 
+# The sandbox's files outside /proc (kind "rootfs"): its / is the initramfs root that every actor
+# starts in (the agent chdir("/")s; Process.cwd None stands for it) and that /proc/<pid>/root
+# shows, /agent is what /proc/<pid>/exe shows (every actor is the agent, exec'd or forked), and
+# /dev/null is every actor's stdio.  The names of / are the image's (targets/initramfs.py:
+# entries(), with lib/ for the dummy and veth modules) plus /root from the kernel's built-in
+# initramfs (usr/default_cpio_list); nothing below them is modelled.
+ROOTFS_NAMES = ("agent", "bin", "dev", "init", "lib", "mnt", "proc", "root", "sys", "tmp")
+ROOTFS = Node("rootfs", None, "/", "dir")
+AGENT_EXE = Node("rootfs", None, "/agent", "reg")
+DEV_NULL = Node("rootfs", None, "/dev/null", "other")
+STDIO_FDS = (0, 1, 2)
+
 
 # ---- the kernel --------------------------------------------------------------------------------
 
@@ -438,6 +450,23 @@ class Kernel:
             return
         raise Errno("EACCES")
 
+    def fdinfo_checked_at_walk(self) -> bool:
+        """"proc: Move fdinfo PTRACE_MODE_READ check into the inode .permission operation"
+        (upstream 6.2, Debian 6.1.180): before it, the fdinfo directory checked its task only
+        at open (proc_open_fdinfo), so 6.1.176 walks through it and lstat()s it freely."""
+        version = self.profile.version
+        return version >= (6, 2) or (version == (6, 1) and self.profile.sublevel >= 180)
+
+    def proc_fdinfo_permission(self, node: Node, reader: Task):
+        """fs/proc/fd.c proc_fdinfo_permission (6.12; 6.1.176: proc_fdinfo_access_allowed from
+        proc_open_fdinfo, the same checks at open only): get_proc_task() or -ESRCH, then
+        ptrace_may_access(PTRACE_MODE_READ_FSCREDS) or -EACCES, then (.permission only)
+        generic_permission on the directory's 0555 mode, which passes."""
+        if node.task is None:
+            raise Errno("ESRCH")
+        if not self.ptrace_may_access(reader, node.task):
+            raise Errno("EACCES")
+
     def may_exec(self, node: Node, reader: Task):
         """inode_permission(MAY_EXEC) on a directory walked through."""
         if node.ftype != "dir":
@@ -446,14 +475,18 @@ class Kernel:
             self.proc_pid_permission(node, reader)
         elif node.kind == "fd_dir":
             self.proc_fd_permission(node, reader)
+        elif node.kind == "fdinfo_dir" and self.fdinfo_checked_at_walk():
+            self.proc_fdinfo_permission(node, reader)
         elif node.kind == "sysctl":
             self.proc_sys_grab(node)        # proc_sys_permission
         elif node.kind == "pid_entry" and not reader.process.caps:
             raise Unmodelled()              # attr, ns (0511), map_files (0500), ...: modes not modelled
 
     def may_read_dir(self, node: Node, reader: Task):
-        """inode_permission(MAY_READ) at open of a directory."""
+        """inode_permission(MAY_READ) at open of a directory, then its f_op->open."""
         self.may_exec(node, reader)
+        if node.kind == "fdinfo_dir" and not self.fdinfo_checked_at_walk():
+            self.proc_fdinfo_permission(node, reader)       # proc_open_fdinfo
 
     # -- lookup --
 
@@ -477,6 +510,8 @@ class Kernel:
             if name == "fd":
                 self.fd_dir_owner[(id(parent.mount), path)] = self.task_dump_owner_uid(task)
                 return Node("fd_dir", parent.mount, path, "dir", parent.pid, name)
+            if name == "fdinfo":
+                return Node("fdinfo_dir", parent.mount, path, "dir", parent.pid, name)
             if name == "net" and self.profile.pid_net:
                 return Node("pid_net", parent.mount, path, "dir", parent.pid, name)
             return Node("pid_entry", parent.mount, path, ftype, parent.pid, name)
@@ -484,6 +519,12 @@ class Kernel:
             return self.proc_task_lookup(parent, name)
         if kind == "fd_dir":
             return self.proc_lookupfd(parent, name)
+        if kind == "fdinfo_dir":
+            return self.proc_lookupfd(parent, name, "fdinfo_file", "reg")
+        if kind == "rootfs":
+            if name in ROOTFS_NAMES:
+                raise Unmodelled()           # the image's tree below / is not modelled
+            raise Errno("ENOENT")
         if kind == "sysctl":
             return self.proc_sys_lookup(parent, name, reader)
         if kind == "pid_net":
@@ -654,7 +695,8 @@ class Kernel:
             raise Errno("ENOENT")
         return Node("tid_dir", task_dir.mount, task_dir.path + "/" + name, "dir", task.pid, name)
 
-    def proc_lookupfd(self, fd_dir: Node, name: str) -> Node:
+    def proc_lookupfd(self, fd_dir: Node, name: str, kind: str = "fd_link", ftype: str = "lnk") -> Node:
+        """proc_lookupfd_common, for fd/ (links) and fdinfo/ (regular files) alike."""
         task = fd_dir.task
         nr = name_to_int(name)
         if task is None or nr is None or task.process.state != "running":
@@ -662,8 +704,8 @@ class Kernel:
         held = {HELD_FD_BASE + int(h[1:]): node for h, node in task.process.fds.items()}
         if held.get(nr) is UNKNOWN:
             raise Unmodelled()
-        if nr in held or nr in (0, 1, 2):
-            return Node("fd_link", fd_dir.mount, fd_dir.path + "/" + name, "lnk", fd_dir.pid, name)
+        if nr in held or nr in STDIO_FDS:
+            return Node(kind, fd_dir.mount, fd_dir.path + "/" + name, ftype, fd_dir.pid, name)
         if HELD_FD_BASE < nr <= HELD_FD_BASE + 64:
             raise Errno("ENOENT")
         raise Unmodelled()               # the agent's own channel fds are not modelled
@@ -710,10 +752,15 @@ class Kernel:
                 raise Unmodelled()
             kind = "root" if mount.state == "mounted" else "plain"
             return components, Node(kind, mount, "/mnt/" + handle)
-        cwd = reader.process.cwd
-        if cwd is None or cwd is UNKNOWN:
-            raise Unmodelled()           # the sandbox's / is the initramfs, not modelled
+        cwd = self.cwd_of(reader.process)
         return [c for c in path.split("/") if c], cwd
+
+    @staticmethod
+    def cwd_of(process: Process) -> Node:
+        """The cwd a relative path starts from: the last chdir's, inherited at spawn, else /."""
+        if process.cwd is UNKNOWN:
+            raise Unmodelled()
+        return ROOTFS if process.cwd is None else process.cwd
 
     def follow_link(self, link: Node, reader: Task, depth: int) -> Node:
         if depth > 8:
@@ -728,21 +775,41 @@ class Kernel:
                 if node.ftype == "lnk":
                     node = self.follow_link(node, reader, depth + 1)
             return node
-        if link.kind == "pid_entry" and link.name == "cwd":
-            return self.proc_cwd_link(link, reader)
-        raise Unmodelled()               # exe/root/fd links lead out of the modelled tree
+        if link.kind == "fd_link" or (link.kind == "pid_entry" and link.name in ("cwd", "root", "exe")):
+            return self.proc_get_link(link, reader)
+        raise Unmodelled()
 
-    def proc_cwd_link(self, link: Node, reader: Task) -> Node:
-        """proc_pid_get_link (a ptrace read check) then proc_cwd_link: the cwd's own dentry."""
+    def proc_get_link(self, link: Node, reader: Task) -> Node:
+        """fs/proc/base.c proc_pid_get_link -> call_proc_get_link: get_proc_task() or -ENOENT,
+        ptrace_may_access(PTRACE_MODE_READ_FSCREDS) or -EACCES, then the link's proc_get_link:
+        proc_cwd_link / proc_root_link (task->fs, gone after exit_fs: -ENOENT), proc_exe_link
+        (get_task_exe_file: no mm after exit: -ENOENT), proc_fd_link (fget_task: -ENOENT for a
+        closed fd or after exit_files).  nd_jump_link then continues at that path's own dentry."""
         task = link.task
-        if task is None or not self.ptrace_may_access(reader, task):
+        if task is None:
+            raise Errno("ENOENT")
+        if not self.ptrace_may_access(reader, task):
             raise Errno("EACCES")
-        cwd = task.process.cwd
-        if task.process.state != "running":
-            raise Errno("ENOENT")            # no fs_struct after exit_fs
-        if cwd is None or cwd is UNKNOWN:
-            raise Unmodelled()
-        return cwd
+        process = task.process
+        if process.state != "running":
+            raise Errno("ENOENT")
+        if link.kind == "fd_link":
+            nr = int(link.name)
+            if nr in STDIO_FDS:
+                return DEV_NULL
+            if nr < HELD_FD_BASE:
+                raise Unmodelled()
+            held = process.fds.get(f"f{nr - HELD_FD_BASE}")
+            if held is None:
+                raise Errno("ENOENT")
+            if held is UNKNOWN:
+                raise Unmodelled()
+            return held
+        if link.name == "exe":
+            return AGENT_EXE
+        if link.name == "root":
+            return ROOTFS
+        return self.cwd_of(process)
 
     def link_target(self, link: Node, reader: Task) -> str:
         ns = link.mount.ns
@@ -772,6 +839,8 @@ class Kernel:
         process = task.process
         if link.kind == "fd_link":
             nr = int(link.name)
+            if nr in STDIO_FDS:
+                return DEV_NULL.path
             if nr < HELD_FD_BASE:
                 raise Unmodelled()
             held = process.fds.get(f"f{nr - HELD_FD_BASE}")
@@ -789,6 +858,8 @@ class Kernel:
         return self.d_path(process.cwd)
 
     def d_path(self, node: Node) -> str:
+        if node.kind == "rootfs":
+            return node.path
         if node is UNKNOWN or node.mount.state == "detached":
             raise Unmodelled()             # d_path of a lazily unmounted tree
         if node.kind in ("pid_dir", "tid_dir") and node.task is None:
@@ -815,6 +886,8 @@ class Kernel:
             raise Errno("ENOTDIR")
         if kind == "plain":
             return "ok:"
+        if kind == "rootfs":
+            return "ok:" + ",".join(ROOTFS_NAMES)
         if kind == "sysctl":
             return self.proc_sys_readdir(node)
         if kind == "pid_net":
@@ -839,9 +912,9 @@ class Kernel:
             process = node.task.process
             return "ok:" + ",".join(sorted(str(t.pid.nr_in(node.mount.ns)) for t in process.threads
                                            if t.pid.nr_in(node.mount.ns)))
-        if kind == "fd_dir":
+        if kind in ("fd_dir", "fdinfo_dir"):
             if node.task is None:
-                raise Errno("ENOENT")
+                raise Errno("ENOENT")       # proc_readfd_common: get_proc_task() failed
             if node.task.process.state != "running":
                 return "ok:"                # no files_struct after exit_files
             raise Unmodelled()
@@ -896,6 +969,8 @@ class Kernel:
             return node
         if node.kind == "static" and actor.process.caps:
             return node
+        if node.kind == "rootfs":
+            return node                     # /agent 0755, /dev/null 0666: readable by anyone
         raise Unmodelled()
 
     def op_readdir(self, actor: Task, op: Op) -> str:
@@ -950,6 +1025,8 @@ class Kernel:
             if state == "ENOENT":
                 raise Errno("ENOENT")
             return "ok:* | ENOENT" if state == "maybe" else "ok:*"
+        if node is DEV_NULL:
+            return read_result(b"")
         if node.kind != "pid_entry":
             raise Unmodelled()
         task = node.task
@@ -1108,9 +1185,7 @@ class Kernel:
 
     def op_getdents(self, actor: Task, op: Op) -> str:
         if op.arg("fd") == "cwd":
-            cwd = actor.process.cwd
-            if cwd is None or cwd is UNKNOWN:
-                raise Unmodelled()
+            cwd = self.cwd_of(actor.process)
             self.may_exec(cwd, actor)        # the walk of "." checks the cwd itself
             self.may_read_dir(cwd, actor)    # open(".") does not revalidate it
             return self.list_dir(cwd, actor)
