@@ -29,6 +29,7 @@ HIDEPID_NO_ACCESS, HIDEPID_INVISIBLE = 1, 2
 OPENABLE_PID_FILES = frozenset({"status", "stat", "statm", "comm", "cmdline"})
 # ops after which a network namespace may have lost its last task
 NETNS_LEAVING_KINDS = frozenset({"exit", "exec", "unshare_net", "setns_net"})
+PATH_KINDS = frozenset({"lookup", "readdir", "readlink", "open", "chdir", "getdents"})
 SEQ_FILES = frozenset({"status", "stat", "statm", "comm"})      # single_open(): no pwrite
 
 
@@ -106,6 +107,11 @@ class Mount:
     hidepid: str
     subset: str
     state: str          # mounted | detached | unmounted | failed
+    # pid names that may have a dentry in this mount's root (a lookup or a readdir made one;
+    # drop_caches may or may not free it: the dentry LRU gives a recently used dentry a second
+    # chance, DCACHE_REFERENCED), and whether an unmodelled walk may have made others
+    looked_up: set = field(default_factory=set)
+    lookups_unknown: bool = False
 
     @property
     def pidonly(self) -> bool:
@@ -121,8 +127,9 @@ class Node:
     ftype: str = "dir"
     pid: Pid | None = None
     name: str = ""
-    # proc_pid_lookup refused it under hidepid=ptraceable; only a cached dentry reaches it
-    hidden: bool = False
+    # hidepid=ptraceable and the reader may not ptrace the task: proc_pid_lookup refuses it, so
+    # only a cached dentry reaches it: "pinned" (held below it: surely cached) or "maybe"
+    hidden: str = ""
     ctl: CtlRef | None = None       # for /proc/sys nodes
 
     @property
@@ -227,6 +234,11 @@ class Kernel:
         except Errno as err:
             return err.name
         except Unmodelled:
+            if op.kind in PATH_KINDS:
+                # the kernel's walk went on where the model stopped: it may have looked up pids
+                for mount in self.handles.values():
+                    if isinstance(mount, Mount):
+                        mount.lookups_unknown = True
             return UNMODELLED
         finally:
             if op.kind in NETNS_LEAVING_KINDS:
@@ -240,6 +252,22 @@ class Kernel:
             if netns not in live and not netns.dying:
                 netns.die()
         self.seen_netns |= live
+
+    # -- the pid dentries of a mount's root (only hidepid=ptraceable lets them show) --
+
+    def _held_nodes(self):
+        for process in self.processes:
+            if process.state == "running":
+                yield from process.fds.values()
+                if process.cwd is not None:
+                    yield process.cwd
+
+    def _pinned_pid_names(self, mount: Mount) -> set:
+        """Pid names of `mount`'s root with a held fd or cwd at or below them: their dentries
+        are in use, so neither drop_caches nor memory pressure frees them."""
+        prefix = "/mnt/" + next(h for h, obj in self.handles.items() if obj is mount) + "/"
+        return {node.path[len(prefix):].split("/", 1)[0] for node in self._held_nodes()
+                if node.mount is mount and node.path.startswith(prefix)}
 
     # -- process life --
 
@@ -424,7 +452,8 @@ class Kernel:
     def proc_pid_permission(self, node: Node, reader: Task):
         task = node.task
         if node.hidden:
-            raise Errno("ENOENT | EPERM")    # uncached: proc_pid_lookup; cached: proc_pid_permission
+            # proc_pid_permission on a cached dentry; if the shrinker freed it, proc_pid_lookup
+            raise Errno("EPERM" if node.hidden == "pinned" else "ENOENT | EPERM")
         if task is None:
             raise Errno("ESRCH")
         if not self.has_pid_permissions(node.mount, reader, task, HIDEPID_NO_ACCESS):
@@ -665,12 +694,23 @@ class Kernel:
         if nr is not None:
             task = self.find_task_by_pid_ns(nr, root.mount.ns)
             if task is not None:
-                # hidepid=ptraceable: proc_pid_lookup refuses a task the reader may not ptrace,
-                # but a dentry already cached by an earlier lookup passes pid_revalidate (which
-                # has no hidepid check) and then proc_pid_permission refuses with EPERM.  The
-                # answer depends on the dcache: a kernel inconsistency, see docs/model-gaps.md.
-                hidden = (root.mount.hidepid == "ptraceable"
-                          and not self.has_pid_permissions(root.mount, reader, task, HIDEPID_NO_ACCESS))
+                # hidepid=ptraceable: proc_pid_lookup refuses a task the reader may not ptrace
+                # (ENOENT, and no dentry is made), but a dentry cached by an earlier lookup or
+                # readdir (proc_fill_cache) passes pid_revalidate (which has no hidepid check) and
+                # then proc_pid_permission refuses with EPERM.  The answer depends on the dcache:
+                # a kernel inconsistency, see docs/model-gaps.md.
+                hidden = ""
+                mount = root.mount
+                if mount.hidepid == "ptraceable" and not self.has_pid_permissions(mount, reader, task,
+                                                                                  HIDEPID_NO_ACCESS):
+                    if name in self._pinned_pid_names(mount):
+                        hidden = "pinned"
+                    elif name in mount.looked_up or mount.lookups_unknown:
+                        hidden = "maybe"         # cached unless a shrinker freed it
+                    else:
+                        raise Errno("ENOENT")
+                else:
+                    mount.looked_up.add(name)
                 return Node("pid_dir", root.mount, root.path + "/" + name, "dir", task.pid, name, hidden)
         if name == "self":
             return Node("self", root.mount, root.path + "/self", "lnk")
@@ -930,6 +970,7 @@ class Kernel:
             nr = leader.pid.nr_in(root.mount.ns)
             if nr and self.has_pid_permissions(root.mount, reader, leader, HIDEPID_INVISIBLE):
                 names.append(str(nr))
+                root.mount.looked_up.add(str(nr))     # proc_pid_readdir -> proc_fill_cache
         return names
 
     # -- observation ops --
@@ -941,7 +982,8 @@ class Kernel:
     def op_readlink(self, actor: Task, op: Op) -> str:
         node = self.resolve(actor, op.arg("path"), follow_last=False)
         if node.hidden:
-            raise Errno("ENOENT | EINVAL")
+            # cached: readlinkat of a directory; freed: proc_pid_lookup
+            raise Errno("EINVAL" if node.hidden == "pinned" else "ENOENT | EINVAL")
         if node.ftype != "lnk":
             raise Errno("EINVAL")
         # d_path may answer alternatives (a flush that may not have happened yet)
