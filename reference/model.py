@@ -1066,7 +1066,9 @@ class Kernel:
             state = sysctl.grab(node.ctl.registration)    # proc_sys_call_handler
             if state == "ENOENT":
                 raise Errno("ENOENT")
-            return "ok:* | ENOENT" if state == "maybe" else "ok:*"
+            value = self.sysctl_value(node.ctl)
+            answer = "ok:*" if value is None else read_result(value.encode())
+            return answer + " | ENOENT" if state == "maybe" else answer
         if node is DEV_NULL:
             return read_result(b"")
         if node.kind != "pid_entry":
@@ -1080,7 +1082,31 @@ class Kernel:
             return read_result(b"")         # get_cmdline: no mm after exit
         raise Unmodelled()                  # contents (memory, times) are not modelled
 
+    @staticmethod
+    def is_forwarding(ref: CtlRef) -> bool:
+        return ref.level == "leaf" and ref.tabledir == "conf" and ref.leaf == "forwarding"
+
+    def sysctl_value(self, ref: CtlRef) -> str | None:
+        """What a read of a sysctl leaf returns ("%d\n", proc_dointvec), None when unknown."""
+        if not self.is_forwarding(ref):
+            return None
+        value = ref.netns.read_forwarding(ref)
+        return None if value is None else value + "\n"
+
+    def _forget_sysctl_values(self):
+        for netns in {task.netns for process in self.processes for task in process.threads} | self.seen_netns:
+            netns.forget_forwarding()
+
     def op_write(self, actor: Task, op: Op) -> str:
+        try:
+            return self._write(actor, op)
+        except Unmodelled:
+            node = actor.process.fds.get(op.arg("fd"))
+            if node is UNKNOWN or (node is not None and node.kind == "sysctl" and not self.is_forwarding(node.ctl)):
+                self._forget_sysctl_values()    # it may have written any of them (ip_forward, ...)
+            raise
+
+    def _write(self, actor: Task, op: Op) -> str:
         node = self._held(actor, op.arg("fd"))
         if node.kind == "pid_entry" and node.name in SEQ_FILES:
             raise Errno("ESPIPE")            # ksys_pwrite64: seq_open() cleared FMODE_PWRITE
@@ -1097,6 +1123,10 @@ class Kernel:
         # non-root writer without CAP_NET_ADMIN (net_ctl_permissions) gets the table's "other"
         # bits, which are read-only for the 0644 files written here.
         answer = "ok" if actor.process.caps else "EPERM"
+        if answer == "ok" and self.is_forwarding(node.ctl):
+            # a write that may have failed (ENOENT) leaves the value unknown
+            value = op.arg("value") if op.arg("value") in ("0", "1") and state is None else None
+            node.ctl.netns.write_forwarding(node.ctl, value)
         if answer == "ok" and op.arg("value") not in ("0", "1"):
             raise Unmodelled()
         return f"{answer} | ENOENT" if state == "maybe" else answer
@@ -1193,7 +1223,7 @@ class Kernel:
         device.unregister()
         device.name = new
         device.netns.devices[new] = device
-        device.register()
+        device.register(keep_conf=True)     # the same in_device and inet6_dev
         return "ok"
 
     def op_link_set_netns(self, actor: Task, op: Op) -> str:
