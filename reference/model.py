@@ -168,6 +168,7 @@ class Kernel:
         self.fd_dir_owner: dict = {}               # (mount, path) -> i_uid of that fd dir inode
         self.processes: list[Process] = []
         self.fd_rw: set[str] = set()               # fd handles opened O_RDWR
+        self.sysctl_constants_known = True         # until a write the model does not follow
         init = self._fork(None, self.sandbox_ns, comm="p1", netns=NetNamespace.create(profile))
         self.seen_netns = {init.leader.netns}   # else its end goes unnoticed if p1 leaves it first
         self.sandbox_ns.child_reaper = init
@@ -1088,12 +1089,16 @@ class Kernel:
 
     def sysctl_value(self, ref: CtlRef) -> str | None:
         """What a read of a sysctl leaf returns ("%d\n", proc_dointvec), None when unknown."""
-        if not self.is_forwarding(ref):
+        if ref.level != "leaf":
             return None
+        if not self.is_forwarding(ref):
+            value = ref.netns.read_constant(ref) if self.sysctl_constants_known else None
+            return None if value is None else value + "\n"
         value = ref.netns.read_forwarding(ref)
         return None if value is None else value + "\n"
 
     def _forget_sysctl_values(self):
+        self.sysctl_constants_known = False
         for netns in {task.netns for process in self.processes for task in process.threads} | self.seen_netns:
             netns.forget_forwarding()
 

@@ -29,6 +29,16 @@ WRITABLE_LEAVES = frozenset({"forwarding"})
 # (inetdev_init, ipv6_add_dev) -- at creation and on a move, which destroys and re-creates its
 # in_device/inet6_dev; a rename keeps them.
 FRESH_FORWARDING = {"ipv4": None, "ipv6": "0"}
+# Other leaves the generator reads, whose values are kernel constants as long as nothing writes
+# them (no op changes an MTU or a neighbour parameter): ipv6 conf/<dev>/mtu is the device's MTU
+# when its inet6_dev is made (ipv6_add_dev: cnf.mtu6 = dev->mtu; loopback_setup: 64 KiB, dummy and
+# veth: ether_setup, ETH_DATA_LEN), conf/{all,default}/mtu the compiled IPV6_MIN_MTU
+# (ipv6_devconf{,_dflt}); ipv4 neigh/<dev>/retrans_time is arp_tbl's 1 * HZ shown in USER_HZ
+# (NEIGH_SYSCTL_USERHZ_JIFFIES_ENTRY).  ipv6 neigh/<dev>/retrans_time is shown in raw jiffies
+# (ndisc_ifinfo_sysctl_change -> neigh_proc_dointvec), so it depends on CONFIG_HZ: not modelled.
+DEVICE_MTU = {"loopback": "65536", "dummy": "1500", "veth": "1500"}
+IPV6_MIN_MTU = "1280"
+ARP_RETRANS_TIME_USER_HZ = "100"
 MAX_MAYBE = 3        # more uncertain entries than this in one listing: the listing is unmodelled
 
 
@@ -109,6 +119,17 @@ class NetNamespace:
             return self.forwarding.get((ref.proto, ref.entry))
         device = self.device_of(ref.registration)
         return None if device is None or device.uncertain else device.forwarding.get(ref.proto)
+
+    def read_constant(self, ref: "CtlRef") -> str | None:
+        if ref.proto == "ipv6" and ref.tabledir == "conf" and ref.leaf == "mtu":
+            if ref.entry in ("all", "default"):
+                return IPV6_MIN_MTU
+            device = self.device_of(ref.registration)
+            return None if device is None or device.uncertain else DEVICE_MTU.get(device.kind)
+        if ref.proto == "ipv4" and ref.tabledir == "neigh" and ref.leaf == "retrans_time":
+            device = self.device_of(ref.registration)
+            return None if device is None or device.uncertain else ARP_RETRANS_TIME_USER_HZ
+        return None
 
     def write_forwarding(self, ref: "CtlRef", value: str | None):
         """A write of `value` (None: unknown) to conf/<entry>/forwarding, with its side effects.

@@ -53,3 +53,16 @@ def test_a_refused_or_unfollowed_write_leaves_values_alone_or_unknown():
     results = run(f"f1 = open p1 {fw('ipv6', 'lo')} rw=1\nf2 = open p1 {{m1}}/sys/net/ipv4/ip_forward rw=1\n"
                   "write p1 f2 1\nread p1 f1\np2 = spawn p1\nsetuid p2 1000\nwrite p2 f1 1\nread p2 f1\n")
     assert results[2:] == ["*", "ok:*", "ok:2", "ok", "EPERM", "ok:*"]
+
+
+def test_mtu_and_arp_retrans_time_are_constants_ipv6_retrans_time_depends_on_hz():
+    def value(text):
+        return "ok:" + str(len(text) + 1) + ":" + fnv1a64((text + "\n").encode())
+    results = run("link_add p1 d0\nf1 = open p1 {m1}/sys/net/ipv6/conf/lo/mtu\n"
+                  "f2 = open p1 {m1}/sys/net/ipv6/conf/d0/mtu\nf3 = open p1 {m1}/sys/net/ipv6/conf/all/mtu\n"
+                  "f4 = open p1 {m1}/sys/net/ipv4/neigh/d0/retrans_time\n"
+                  "f5 = open p1 {m1}/sys/net/ipv6/neigh/d0/retrans_time\n"
+                  "read p1 f1\nread p1 f2\nread p1 f3\nread p1 f4\nread p1 f5\n"
+                  "f6 = open p1 {m1}/sys/net/ipv6/conf/d0/mtu rw=1\nwrite p1 f6 9000\nread p1 f2\n")
+    assert results[6:11] == [value("65536"), value("1500"), value("1280"), value("100"), "ok:*"]
+    assert results[11:] == ["*", "*", "ok:*"]       # a write the model does not follow
