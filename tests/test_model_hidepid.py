@@ -1,7 +1,7 @@
 """hidepid=ptraceable: EPERM only where a dentry for the hidden pid can exist in that mount."""
 
 from reference.program import parse_text
-from targets.model import ModelTarget
+from targets.model_target import ModelTarget
 from tests.test_model import PROFILE
 
 HIDDEN = ("m1 = mount_proc p1 hidepid=ptraceable\np2 = spawn p1\np3 = spawn p1\n"

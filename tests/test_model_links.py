@@ -6,7 +6,7 @@ from dataclasses import replace
 from reference.model import UNMODELLED
 from reference.program import parse_text
 from reference.trace import fnv1a64
-from targets.model import ModelTarget
+from targets.model_target import ModelTarget
 from tests.test_model import PROFILE
 
 ROOTFS = "ok:agent,bin,dev,init,lib,mnt,proc,root,sys,tmp"

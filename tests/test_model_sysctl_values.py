@@ -3,7 +3,7 @@ device, with the propagation of devinet_sysctl_forward and addrconf_fixup_forwar
 
 from reference.program import parse_text
 from reference.trace import fnv1a64
-from targets.model import ModelTarget
+from targets.model_target import ModelTarget
 from tests.test_sysctl_model import PROFILE
 
 ZERO, ONE = "ok:2:" + fnv1a64(b"0\n"), "ok:2:" + fnv1a64(b"1\n")
