@@ -178,10 +178,13 @@ def test_unmodelled_results_are_explicit():
     assert last("lookup p1 bin/sh\n") == UNMODELLED      # below the sandbox's / is not modelled
 
 
-def test_model_bug_is_reported_not_raised(monkeypatch):
+def test_model_bug_is_reported_not_raised():
     from reference import model
-    monkeypatch.setattr(model.Kernel, "op_lookup", lambda *a: 1 / 0)
-    trace = ModelTarget(PROFILE).run(parse_text("lookup p1 x\n"))
+
+    class BrokenLookup(model.Kernel):
+        def op_lookup(self, actor, op):
+            return 1 / 0
+    trace = ModelTarget(PROFILE, BrokenLookup).run(parse_text("lookup p1 x\n"))
     assert trace.outcome == "error" and "ZeroDivisionError" in trace.title
 
 
