@@ -59,6 +59,9 @@ def family(path: str) -> str | None:
     return "mount" if re.fullmatch(r"\{m\d+\}(/.*)?", path) else None
 
 
+_HOLDER_LINK = re.compile(r"/(fd/\{f\d+\}|cwd)$")
+
+
 def episodes(program: Program, results: Sequence[str]) -> set[tuple[str, str, str]]:
     """The (family, change, way) cells of the program's episodes: an op that looks at a path
     seen before, with a change of that path's object in between (last_removal)."""
@@ -68,8 +71,9 @@ def episodes(program: Program, results: Sequence[str]) -> set[tuple[str, str, st
             continue
         path, bound = observed(program, index, results=results)
         kind = family(path) if path else None
-        way = "held " + op.kind if bound is not None or op.kind == "readlink" and "/fd/" in path + op.arg("path") \
-            or op.kind == "readlink" and op.arg("path").endswith("/cwd") else op.kind
+        # Through a held fd or cwd: an op on it, or a readlink of the link that holds it.
+        held = bound is not None or op.kind == "readlink" and _HOLDER_LINK.search(op.arg("path"))
+        way = f"held {op.kind}" if held else op.kind
         if kind and path in seen:
             change = last_removal(program, index, (path, bound), results)
             if change in CHANGES[kind]:
