@@ -9,7 +9,7 @@ A guest that goes away with no kernel report (QEMU killed, OOM, a host problem, 
 that reset without a word) is ``lost``: a harness event, counted in ``host_faults``, that the
 engine re-runs before calling it a kernel bug. QEMU's own last words are in
 ``trace.extra["qemu_log"]``.
-Only a VM that cannot be started at all raises (VmError).
+Only a VM that cannot be started raises: VmError, or BootFailed after BOOT_ATTEMPTS tries.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from targets.console import find_report
 from targets.initramfs import AGENT_SOURCE, guest_image
 from targets.kernels import KernelImage, resolve
 from targets.protocol import ChannelClosed, ChannelTimeout, ProtocolError, parse_hello, parse_results, text
-from targets.vm import Vm, choose_accel, exit_text
+from targets.vm import Vm, VmError, choose_accel, exit_text
 
 BOOT_TIMEOUT = 120.0        # TCG boots in ~5 s; generous for a loaded 2-core machine
+BOOT_ATTEMPTS = 3           # failed boots in a row before the target gives up
 WATCHDOG_BASE = 5.0         # sandbox set-up and teardown under TCG take tens of ms
 WATCHDOG_PER_OP = 0.25
 EXIT_GRACE = 10.0           # after the channel closes, time for QEMU to finish writing and exit
@@ -41,6 +42,11 @@ EXTRA_MODULES = "lib/modules/extra"
 
 class ModuleLoadError(RuntimeError):
     """A module given to the target (zoo or --load-module) did not load into the guest."""
+
+
+class BootFailed(VmError):
+    """The guest failed to boot BOOT_ATTEMPTS times in a row: the host cannot run this target
+    now (its reason and tails are the last attempt's); a worker stops with this reason."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ class QemuTarget:
                  watchdog_base: float = WATCHDOG_BASE, watchdog_per_op: float = WATCHDOG_PER_OP,
                  agent_source=AGENT_SOURCE, zoo: str | bool | None = None,
                  modules: Sequence[ModuleSpec] = (), files: Mapping[str, bytes] | None = None,
-                 cpus: int = 2):
+                 cpus: int = 2, boot_attempts: int = BOOT_ATTEMPTS):
         """zoo: a bug-zoo bug name to inject after every boot, or True to only carry the zoo's
         module (targets/zoo) for load_zoo(); modules: loaded after every boot, in order; files:
         guest path -> contents, executables for run_file()."""
@@ -100,9 +106,11 @@ class QemuTarget:
         self.initrd = guest_image(agent_source, modules_dir=self.image.modules_dir, files=image_files)
         self.accel = accel or choose_accel(self.image.vmlinuz, self.initrd)
         self.watchdog_base, self.watchdog_per_op = watchdog_base, watchdog_per_op
+        self.boot_attempts = boot_attempts
         self.vm: Vm | None = None
         self.restarts = 0
         self.host_faults = 0                # lost traces: the guest went away with no kernel report
+        self.boot_failures = 0              # failed boot attempts, retried or not
         self._console_seen = 0              # console offset up to which reports were looked for
         self.boot_seconds: list[float] = []
 
@@ -116,11 +124,10 @@ class QemuTarget:
         return self.vm.proc.pid if self.vm and self.vm.proc else None
 
     def start(self) -> None:
-        vm = Vm(self.image.vmlinuz, self.initrd, accel=self.accel, cpus=self.cpus)
-        release = vm.start(BOOT_TIMEOUT)
-        if release != self.image.release:
+        vm = self._boot()
+        if vm.release != self.image.release:
             vm.stop()
-            raise RuntimeError(f"guest runs {release}, expected {self.image.release}")
+            raise RuntimeError(f"guest runs {vm.release}, expected {self.image.release}")
         self.vm = vm
         self.boot_seconds.append(vm.boot_seconds)
         loads = [(spec.path.name, f"{spec.guest_path} {spec.params}".strip()) for spec in self.modules]
@@ -135,6 +142,22 @@ class QemuTarget:
                 raise ModuleLoadError(f"loading {name} into {self.label}: {frame.payload[:200].decode('ascii', 'replace')}")
         self.zoo_bug = bug
         self._console_seen = vm.console_size()
+
+    def _boot(self) -> Vm:
+        """A booted Vm. A failed boot is tried again (the host may have been short of memory or
+        time for a moment); boot_attempts failures in a row raise BootFailed."""
+        failures = 0
+        while True:
+            vm = Vm(self.image.vmlinuz, self.initrd, accel=self.accel, cpus=self.cpus)
+            try:
+                vm.start(BOOT_TIMEOUT)
+                return vm
+            except VmError as err:
+                self.boot_failures += 1
+                failures += 1
+                if failures >= self.boot_attempts:
+                    raise BootFailed(f"{failures} boots in a row failed, the last: {err.reason}",
+                                     err.tail) from None
 
     def close(self) -> None:
         if self.vm:
