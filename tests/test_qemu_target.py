@@ -299,20 +299,20 @@ def test_agent_error_frame_is_an_error_without_restart(qemu_target):
 
 @pytest.mark.kernel
 def test_panic_is_a_crash_then_the_vm_restarts(qemu_target):
-    restarts = qemu_target.restarts
+    restarts, host_faults = qemu_target.restarts, qemu_target.host_faults
     trace = qemu_target.control("panic")
     assert (trace.outcome, trace.title) == ("crash", "Kernel panic - not syncing: sysrq triggered crash")
     assert "sysrq_handle_crash" in trace.extra["console"]
-    assert qemu_target.restarts == restarts + 1
+    assert (qemu_target.restarts, qemu_target.host_faults) == (restarts + 1, host_faults)
     assert qemu_target.run(SMALL_PROGRAM).results == ("ok", "ok:lnk", "ok:1", "ENOENT")
 
 
 @pytest.mark.kernel
 def test_silent_agent_is_a_hang_then_the_vm_restarts(qemu_target):
-    restarts = qemu_target.restarts
+    restarts, host_faults = qemu_target.restarts, qemu_target.host_faults
     trace = qemu_target.control("hang")
     assert trace.outcome == "hang" and trace.title.startswith("no reply")
-    assert qemu_target.restarts == restarts + 1
+    assert (qemu_target.restarts, qemu_target.host_faults) == (restarts + 1, host_faults)
     assert qemu_target.run(SMALL_PROGRAM).outcome == "ok"
 
 
