@@ -17,7 +17,7 @@ from reference.trace import Trace
 
 class ModelTarget:
     label = "model"
-    restarts = 0
+    restarts = host_faults = 0
     measure_leaks = False       # the model has no slab caches
 
     def __init__(self, profile: KernelProfile, model: type[Kernel] = Kernel):

@@ -302,3 +302,41 @@ def test_ops_on_what_a_divergence_changed_are_its_consequences():
     assert [(d.index, d.role) for d in comparison.divergences] == \
         [(2, ""), (3, "consequence"), (4, "consequence"), (6, "")]
     assert comparison.primary.index == 2
+
+
+class LosingTarget(BuggyTarget):
+    """The buggy kernel, but the guest goes away (no kernel report) at the runs named in
+    ``lose_at``, counting host faults as QemuTarget does."""
+    host_faults = 0
+
+    def __init__(self, profile, lose_at):
+        super().__init__(profile)
+        self.lose_at, self.runs = set(lose_at), 0
+
+    def run(self, program):
+        self.runs += 1
+        if self.runs in self.lose_at:
+            self.host_faults += 1
+            self.restarts += 1
+            return Trace((), outcome="lost", title="QEMU exited (signal 9) with no kernel report")
+        return super().run(program)
+
+
+def test_a_lost_guest_is_a_host_fault_and_the_program_runs_again(tmp_path):
+    target = LosingTarget(PROFILE, lose_at={1})
+    config = WorkerConfig(0, 1, PROFILE, "buggy-kernel", tmp_path / "out", tmp_path / "corpus", float("inf"),
+                          max_programs=1)
+    stats = run_worker(config, target, lambda s: None, lambda: False, start=[ZOMBIE])
+    [finding] = [store.load(d) for d in store.list_findings(tmp_path / "out")]
+    assert finding.divergence.cls == "stale"                  # the re-run's finding, not a crash
+    assert (stats.host_faults, stats.findings) == (1, {"stale": 1})
+
+
+def test_a_guest_lost_twice_on_one_program_is_a_crash(tmp_path):
+    target = LosingTarget(PROFILE, lose_at={1, 2})
+    config = WorkerConfig(0, 1, PROFILE, "buggy-kernel", tmp_path / "out", tmp_path / "corpus", float("inf"),
+                          max_programs=1)
+    stats = run_worker(config, target, lambda s: None, lambda: False, start=[ZOMBIE])
+    [finding] = [store.load(d) for d in store.list_findings(tmp_path / "out")]
+    assert finding.signature == "crash: guest lost running this program, twice, with no kernel report"
+    assert stats.host_faults == 2 and stats.findings == {"crash": 1}

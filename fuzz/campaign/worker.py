@@ -21,6 +21,7 @@ from targets.model_target import ModelTarget
 from fuzz.compare.classes import TOOL_CLASSES
 from fuzz.compare.leaks import CONFIRM_ROUNDS, LeakOracle, confirm_leak
 from fuzz.compare.oracle import KNOWN, Divergence, Explained, compare_all
+from fuzz.execute.kernels import run_on_kernel
 from fuzz.generate.coverage import features
 from fuzz.generate.source import ProgramSource
 from fuzz.record import store
@@ -96,11 +97,11 @@ class _Loop:
         # The leak oracle's baseline is the previous measured program; its re-runs measure too.
         target.measure_leaks = bool(config.leak_every) and stats.programs % config.leak_every == 0
         expected = self.model.run(program)
-        actual = target.run(program) if expected.outcome == "ok" else expected
+        actual = run_on_kernel(target, program) if expected.outcome == "ok" else expected
         stats.programs += 1
         stats.ops += len(program)
         stats.guest_us += actual.guest_us
-        stats.restarts = target.restarts
+        stats.restarts, stats.host_faults = target.restarts, target.host_faults
         comparison = compare_all(program, expected, actual, self.explained)
         if comparison.primary is not None:
             reruns = confirm(program, expected, comparison.primary, target, config.reruns, self.explained)
@@ -151,7 +152,7 @@ def confirm(program: Program, expected, divergence: Divergence, target: Target, 
         return (0, 0)
     same = 0
     for _ in range(reruns):
-        again = compare_all(program, expected, target.run(program), explained).primary
+        again = compare_all(program, expected, run_on_kernel(target, program), explained).primary
         same += again is not None and (again.cls, again.index) == (divergence.cls, divergence.index)
     return (same, reruns)
 

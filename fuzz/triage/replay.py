@@ -13,6 +13,7 @@ from reference.trace import Trace
 from targets.base import Target
 
 from fuzz.compare.oracle import Comparison, Divergence, compare_all
+from fuzz.execute.kernels import run_on_kernel
 from fuzz.record.known import KnownIssues
 
 
@@ -40,7 +41,7 @@ def run_case(program: Program, model: Target, kernel: Target, known: KnownIssues
              path: Path | None = None) -> Case:
     """The model first: a program the model fails on is not run on the kernel (a procfuzz bug)."""
     expected = model.run(program)
-    actual = kernel.run(program) if expected.outcome == "ok" else expected
+    actual = run_on_kernel(kernel, program) if expected.outcome == "ok" else expected
     return Case(program, expected, actual, compare_all(program, expected, actual, known.explainer(kernel.label)), path)
 
 
