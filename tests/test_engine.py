@@ -39,7 +39,7 @@ class ForgetfulKernel(Kernel):
 
 class BuggyTarget(ModelTarget):
     name = "buggy"
-    restarts = 0
+    restarts = host_faults = 0
 
     def run(self, program):
         kernel = ForgetfulKernel(self.profile)
