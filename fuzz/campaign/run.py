@@ -21,7 +21,7 @@ from fuzz.compare.classes import TOOL_CLASSES
 from fuzz.errors import EXIT_FOUND, EXIT_OK, EXIT_TOOL, ToolError
 from fuzz.execute.kernels import KernelSpec, TargetOpener, open_qemu, profile_for
 from fuzz.record.corpus import distill_directory, program_features
-from fuzz.record.known import load_known
+from fuzz.record.known import load_known_issues
 from fuzz.record.programs import is_disk_full
 from fuzz.record.summary import Stats, write_summary
 
@@ -94,7 +94,7 @@ def run(options: RunOptions, on_update: Callable[[Stats], None], stop,
                         options.guest_cpus or guest_cpus_for(options.workers, os.cpu_count()))
     label = kernel.label
     profile = profile_for(kernel.pin)
-    known = frozenset(load_known(options.known or KNOWN_ISSUES))
+    known = load_known_issues(options.known or KNOWN_ISSUES)
     seed = options.seed if options.seed is not None else int(time.time())
     started = time.monotonic()
     start = load_start(options.seed_dirs, working_corpus, options.replay)
