@@ -75,9 +75,9 @@ def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], N
             save_program(config.corpus, program)
             source.corpus.append(program)
         if time.monotonic() - last_report > 1.0:
-            report(loop.stats)
+            report(loop.snapshot())
             last_report = time.monotonic()
-    report(loop.stats)
+    report(loop.snapshot())
     return loop.stats
 
 
@@ -101,7 +101,6 @@ class _Loop:
         stats.programs += 1
         stats.ops += len(program)
         stats.guest_us += actual.guest_us
-        stats.restarts, stats.host_faults = target.restarts, target.host_faults
         comparison = compare_all(program, expected, actual, self.explained)
         if comparison.primary is not None:
             reruns = confirm(program, expected, comparison.primary, target, config.reruns, self.explained)
@@ -123,6 +122,12 @@ class _Loop:
         stats.features = len(self.seen_features)
         stats.corpus_added += bool(fresh)
         return bool(fresh)
+
+    def snapshot(self) -> Stats:
+        """The counters, with the target's and the leak oracle's brought up to date."""
+        self.stats.restarts, self.stats.host_faults = self.target.restarts, self.target.host_faults
+        self.stats.leak_suspects = self.leaks.suspects
+        return self.stats
 
     def _record(self, finding: Finding) -> None:
         _, new = store.record(self.config.out, finding)
