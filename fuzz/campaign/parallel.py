@@ -1,31 +1,132 @@
 """Campaigns of several workers: one process per worker, each with its own VM, reporting its
-counters to the parent through a queue."""
+counters to the parent through a queue.
+
+Only the parent decides when a campaign stops.  Each worker runs in a session of its own (its
+QEMU with it), so the terminal's Ctrl-C, a hangup or a signal to the parent's process group
+reaches the parent alone; workers ignore SIGINT, SIGTERM and SIGHUP besides.  The parent stops
+them through the stop event (each ends the program it runs and reports), or, for a worker still
+booting or when the operator insists, with ABORT_SIGNAL: that unwinds the worker at once through
+its clean-ups (a finding being staged is removed, the VM closed) and ends it quietly.  SIGKILL
+is the last resort.  A worker whose parent dies gets ABORT_SIGNAL too.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import queue as queues
 import signal
+import threading
+import time
 import traceback
-from typing import Callable
-
-from reference.program import Program
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 from fuzz.execute.kernels import KernelSpec, TargetOpener, open_qemu
+from fuzz.record.programs import is_disk_full
 from fuzz.record.summary import Stats
 
+from .startup import StartCorpus
 from .worker import WorkerConfig, run_worker, starting_programs
 
+ABORT_SIGNAL = signal.SIGUSR1
+KILL_GRACE = 3.0               # seconds aborted workers get to unwind before SIGKILL
+BOOTED = "booted"              # a worker's message: its target is up
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1
 
-def _worker_main(config: WorkerConfig, kernel: KernelSpec, open_target: TargetOpener, start: list[Program],
-                 queue, stop_event):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when to stop
+
+class Abort(SystemExit):
+    """The parent ends this worker now (a SystemExit: no traceback, no tool error)."""
+
+
+@dataclass(frozen=True)
+class NoSpace:
+    """A worker's message: a write under the output directory found the disk full."""
+    detail: str
+
+
+def _abort(_signum, _frame):
+    signal.signal(ABORT_SIGNAL, signal.SIG_IGN)     # once: a second one must not cut the clean-ups short
+    raise Abort(0)
+
+
+def _detach() -> None:
+    """Out of the parent's session and deaf to the operator's signals: only the parent stops us.
+    (A worker is born ignoring them, see _born_deaf; until here they were also blocked.)"""
+    os.setsid()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    signal.signal(ABORT_SIGNAL, _abort)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, ABORT_SIGNAL)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        raise Abort(0)                  # the parent died before the line above
+
+
+@contextmanager
+def _born_deaf() -> Iterator[None]:
+    """Workers started in here ignore the stop signals from their first instruction (an ignored
+    signal stays ignored across exec, and Python then installs no KeyboardInterrupt), so a
+    Ctrl-C while one still imports cannot reach it.  Meanwhile the parent holds them blocked:
+    pending, not lost, they reach its own handlers afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield                           # signal dispositions belong to the main thread
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
     try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _worker_main(config: WorkerConfig, kernel: KernelSpec, open_target: TargetOpener, start: StartCorpus,
+                 queue, stop_event):
+    _detach()
+    booted = False
+    try:
+        if stop_event.is_set():
+            return
         with open_target(kernel) as target:
+            booted = True
+            queue.put((config.index, BOOTED))
             run_worker(config, target, lambda s: queue.put((config.index, s)), stop_event.is_set, start)
-    except Exception:  # noqa: BLE001 - reported to the parent as a tool failure
-        failed = Stats(errors=[f"worker {config.index}: {traceback.format_exc(limit=6)}"])
-        queue.put((config.index, failed))
-    queue.put((config.index, None))
+    except Abort:
+        _end_now(queue, config.index)
+    except Exception as err:  # noqa: BLE001 - reported to the parent
+        if is_disk_full(err):
+            queue.put((config.index, NoSpace(_space_detail(err))))
+        elif booted or not stop_event.is_set():     # a boot cut short by the stop is no failure
+            queue.put((config.index, Stats(errors=[f"worker {config.index}: {traceback.format_exc(limit=6)}"])))
+    finally:
+        queue.put((config.index, None))
+
+
+def _end_now(queue, index: int) -> None:
+    """End an aborted worker from inside its exception handler: the clean-ups on the way here
+    have run (staging removed, VM closed or, mid-boot, left to die with us), and leaving before
+    the half-built objects of an interrupted boot are collected keeps their complaints off the
+    operator's terminal (asyncio's "Task was destroyed but it is pending")."""
+    queue.put((index, None))
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
+
+
+def _space_detail(err: OSError) -> str:
+    """What the worker was writing when the disk filled up, and the system's word for it."""
+    what, frame = "writing", err.__traceback__
+    while frame:
+        what = {"record": "recording a finding", "save_program": "saving a corpus program"}.get(
+            frame.tb_frame.f_code.co_name, what)
+        frame = frame.tb_next
+    return f"{what}: {os.strerror(err.errno)}" + (f" ({err.filename})" if err.filename else "")
 
 
 def guest_cpus_for(workers: int, host_cpus: int | None) -> int:
@@ -36,43 +137,115 @@ def guest_cpus_for(workers: int, host_cpus: int | None) -> int:
     return max(1, min(2, (host_cpus or 1) // max(1, workers)))
 
 
-def run_campaign(configs: list[WorkerConfig], kernel: KernelSpec, on_update: Callable[[Stats], None],
-                 stop_event, open_target: TargetOpener = open_qemu) -> Stats:
+@dataclass
+class Outcome:
+    stats: Stats
+    no_space: str | None = None         # why a worker's write failed, if the disk was full
+    killed: bool = False                # the workers were killed at the operator's insistence
+
+
+@dataclass
+class _Campaign:
+    workers: dict                       # index -> Process
+    queue: object
+    on_update: Callable[[Stats], None]
+    latest: dict = field(default_factory=dict)
+    booted: set = field(default_factory=set)
+    ended: set = field(default_factory=set)
+    aborted: set = field(default_factory=set)
+    outcome: Outcome = field(default_factory=lambda: Outcome(Stats()))
+
+    def follow(self, stop_event, kill_now: Callable[[], bool]) -> None:
+        while len(self.ended) < len(self.workers):
+            if kill_now():
+                self.kill()
+                return
+            if stop_event.is_set():     # booting workers just end
+                self.abort([i for i in self.workers if i not in self.booted])
+            try:
+                index, message = self.queue.get(timeout=0.5)
+            except queues.Empty:
+                if not any(w.is_alive() for w in self.workers.values()):
+                    return
+                self.on_update(self.total())
+                continue
+            self.receive(index, message, stop_event)
+            self.on_update(self.total())
+
+    def receive(self, index: int, message, stop_event) -> None:
+        if message is None:
+            self.ended.add(index)
+        elif message == BOOTED:
+            self.booted.add(index)
+        elif isinstance(message, NoSpace):
+            self.outcome.no_space = self.outcome.no_space or message.detail
+            stop_event.set()
+        elif message.errors and index in self.latest:
+            self.latest[index].errors += message.errors
+        else:
+            self.latest[index] = message
+
+    def abort(self, indices) -> None:
+        for index in indices:
+            worker = self.workers[index]
+            if index not in self.aborted and worker.pid and worker.is_alive():
+                self.aborted.add(index)
+                try:
+                    os.kill(worker.pid, ABORT_SIGNAL)
+                except ProcessLookupError:
+                    pass
+
+    def kill(self) -> None:
+        """Abort every worker; SIGKILL those that have not unwound within KILL_GRACE."""
+        self.outcome.killed = True
+        self.aborted.clear()
+        self.abort(list(self.workers))
+        deadline = time.monotonic() + KILL_GRACE
+        for worker in self.workers.values():
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                worker.kill()
+
+    def total(self) -> Stats:
+        total = Stats()
+        for stats in self.latest.values():
+            total.merge(stats)
+        return total
+
+
+def follow_campaign(configs: list[WorkerConfig], kernel: KernelSpec, on_update: Callable[[Stats], None],
+                    stop_event, open_target: TargetOpener = open_qemu, start: StartCorpus | None = None,
+                    kill_now: Callable[[], bool] = lambda: False) -> Outcome:
     """Every worker in its own process with its own target, until each ends; the counters summed.
-    ``open_target`` must be picklable (a module-level function): workers are spawned."""
+    ``open_target`` must be picklable (a module-level function): workers are spawned.  ``start``
+    defaults to the first worker's starting corpus; ``kill_now`` turns true when the operator
+    wants the workers gone at once."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     # One snapshot of the corpus for all: a worker that boots later must not start from what
     # another has added meanwhile, or a seeded campaign would not be reproducible.
-    start = starting_programs(configs[0]) if configs else []
-    workers = [context.Process(target=_worker_main, args=(c, kernel, open_target, start, queue, stop_event), daemon=True)
-               for c in configs]
-    for worker in workers:
-        worker.start()
-    latest: dict[int, Stats] = {}
-    running = len(workers)
-    while running:
-        try:
-            index, stats = queue.get(timeout=1.0)
-        except Exception:  # noqa: BLE001 - queue.Empty: refresh the display, check liveness
-            if not any(w.is_alive() for w in workers):
-                break
-            on_update(_total(latest))
-            continue
-        if stats is None:
-            running -= 1
-        elif stats.errors and index in latest:
-            latest[index].errors += stats.errors
-        else:
-            latest[index] = stats
-        on_update(_total(latest))
-    for worker in workers:
+    if start is None and configs:
+        start = starting_programs(configs[0])
+    campaign = _Campaign({c.index: context.Process(target=_worker_main, daemon=True,
+                                                   args=(c, kernel, open_target, start, queue, stop_event))
+                          for c in configs}, queue, on_update)
+    with _born_deaf():
+        for worker in campaign.workers.values():
+            worker.start()
+    campaign.follow(stop_event, kill_now)
+    for worker in campaign.workers.values():
         worker.join(timeout=30)
-    return _total(latest)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+    campaign.outcome.stats = campaign.total()
+    return campaign.outcome
 
 
-def _total(latest: dict[int, Stats]) -> Stats:
-    total = Stats()
-    for stats in latest.values():
-        total.merge(stats)
-    return total
+def run_campaign(configs: list[WorkerConfig], kernel: KernelSpec, on_update: Callable[[Stats], None],
+                 stop_event, open_target: TargetOpener = open_qemu) -> Stats:
+    """follow_campaign's counters (a full disk shows as a tool error in them)."""
+    outcome = follow_campaign(configs, kernel, on_update, stop_event, open_target)
+    if outcome.no_space:
+        outcome.stats.errors.append(f"no space left on device: {outcome.no_space}")
+    return outcome.stats

@@ -3,7 +3,6 @@ its exit code.  The command line, the benchmarks and the service all start campa
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import re
@@ -16,15 +15,22 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from corpus import KNOWN_ISSUES, SEED_DIRS
+from targets.model_target import ModelTarget
+
 from fuzz.compare.classes import TOOL_CLASSES
 from fuzz.errors import EXIT_FOUND, EXIT_OK, EXIT_TOOL, ToolError
 from fuzz.execute.kernels import KernelSpec, TargetOpener, open_qemu, profile_for
+from fuzz.record.corpus import distill_directory, program_features
 from fuzz.record.known import load_known_issues
+from fuzz.record.programs import is_disk_full
 from fuzz.record.summary import Stats, write_summary
 
-from .parallel import guest_cpus_for, run_campaign
+from .parallel import follow_campaign, guest_cpus_for
 from .shards import WHOLE, Shard
+from .startup import ReplayLimits, StartCorpus, load_start
 from .worker import WorkerConfig
+
+HARD_STOP_WINDOW = 5.0      # seconds: a second stop signal within them kills the workers at once
 
 
 def parse_duration(text: str) -> float:
@@ -51,6 +57,8 @@ class RunOptions:
     known: Path | None = None            # default corpus/known-issues.toml
     guest_cpus: int | None = None        # default guest_cpus_for(workers, host cores)
     seed_dirs: tuple = SEED_DIRS
+    replay: ReplayLimits = ReplayLimits()    # the working corpus replayed at start, at most
+    distill: bool = True                     # distill the working corpus when the campaign ends
 
 
 @dataclass(frozen=True)
@@ -58,19 +66,23 @@ class RunResult:
     out: Path
     stats: Stats
     summary: dict
+    failure: str | None = None      # why the campaign could not go on (a full disk), one line
 
     @property
     def exit_code(self) -> int:
-        """2 a tool failure, 1 new findings, 0 nothing new."""
-        if self.stats.errors or any(self.stats.findings.get(c) for c in TOOL_CLASSES):
+        """2 a tool failure, 1 new findings, 0 nothing new.  A stop by the operator is none of
+        these: it exits like a campaign that ran out of budget."""
+        if self.failure or self.stats.errors or any(self.stats.findings.get(c) for c in TOOL_CLASSES):
             return EXIT_TOOL
         return EXIT_FOUND if sum(self.stats.findings.values()) else EXIT_OK
 
 
 def run(options: RunOptions, on_update: Callable[[Stats], None], stop,
-        open_target: TargetOpener = open_qemu) -> RunResult:
+        open_target: TargetOpener = open_qemu, kill_now: Callable[[], bool] = lambda: False) -> RunResult:
     """Run the campaign until its budget is spent or ``stop`` (a multiprocessing Event of the
-    spawn context, see new_stop_event) is set; write OUT/summary.json."""
+    spawn context, see new_stop_event) is set; ``kill_now`` turning true ends the workers at
+    once.  Distills the working corpus and writes OUT/summary.json.  A full disk under OUT stops
+    the campaign: the result's ``failure`` says so."""
     if options.workers < 1:
         raise ToolError("--workers must be at least 1")
     shard = options.shard or WHOLE
@@ -84,19 +96,50 @@ def run(options: RunOptions, on_update: Callable[[Stats], None], stop,
     profile = profile_for(kernel.pin)
     known = load_known_issues(options.known or KNOWN_ISSUES)
     seed = options.seed if options.seed is not None else int(time.time())
-    deadline = time.monotonic() + options.budget
+    started = time.monotonic()
+    start = load_start(options.seed_dirs, working_corpus, options.replay)
+    deadline = started + options.budget
     configs = [WorkerConfig(stream, seed, profile, label, out, working_corpus, deadline, options.max_ops,
                             options.max_programs, known=known, seed_dirs=options.seed_dirs,
                             leak_every=options.leak_every)
                for stream in shard.streams(options.workers)]
-    started = time.monotonic()
-    stats = run_campaign(configs, kernel, on_update, stop, open_target)
+    outcome = follow_campaign(configs, kernel, on_update, stop, open_target, start, kill_now)
     elapsed = time.monotonic() - started
+    failure = _no_space(options.out, outcome.no_space) if outcome.no_space else None
+    corpus = None
+    if options.distill and not failure and not outcome.killed:
+        corpus, failure = _distill(working_corpus, profile, start, options.out)
     extra = {"kernel": label, "seed": seed, "workers": options.workers, "shard": str(shard),
-             "seconds": round(elapsed, 1), "programs_per_second": round(stats.programs / max(elapsed, 1e-9), 2),
-             "interrupted": stop.is_set()}
-    summary_path = write_summary(out, stats, extra)
-    return RunResult(out, stats, json.loads(summary_path.read_text()))
+             "seconds": round(elapsed, 1), "programs_per_second": round(outcome.stats.programs / max(elapsed, 1e-9), 2),
+             "interrupted": stop.is_set() or outcome.killed, "start_corpus": len(start.working),
+             **({"corpus": corpus} if corpus else {}), **({"failure": failure} if failure else {})}
+    summary = {**extra, **outcome.stats.to_json()}
+    try:
+        write_summary(out, outcome.stats, extra)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        failure = failure or _no_space(options.out, str(err.strerror))
+        summary["failure"] = failure
+    return RunResult(out, outcome.stats, summary, failure)
+
+
+def _no_space(out: Path, detail: str) -> str:
+    return f"no space left on device under {out}: {detail}"
+
+
+def _distill(corpus: Path, profile, start: StartCorpus, out: Path) -> tuple[dict | None, str | None]:
+    """Distill the working corpus (what the seeds show counts as covered); its figures, or why not."""
+    model = ModelTarget(profile)
+    covered = frozenset().union(*(program_features(p, model) for p in start.always))
+    try:
+        report = distill_directory(corpus, model, covered)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        return None, _no_space(out, str(err.strerror))
+    return {"programs": report.after, "before_distill": report.before,
+            "features_beyond_seeds": report.features}, None
 
 
 def new_stop_event():
@@ -104,16 +147,38 @@ def new_stop_event():
     return multiprocessing.get_context("spawn").Event()
 
 
+class StopSignals:
+    """The handler of the stop signals.  The first sets ``stop``: the workers end the program they
+    run and the campaign keeps everything it recorded.  Another within HARD_STOP_WINDOW seconds
+    sets ``kill``: the workers are ended at once (still no half-written finding: findings are
+    staged and renamed into place)."""
+
+    def __init__(self, stop, announce: Callable[[str], None]):
+        self.stop, self.announce = stop, announce
+        self.kill = False
+        self._last: float | None = None
+
+    def __call__(self, signum, _frame) -> None:
+        name, now = signal.Signals(signum).name, time.monotonic()
+        if self._last is not None and now - self._last <= HARD_STOP_WINDOW:
+            if not self.kill:
+                self.announce(f"\nprocfuzz: {name} again: ending the workers now")
+            self.kill = True
+            return
+        self._last = now
+        self.announce(f"\nprocfuzz: {name}: stopping workers, keeping everything "
+                      f"(again within {HARD_STOP_WINDOW:.0f} s: end them at once)")
+        self.stop.set()
+
+
 @contextmanager
-def stop_on_signals(stop, announce: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP set ``stop``: the workers end their program and the campaign
-    keeps everything it recorded."""
-    def request_stop(signum, _frame):
-        announce(f"\nprocfuzz: {signal.Signals(signum).name}: stopping workers, keeping everything")
-        stop.set()
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+def stop_on_signals(stop, announce: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> Iterator[StopSignals]:
+    """SIGINT (Ctrl-C: the whole foreground process group gets it; the workers, in sessions of
+    their own, do not), SIGTERM and SIGHUP all stop a campaign the same way (StopSignals)."""
+    handler = StopSignals(stop, announce)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        yield
+        yield handler
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -23,12 +23,13 @@ from fuzz.compare.leaks import CONFIRM_ROUNDS, LeakOracle, confirm_leak
 from fuzz.compare.oracle import KNOWN, Divergence, Explained, compare_all
 from fuzz.execute.kernels import run_on_kernel
 from fuzz.generate.coverage import features
-from fuzz.generate.source import ProgramSource
 from fuzz.record import store
 from fuzz.record.finding import Finding
 from fuzz.record.known import KnownIssues
-from fuzz.record.programs import load_directory, save_program
+from fuzz.record.programs import save_program
 from fuzz.record.summary import Stats
+
+from .startup import StartCorpus, StartSource, load_start
 
 
 @dataclass
@@ -48,14 +49,13 @@ class WorkerConfig:
     leak_every: int = 10            # slab counts (L frames, ~3x the cost) for every Nth program; 0: never
 
 
-def starting_programs(config: WorkerConfig) -> list[Program]:
-    """The seed directories' programs, then the working corpus as it is now."""
-    return [program for directory in (*config.seed_dirs, config.corpus) if Path(directory).is_dir()
-            for _, program in load_directory(directory)[0]]
+def starting_programs(config: WorkerConfig) -> StartCorpus:
+    """The seed directories' programs, then the working corpus as it is now (fuzz/campaign/startup.py)."""
+    return load_start(config.seed_dirs, config.corpus)
 
 
 def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], None],
-               should_stop: Callable[[], bool], start: list[Program] | None = None,
+               should_stop: Callable[[], bool], start: StartCorpus | None = None,
                model: Target | None = None) -> Stats:
     """The differential loop for one worker; returns its final counters.
 
@@ -63,9 +63,11 @@ def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], N
     its own index.  ``start`` is the corpus to begin with (default: starting_programs now);
     ``model`` the model target (default: the reference model with the config's profile)."""
     rng = random.Random(f"{config.seed}-{config.index}")
-    seeds = starting_programs(config) if start is None else start
-    source = ProgramSource(config.profile, seeds, rng, config.max_ops)
-    loop = _Loop(config, target, model or ModelTarget(config.profile), config.known.explainer(config.kernel_label))
+    start = starting_programs(config) if start is None else start
+    source = StartSource(config.profile, start, rng, config.max_ops)
+    # seen_features starts with those of the corpus programs the start-up replay skips
+    loop = _Loop(config, target, model or ModelTarget(config.profile), config.known.explainer(config.kernel_label),
+                 source.seen_features)
     last_report = time.monotonic()
     while not should_stop() and time.monotonic() < config.deadline:
         if config.max_programs is not None and loop.stats.programs >= config.max_programs:
@@ -85,10 +87,11 @@ class _Loop:
     """One program at a time: run it on the model and the kernel, compare every op, record what
     diverged or leaked, and say whether it joins the corpus."""
 
-    def __init__(self, config: WorkerConfig, target: Target, model: Target, explained: Explained):
+    def __init__(self, config: WorkerConfig, target: Target, model: Target, explained: Explained,
+                 seen_features: set):
         self.config, self.target, self.model, self.explained = config, target, model, explained
         self.leaks = LeakOracle()
-        self.seen_features: set = set()
+        self.seen_features = seen_features
         self.stats = Stats()
 
     def run(self, program: Program) -> bool:

@@ -109,6 +109,13 @@ def _run_command(t: _Commands) -> None:
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run shard I of N (0-based: I is 0..N-1) of a campaign: its own random streams, "
                         "output in OUT/shard-I-of-N/; give every shard the same --seed and --workers")
+    p.add_argument("--replay-programs", type=int, default=1000, metavar="N",
+                   help="replay at most N programs of the working corpus on the kernel at start (after "
+                        "the seeds and regressions, which always replay); all of them serve as parents")
+    p.add_argument("--replay-seconds", type=float, default=90.0, metavar="S",
+                   help="stop replaying the working corpus S seconds after the first program")
+    p.add_argument("--no-distill", action="store_true",
+                   help="keep every program of the working corpus (default: distill it when the campaign ends)")
     p.add_argument("--max-programs", type=int, default=None,
                    help="stop each worker after this many programs (with --seed: a reproducible campaign)")
     p.add_argument("--runtime", choices=("local", "docker", "kubernetes"), default="local",
@@ -129,6 +136,14 @@ def _output_commands(t: _Commands) -> None:
     p.add_argument("out", help="the merged output directory (may be one of the sources)")
     p.add_argument("sources", nargs="+",
                    help="run outputs, or directories holding them (e.g. OUT of sharded runs)")
+    t.kernel_option(p)
+    p.add_argument("--no-distill", action="store_true",
+                   help="keep every corpus program (default: distill the merged corpus by model coverage)")
+    p = command("corpus", c.cmd_corpus, "corpus maintenance: distill DIR keeps the smallest programs "
+                "that cover every model-coverage feature")
+    p.add_argument("action", choices=("distill",))
+    p.add_argument("dir")
+    t.kernel_option(p)
     p = command("triage", c.cmd_triage, "one row per bug from run directories; Markdown, HTML, JSON, JUnit, SARIF reports")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="run output directories (every findings/ below them)")
     p.add_argument("--known", default=None, help="known-issues file (default corpus/known-issues.toml)")

@@ -146,18 +146,29 @@ def cmd_replay(args) -> int:
 
 def cmd_run(args) -> int:
     from fuzz.campaign.run import RunOptions, new_stop_event, run, stop_on_signals
+    from fuzz.campaign.startup import ReplayLimits
     from fuzz.campaign.status import StatusDisplay
+    from fuzz.record.programs import is_disk_full
     if args.runtime != "local" or args.dry_run:
         return _run_on_runtime(args)
-    options = RunOptions(_spec(args), parse_duration(args.budget), args.workers, Path(args.out),
-                         Path(args.corpus) if args.corpus else None, args.seed, _shard(args.shard),
-                         args.max_ops, args.max_programs, args.leak_every,
-                         Path(args.known) if args.known else None, args.guest_cpus)
     stop = new_stop_event()
-    display = StatusDisplay(options.kernel.label, args.workers, options.budget)
-    with stop_on_signals(stop, _say), display:
-        result = run(options, display.update, stop, args.open_target)
-    print(json.dumps(result.summary, indent=1, sort_keys=True))
+    with stop_on_signals(stop, _say) as signals:        # from the start: a stop is never exit 2
+        options = RunOptions(_spec(args), parse_duration(args.budget), args.workers, Path(args.out),
+                             Path(args.corpus) if args.corpus else None, args.seed, _shard(args.shard),
+                             args.max_ops, args.max_programs, args.leak_every,
+                             Path(args.known) if args.known else None, args.guest_cpus,
+                             replay=ReplayLimits(args.replay_programs, args.replay_seconds),
+                             distill=not args.no_distill)
+        try:
+            with StatusDisplay(options.kernel.label, args.workers, options.budget) as display:
+                result = run(options, display.update, stop, args.open_target, lambda: signals.kill)
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            raise ToolError(f"no space left on device under {args.out}: {err.strerror}") from None
+        print(json.dumps(result.summary, indent=1, sort_keys=True))
+    if result.failure:
+        raise ToolError(result.failure)
     return result.exit_code
 
 
@@ -204,13 +215,30 @@ def _run_on_runtime(args) -> int:
 
 
 def cmd_merge(args) -> int:
+    from fuzz.execute.kernels import model_for
     from fuzz.scale.merge import MergeError, merge
     try:
-        summary = merge(Path(args.out), [Path(source) for source in args.sources])
+        summary = merge(Path(args.out), [Path(source) for source in args.sources],
+                        None if args.no_distill else model_for(args.kernel))
     except (MergeError, OSError) as err:
         raise ToolError(f"merge: {err}") from None
     print(f"merged {len(summary['runs'])} runs into {args.out}: {summary['distinct_findings']} findings, "
           f"{summary['corpus_programs']} corpus programs")
+    return EXIT_OK
+
+
+def cmd_corpus(args) -> int:
+    from fuzz.execute.kernels import model_for
+    from fuzz.record.corpus import distill_directory
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        raise ToolError(f"not a directory: {directory}")
+    try:
+        report = distill_directory(directory, model_for(args.kernel))
+    except OSError as err:
+        raise ToolError(f"corpus distill: {directory}: {err.strerror or err}") from None
+    print(f"{directory}: {report.before} -> {report.after} programs, all {report.features} features kept"
+          + (f"; {report.unreadable} unreadable files left alone" if report.unreadable else ""))
     return EXIT_OK
 
 

@@ -7,6 +7,7 @@ workers can share one directory.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +15,12 @@ from pathlib import Path
 from reference.program import MAX_TEXT_BYTES, Program, ProgramError, parse
 
 PROGRAM_SUFFIXES = (".prog", ".json")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """A write failed for want of space (or quota): the disk's fault, not the program's."""
+    return isinstance(err, OSError) and err.errno in DISK_FULL
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:

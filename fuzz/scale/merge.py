@@ -7,7 +7,8 @@ and idempotent:
 - a finding directory is identified by (program id, kernel): the first copy of it wins and is
   copied whole (every file it has), under its program id, or ``<program id>@<kernel>`` when
   the id is already taken by the same program's finding on another kernel;
-- a corpus program is saved under its program id (storage.save_program);
+- a corpus program is saved under its program id (storage.save_program), and the merged
+  corpus is distilled (fuzz/record/corpus.py): what no smaller program covers stays;
 - summary.json lists each source run's summary once and the sums over them.
 
 Each entry is assembled under a temporary name and renamed into place, so an interrupted merge
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from targets.cache import publish
 
+from fuzz.record.corpus import distill_directory
 from fuzz.record.programs import load_directory, save_program
 from fuzz.record.store import kernel_of, list_findings
 from fuzz.record.summary import SUMMARY, run_summaries, write_merged_summary
@@ -54,8 +56,10 @@ def run_outputs(source: Path) -> list[Path]:
     return found
 
 
-def merge(out: Path, sources: list[Path]) -> dict:
-    """Merge every run output found in ``sources`` into ``out``; returns the merged summary."""
+def merge(out: Path, sources: list[Path], model=None) -> dict:
+    """Merge every run output found in ``sources`` into ``out``; returns the merged summary.
+    With ``model`` (a model Target, fuzz.execute.kernels.model_for) the merged corpus is distilled
+    by that model's coverage."""
     out = Path(out)
     outputs = [run for source in sources for run in run_outputs(source)]
     out.mkdir(parents=True, exist_ok=True)
@@ -68,6 +72,8 @@ def merge(out: Path, sources: list[Path]) -> dict:
             _merge_corpus(out, run / "corpus")
         summaries += run_summaries(run)
     corpus = out / "corpus"
+    if model is not None and corpus.is_dir():
+        distill_directory(corpus, model)
     return write_merged_summary(out, summaries, len(list_findings(out)),
                                 len(list(corpus.glob("*.prog"))) if corpus.is_dir() else 0)
 
