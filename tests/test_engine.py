@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 
 from fuzz.record import store
 from fuzz.record.finding import Finding
+from fuzz.campaign.startup import StartCorpus
 from fuzz.campaign.worker import WorkerConfig, run_worker
 from fuzz.generate.source import ProgramSource
 from fuzz.generate.mutate import mutate
@@ -326,7 +327,7 @@ def test_a_lost_guest_is_a_host_fault_and_the_program_runs_again(tmp_path):
     target = LosingTarget(PROFILE, lose_at={1})
     config = WorkerConfig(0, 1, PROFILE, "buggy-kernel", tmp_path / "out", tmp_path / "corpus", float("inf"),
                           max_programs=1)
-    stats = run_worker(config, target, lambda s: None, lambda: False, start=[ZOMBIE])
+    stats = run_worker(config, target, lambda s: None, lambda: False, start=StartCorpus((ZOMBIE,), ()))
     [finding] = [store.load(d) for d in store.list_findings(tmp_path / "out")]
     assert finding.divergence.cls == "stale"                  # the re-run's finding, not a crash
     assert (stats.host_faults, stats.findings) == (1, {"stale": 1})
@@ -336,7 +337,7 @@ def test_a_guest_lost_twice_on_one_program_is_a_crash(tmp_path):
     target = LosingTarget(PROFILE, lose_at={1, 2})
     config = WorkerConfig(0, 1, PROFILE, "buggy-kernel", tmp_path / "out", tmp_path / "corpus", float("inf"),
                           max_programs=1)
-    stats = run_worker(config, target, lambda s: None, lambda: False, start=[ZOMBIE])
+    stats = run_worker(config, target, lambda s: None, lambda: False, start=StartCorpus((ZOMBIE,), ()))
     [finding] = [store.load(d) for d in store.list_findings(tmp_path / "out")]
     assert finding.signature == "crash: guest lost running this program, twice, with no kernel report"
     assert stats.host_faults == 2 and stats.findings == {"crash": 1}

@@ -55,7 +55,7 @@ def starting_programs(config: WorkerConfig) -> StartCorpus:
 
 
 def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], None],
-               should_stop: Callable[[], bool], start: StartCorpus | list[Program] | None = None,
+               should_stop: Callable[[], bool], start: StartCorpus | None = None,
                model: Target | None = None) -> Stats:
     """The differential loop for one worker; returns its final counters.
 
@@ -65,8 +65,9 @@ def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], N
     rng = random.Random(f"{config.seed}-{config.index}")
     start = starting_programs(config) if start is None else start
     source = StartSource(config.profile, start, rng, config.max_ops)
-    loop = _Loop(config, target, model or ModelTarget(config.profile), config.known.explainer(config.kernel_label))
-    loop.seen_features = source.seen_features   # with those of the corpus programs not replayed
+    # seen_features starts with those of the corpus programs the start-up replay skips
+    loop = _Loop(config, target, model or ModelTarget(config.profile), config.known.explainer(config.kernel_label),
+                 source.seen_features)
     last_report = time.monotonic()
     while not should_stop() and time.monotonic() < config.deadline:
         if config.max_programs is not None and loop.stats.programs >= config.max_programs:
@@ -76,9 +77,9 @@ def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], N
             save_program(config.corpus, program)
             source.corpus.append(program)
         if time.monotonic() - last_report > 1.0:
-            report(loop.stats)
+            report(loop.snapshot())
             last_report = time.monotonic()
-    report(loop.stats)
+    report(loop.snapshot())
     return loop.stats
 
 
@@ -86,10 +87,11 @@ class _Loop:
     """One program at a time: run it on the model and the kernel, compare every op, record what
     diverged or leaked, and say whether it joins the corpus."""
 
-    def __init__(self, config: WorkerConfig, target: Target, model: Target, explained: Explained):
+    def __init__(self, config: WorkerConfig, target: Target, model: Target, explained: Explained,
+                 seen_features: set):
         self.config, self.target, self.model, self.explained = config, target, model, explained
         self.leaks = LeakOracle()
-        self.seen_features: set = set()
+        self.seen_features = seen_features
         self.stats = Stats()
 
     def run(self, program: Program) -> bool:
@@ -102,7 +104,6 @@ class _Loop:
         stats.programs += 1
         stats.ops += len(program)
         stats.guest_us += actual.guest_us
-        stats.restarts, stats.host_faults = target.restarts, target.host_faults
         comparison = compare_all(program, expected, actual, self.explained)
         if comparison.primary is not None:
             reruns = confirm(program, expected, comparison.primary, target, config.reruns, self.explained)
@@ -124,6 +125,12 @@ class _Loop:
         stats.features = len(self.seen_features)
         stats.corpus_added += bool(fresh)
         return bool(fresh)
+
+    def snapshot(self) -> Stats:
+        """The counters, with the target's and the leak oracle's brought up to date."""
+        self.stats.restarts, self.stats.host_faults = self.target.restarts, self.target.host_faults
+        self.stats.leak_suspects = self.leaks.suspects
+        return self.stats
 
     def _record(self, finding: Finding) -> None:
         _, new = store.record(self.config.out, finding)
