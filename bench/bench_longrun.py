@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -135,36 +134,67 @@ def main() -> None:
     args = parser.parse_args()
     scratch = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="procfuzz-bench-longrun-"))
     scratch.mkdir(parents=True, exist_ok=True)
+    load_before = round(os.getloadavg()[0], 2)
     first = campaign(args, scratch / "first", args.budget, args.every)
     corpus = scratch / "first" / "corpus"
-    result = {"benchmark": "longrun", "command": " ".join(["procfuzz", "bench", "longrun", *sys.argv[1:]]),
-              "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-              "kernel": first["summary"].get("kernel"),
-              "machine": {"host": platform.node(), "cores": os.cpu_count(), "python": platform.python_version(),
-                          "kvm": os.access("/dev/kvm", os.R_OK | os.W_OK)},
-              "budget_seconds": parse_duration(args.budget), "workers": args.workers, "first": first,
-              "rss_growth": growth(first["samples"], min(300, parse_duration(args.budget) / 2)),
-              "corpus_after": corpus_size(corpus), "corpus_features_with_seeds": coverage(corpus, args.kernel)}
+    data = {"first": first, "corpus_after": corpus_size(corpus), "corpus_features_with_seeds": coverage(corpus, args.kernel),
+            "rss_growth": growth(first["samples"], min(300, parse_duration(args.budget) / 2))}
     if parse_duration(args.restart) > 0:
-        second = campaign(args, scratch / "restart", args.restart, args.every, corpus=corpus, watch_new=True)
-        result["restart"] = second
-    write(result, args.json)
+        data["restart"] = campaign(args, scratch / "restart", args.restart, args.every, corpus=corpus, watch_new=True)
+    write(result_of(args, data, load_before), args.json)
+
+
+def result_of(args, data: dict, load_before: float) -> dict:
+    """The measurement in bench/render.py's shape (figures), with the raw samples under ``data``."""
+    first, restart, growth_ = data["first"], data.get("restart", {}), data["rss_growth"]
+    summary, ratio = first["summary"], growth_.get("ratio", {})
+    last = first["samples"][-1] if first["samples"] else {}
+    figures = {
+        "programs": summary.get("programs"), "programs/s": summary.get("programs_per_second"),
+        "corpus programs before distillation": (summary.get("corpus") or {}).get("before_distill"),
+        "corpus programs after distillation": data["corpus_after"]["programs"],
+        "corpus KiB after distillation": round(data["corpus_after"]["bytes"] / 1024),
+        "features seen (largest worker)": summary.get("model_features"),
+        "features of the distilled corpus and the seeds": data["corpus_features_with_seeds"],
+        "parent RSS MiB at the end": last.get("parent"),
+        "worker RSS MiB at the end (sum)": round(sum(last.get("workers", {}).values()), 1),
+        "QEMU RSS MiB at the end (sum)": round(sum(last.get("qemus", {}).values()), 1),
+        f"RSS growth from {growth_.get('from_seconds')} s to the end (parent, workers, QEMUs)":
+            [ratio.get("parent"), ratio.get("workers"), ratio.get("qemus")],
+    }
+    if restart:
+        figures.update({"restart: working corpus loaded": restart["summary"].get("start_corpus"),
+                        "restart: seconds to the first new program (boot included)": restart["first_new_program_seconds"],
+                        "restart: features at its end": restart["summary"].get("model_features")})
+    kvm = "KVM" if _kvm_used() else "QEMU TCG"
+    return {"title": f"Long campaign: memory, corpus and restart ({args.budget}, {args.workers} workers)",
+            "command": " ".join(["procfuzz", "bench", "longrun", *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "kernel": str(summary.get("kernel", "")),
+            "machine": f"{os.cpu_count()} cores, {kvm}, load average {load_before} before the run",
+            "figures": figures,
+            "notes": [f"Goals (issue 15): RSS growth at most {RSS_GROWTH_GOAL}x, the distilled corpus covering every "
+                      f"feature seen, a restart generating new programs within {RESTART_GOAL_SECONDS} s.",
+                      "A worker's RSS follows its in-memory corpus (about 16 KiB a program, parsed), which "
+                      "grows with the features it finds."],
+            "data": data}
+
+
+def _kvm_used() -> bool:
+    """What the targets chose (their cached verdict: /dev/kvm may exist and not work)."""
+    from targets.cache import cache_root
+    try:
+        return any(json.loads((cache_root() / "kvm-verdict.json").read_text()).values())
+    except (OSError, ValueError):
+        return False
 
 
 def write(result: dict, path: str | None) -> None:
-    first, restart = result["first"], result.get("restart", {})
-    summary = first["summary"]
-    print(f"first campaign: exit {first['exit']}, {summary.get('programs')} programs, "
-          f"corpus {summary.get('corpus')}, features seen {summary.get('model_features')}, "
-          f"corpus+seeds cover {result['corpus_features_with_seeds']}")
-    print(f"RSS growth: {result['rss_growth']} (goal <= {RSS_GROWTH_GOAL}x)")
-    if restart:
-        print(f"restart: exit {restart['exit']}, start corpus {restart['summary'].get('start_corpus')}, "
-              f"first new program after {restart['first_new_program_seconds']} s (goal <= {RESTART_GOAL_SECONDS} s), "
-              f"features {restart['summary'].get('model_features')}")
-    target = Path(path) if path else ROOT / "bench" / "results" / f"longrun-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    for name, value in result["figures"].items():
+        print(f"{name:60} {value}")
+    target = Path(path) if path else ROOT / "bench" / "results" / f"longrun-{time.strftime('%Y-%m-%d-%H%M%S')}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    target.write_text(json.dumps(result, indent=1) + "\n")
     print(f"written to {target}")
 
 
