@@ -1002,6 +1002,10 @@ class Kernel:
             raise Errno("ENOTDIR")
         if node.kind == "sysctl":
             self.proc_sys_grab(node)        # proc_sys_open
+            mode = sysctl.LEAF_MODES.get(node.ctl.leaf) if node.ctl.level == "leaf" else None
+            if mode is not None:
+                self.sysctl_test_perm(mode, actor, rw)
+                return node
             writable = node.ctl.level == "leaf" and node.ctl.leaf in sysctl.WRITABLE_LEAVES
             if actor.process.caps and (not rw or writable):
                 return node
@@ -1015,6 +1019,22 @@ class Kernel:
         if node.kind == "rootfs":
             return node                     # /agent 0755, /dev/null 0666: readable by anyone
         raise Unmodelled()
+
+    @staticmethod
+    def sysctl_test_perm(mode: int, actor: Task, rw: bool):
+        """may_open -> proc_sys_permission -> sysctl_perm: net_ctl_permissions gives a holder of
+        CAP_NET_ADMIN the owner bits everywhere, then test_perm picks the owner bits for euid 0,
+        the group bits for egid 0 (no supplementary groups in the sandbox), else the others."""
+        process = actor.process
+        if process.caps:
+            mode = (mode >> 6) & 7
+        elif process.gid == 0:
+            mode = (mode >> 3) & 7
+        else:
+            mode &= 7
+        wanted = 4 | (2 if rw else 0)
+        if wanted & ~mode:
+            raise Errno("EACCES")
 
     def op_readdir(self, actor: Task, op: Op) -> str:
         node = self._open(actor, op.arg("path"), directory=True)
@@ -1128,6 +1148,8 @@ class Kernel:
         # non-root writer without CAP_NET_ADMIN (net_ctl_permissions) gets the table's "other"
         # bits, which are read-only for the 0644 files written here.
         answer = "ok" if actor.process.caps else "EPERM"
+        if answer == "ok" and not self.is_forwarding(node.ctl):
+            raise Unmodelled()              # mtu, retrans_time, ...: each handler's own ranges
         if answer == "ok" and self.is_forwarding(node.ctl):
             # a write that may have failed (ENOENT) leaves the value unknown
             value = op.arg("value") if op.arg("value") in ("0", "1") and state is None else None
