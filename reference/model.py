@@ -1035,6 +1035,12 @@ class Kernel:
             raise Unmodelled()
         if node.kind == "pid_entry" and node.name in OPENABLE_PID_FILES:
             return node
+        if node.kind == "pid_entry" and actor.process.caps and node.task is not None \
+                and node.task.process.state == "running":
+            # Root opens any per-pid file of a live task: CAP_DAC_OVERRIDE for the mode, and
+            # the opens that check more (proc_mem_open -> mm_access for mem, environ, auxv,
+            # maps, pagemap; mounts_open_common) pass for root and a task with an mm.
+            return node
         if node.kind == "static" and actor.process.caps:
             return node
         if node.kind == "rootfs":
