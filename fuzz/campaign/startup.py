@@ -59,7 +59,9 @@ class StartSource(ProgramSource):
     """A ProgramSource that replays a StartCorpus within its limits, then generates.
     ``seen_features`` holds the features of the corpus programs it did not replay."""
 
-    def __init__(self, profile: KernelProfile, start: StartCorpus, rng: random.Random, max_ops: int):
+    def __init__(self, profile: KernelProfile, start: StartCorpus | list[Program], rng: random.Random, max_ops: int):
+        if not isinstance(start, StartCorpus):
+            start = StartCorpus(tuple(start), ())   # a plain list: programs to replay, all of them
         limit = max(0, start.limits.programs)
         super().__init__(profile, [*start.always, *start.working[:limit]], rng, max_ops)
         self.corpus = start.programs
