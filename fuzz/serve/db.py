@@ -50,7 +50,8 @@ MIGRATIONS: tuple[str, ...] = (
         findings INTEGER NOT NULL, PRIMARY KEY (campaign_id, minute));
     CREATE TABLE follow_ups (
         bug_id INTEGER PRIMARY KEY REFERENCES bugs(id), state TEXT NOT NULL,
-        step TEXT NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT '', updated BIGINT NOT NULL);
+        step TEXT NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT '', updated BIGINT NOT NULL,
+        directory TEXT NOT NULL DEFAULT '');
     CREATE INDEX findings_bug ON findings (bug_id);
     """,
 )

@@ -269,7 +269,7 @@ class Manager:
         def step(name: str) -> None:
             records.set_follow_up(self.db, bug_id, "running", name, "", int(time.time()))
 
-        step("start")
+        records.set_follow_up(self.db, bug_id, "running", "start", "", int(time.time()), job["representative"])
         result = follow_up_finding(Path(job["representative"]), self.config, self.open_target, self.model_for, step)
         if result.reproducibility:
             records.record_reproducibility(self.db, bug_id, list(result.reproducibility), int(time.time()))

@@ -181,6 +181,8 @@ def bug(db: Database, bug_id: int) -> dict | None:
         row["findings"] = cur.all("SELECT * FROM findings WHERE bug_id = ? ORDER BY recorded, id", (bug_id,))
         row["reproducibility"] = cur.all("SELECT * FROM reproducibility WHERE bug_id = ? ORDER BY kernel", (bug_id,))
         row["follow_up"] = cur.one("SELECT * FROM follow_ups WHERE bug_id = ?", (bug_id,))
+    followed = row["follow_up"]["directory"] if row["follow_up"] else ""
+    row["artifacts"] = followed or row["representative"]      # where its minimised program and C are
     return row
 
 
@@ -230,10 +232,14 @@ def enqueue_follow_up(cur: Cursor, bug_id: int, now: int) -> bool:
                       ON CONFLICT (bug_id) DO NOTHING RETURNING bug_id""", (bug_id, now)) is not None
 
 
-def set_follow_up(db: Database, bug_id: int, state: str, step: str, detail: str, now: int) -> None:
+def set_follow_up(db: Database, bug_id: int, state: str, step: str, detail: str, now: int,
+                  directory: str | None = None) -> None:
+    """``directory``: the finding followed up, whose artifacts the bug shows (its representative
+    then; a smaller finding may become the representative later)."""
     with db.transaction() as cur:
-        cur.execute("UPDATE follow_ups SET state = ?, step = ?, detail = ?, updated = ? WHERE bug_id = ?",
-                    (state, step, detail[:4000], now, bug_id))
+        cur.execute("UPDATE follow_ups SET state = ?, step = ?, detail = ?, updated = ?, "
+                    "directory = COALESCE(?, directory) WHERE bug_id = ?",
+                    (state, step, detail[:4000], now, directory, bug_id))
 
 
 def next_follow_up(db: Database) -> dict | None:
