@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,7 +67,7 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory):
+def postgres_url():
     """A PostgreSQL 15 server of Debian's postgresql package in a temporary directory, as the
     postgres user when run as root; skipped with the reason when it cannot start."""
     if not (PG_BIN / "initdb").exists():
@@ -75,7 +76,8 @@ def postgres_url(tmp_path_factory):
         import psycopg  # noqa: F401
     except ImportError:
         pytest.skip("psycopg is not installed (pip install 'psycopg[binary]')")
-    data = tmp_path_factory.mktemp("pg")
+    # Not under pytest's temporary root: that is private to root, and the server runs as postgres.
+    data = Path(tempfile.mkdtemp(prefix="procfuzz-pg-"))
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_user:
         shutil.chown(data, "postgres")
@@ -92,6 +94,7 @@ def postgres_url(tmp_path_factory):
         yield f"postgresql://postgres@/postgres?host={data}&port={port}"
     finally:
         run(str(PG_BIN / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop")
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def _free_port() -> int:

@@ -114,8 +114,9 @@ def _check_findings(staging: Path) -> None:
     for directory in found:
         try:
             store.load(directory)
-        except ProgramError as err:
-            raise UploadError(422, f"{directory.relative_to(staging.resolve())}: {err}") from None
+        except ProgramError:
+            raise UploadError(422, f"{directory.relative_to(staging.resolve())}: not a readable finding "
+                                   "(procfuzz's finding files are missing or malformed)") from None
 
 
 def pack(top: Path) -> bytes:
