@@ -33,7 +33,7 @@ from . import records
 from .config import KernelConfig, ServeConfig
 from .db import DB_FILE, Database
 from .followups import follow_up_finding
-from .guests import GuestPool
+from .guests import GuestPool, Lease
 from .importer import Imported, import_findings, reconcile
 from .stats import StatTracker
 from .upload import Limits, unpack
@@ -177,13 +177,13 @@ class Manager:
             if not self._enabled(kernel.name):
                 self._sleep(5)
                 continue
-            with self.pool.hold(kernel.workers, False, self.stopping) as held:
-                ok = held and self._one_campaign(kernel)
+            with self.pool.hold(kernel.workers, False, self.stopping) as lease:
+                ok = lease.held and self._one_campaign(kernel, lease)
             failures = 0 if ok else failures + 1
             if failures:
                 self._sleep(min(300, 5 * 2 ** failures))    # a kernel that fails to boot is not hammered
 
-    def _one_campaign(self, kernel: KernelConfig) -> bool:
+    def _one_campaign(self, kernel: KernelConfig, lease: Lease) -> bool:
         """One campaign on the kernel until its budget, a stop or a follow-up wanting its guests;
         whether it ran without a tool failure."""
         out = self.state / "campaigns" / kernel.name
@@ -198,7 +198,7 @@ class Manager:
 
         def on_update(stats: Stats) -> None:
             self.live[kernel.name] = tracker.update(stats)
-            if self.pool.wanted() or self.stopping.is_set():
+            if lease.should_yield() or self.stopping.is_set():
                 stop.set()
 
         stats, errors = Stats(), []
@@ -216,7 +216,8 @@ class Manager:
         log.info("campaign %d on %s ended: %d programs%s", campaign_id, kernel.name, stats.programs,
                  f", errors: {errors[0][:300]}" if errors else "")
         self.import_now()
-        return not errors and stats.programs > 0      # workers that all died at once failed too
+        # Workers that all died at once failed too, unless they were asked to stop that early.
+        return not errors and (stats.programs > 0 or lease.yielding or self.stopping.is_set())
 
     # ---- findings ---------------------------------------------------------------------------------
 
@@ -258,8 +259,8 @@ class Manager:
             if job is None:
                 self._sleep(self.scan_seconds)
                 continue
-            with self.pool.hold(1, True, self.stopping) as held:
-                if held:
+            with self.pool.hold(1, True, self.stopping) as lease:
+                if lease.held:
                     self._follow_up(job)
 
     def _follow_up(self, job: dict) -> None:
