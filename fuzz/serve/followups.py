@@ -5,9 +5,15 @@ artifact in the finding directory before the database hears of it."""
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+from reference.program import Program
+from reference.trace import Trace
+from targets.base import Target
 
 from fuzz.errors import ToolError
 from fuzz.execute.kernels import KernelSpec, TargetOpener
@@ -70,3 +76,57 @@ def _configured(spec: KernelSpec) -> str:
     """A kernel as configured, whatever package its pin names today: a new label under the same
     name is a newer kernel (fuzz/serve/records.py record_reproducibility tells fixed bugs by it)."""
     return (spec.pin or "default") + (f" +zoo:{spec.zoo}" if spec.zoo else "")
+
+
+class Stopped(ToolError):
+    """The manager is stopping: a follow-up is cut short at its next kernel run (and queued
+    again at the next start), so that no guest outlives the manager."""
+
+
+class _StoppableTarget:
+    """A started target whose next run raises Stopped once the manager stops."""
+
+    def __init__(self, target: Target, stopping: threading.Event):
+        self._target, self._stopping = target, stopping
+
+    @property
+    def label(self) -> str:
+        return self._target.label
+
+    @property
+    def restarts(self) -> int:
+        return self._target.restarts
+
+    @property
+    def measure_leaks(self) -> bool:
+        return self._target.measure_leaks
+
+    @measure_leaks.setter
+    def measure_leaks(self, value: bool) -> None:
+        self._target.measure_leaks = value
+
+    def _check(self) -> None:
+        if self._stopping.is_set():
+            raise Stopped("the service is stopping")
+
+    def run(self, program: Program) -> Trace:
+        self._check()
+        return self._target.run(program)
+
+    def restart(self) -> None:
+        self._check()
+        self._target.restart()
+
+    def close(self) -> None:
+        self._target.close()
+
+
+def stoppable(open_target: TargetOpener, stopping: threading.Event) -> TargetOpener:
+    """``open_target`` whose targets stop running programs once ``stopping`` is set."""
+    @contextmanager
+    def open_stoppable(spec: KernelSpec) -> Iterator[Target]:
+        if stopping.is_set():
+            raise Stopped("the service is stopping")
+        with open_target(spec) as target:
+            yield _StoppableTarget(target, stopping)
+    return open_stoppable

@@ -32,7 +32,7 @@ from fuzz.triage.follow_up import ModelFor
 from . import records
 from .config import KernelConfig, ServeConfig
 from .db import DB_FILE, Database
-from .followups import follow_up_finding
+from .followups import follow_up_finding, stoppable
 from .guests import GuestPool, Lease
 from .importer import Imported, import_findings, reconcile
 from .stats import StatTracker
@@ -271,7 +271,11 @@ class Manager:
             records.set_follow_up(self.db, bug_id, "running", name, "", int(time.time()))
 
         records.set_follow_up(self.db, bug_id, "running", "start", "", int(time.time()), job["representative"])
-        result = follow_up_finding(Path(job["representative"]), self.config, self.open_target, self.model_for, step)
+        result = follow_up_finding(Path(job["representative"]), self.config,
+                                   stoppable(self.open_target, self.stopping), self.model_for, step)
+        if self.stopping.is_set():          # cut short: the next start follows it up again
+            records.set_follow_up(self.db, bug_id, "queued", "", "", int(time.time()))
+            return
         if result.reproducibility:
             records.record_reproducibility(self.db, bug_id, list(result.reproducibility), int(time.time()))
         self.import_now(refresh=True)       # triage status from the new artifacts (flaky, unconfirmed)
