@@ -10,6 +10,7 @@ alone reads it::
     max_ops = 40
 
     [follow_up]
+    enabled = true                  # false: new bugs wait in the queue for a manager that follows up
     minimize = true
     runs = 5                        # re-runs per kernel of the matrix
     kernels = ["6.12-cloud"]        # pins to reproduce on besides the fuzzed ones
@@ -56,6 +57,7 @@ class ServeConfig:
     known: Path | None = None
     budget: float = 1800.0
     max_ops: int = 40
+    follow_up: bool = True
     minimize: bool = True
     runs: int = 5
     follow_up_pins: tuple[str, ...] = ()
@@ -95,7 +97,7 @@ def _parse(doc: dict) -> ServeConfig:
     return ServeConfig(kernels, guests, _text(doc.get("database")),
                        Path(doc["known"]) if "known" in doc else None,
                        parse_duration(str(campaign.get("budget", "30m"))),
-                       _int(campaign.get("max_ops", 40), "campaign.max_ops"),
+                       _int(campaign.get("max_ops", 40), "campaign.max_ops"), bool(follow_up.get("enabled", True)),
                        bool(follow_up.get("minimize", True)), _int(follow_up.get("runs", 5), "follow_up.runs"),
                        tuple(pins), _int(follow_up.get("retries", DEFAULT_RETRIES), "follow_up.retries"))
 

@@ -31,7 +31,8 @@ from .upload import Limits, UploadError
 
 log = logging.getLogger("procfuzz.serve.http")
 CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'"
-STATIC = {"/static/live.js": ("text/javascript", pages.LIVE_JS), "/static/style.css": ("text/css", pages.STYLE)}
+STATIC = {"/static/live.js": ("text/javascript", pages.LIVE_JS), "/static/style.css": ("text/css", pages.STYLE),
+          "/static/icon.svg": ("image/svg+xml", pages.ICON), "/favicon.ico": ("image/svg+xml", pages.ICON)}
 ARTIFACTS = {"program": store.program_path, "minimized": store.minimized_path, "reproducer.c": store.existing_repro_c}
 
 

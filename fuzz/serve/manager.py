@@ -115,7 +115,8 @@ class Manager:
                                   kernel.workers, kernel.leak_every)
         self.import_now()
         self._spawn("scan", self._scan_loop)
-        self._spawn("follow-up", self._follow_up_loop)
+        if self.config.follow_up:
+            self._spawn("follow-up", self._follow_up_loop)
         for kernel in self.config.kernels:
             self._spawn(f"campaign {kernel.name}", self._campaign_loop, kernel)
         return self
@@ -288,7 +289,9 @@ class Manager:
         kernels = []
         for row in records.kernels(self.db):
             live = self.live.get(row["name"], {})
-            kernels.append({**row, "enabled": bool(row["enabled"]), "running": row["name"] in self._stops, **live})
+            running = row["name"] in self._stops
+            state = "running" if running else ("waiting for guests" if row["enabled"] else "stopped")
+            kernels.append({**row, "enabled": bool(row["enabled"]), "running": running, "state": state, **live})
         return {"state": str(self.state), "database": self.db.dialect, "since": self.started,
                 "guests": {"capacity": self.pool.capacity, "in_use": self.pool.in_use()},
                 "kernels": kernels, **records.counts(self.db),

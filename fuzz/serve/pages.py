@@ -30,10 +30,15 @@ th { background: #f4f4f4; }
 .charts { display: flex; flex-wrap: wrap; gap: 1em; }
 pre, code { font-family: monospace; font-size: 13px; }
 pre { background: #f7f7f7; padding: .6em; overflow-x: auto; max-height: 30em; }
+#traces { table-layout: fixed; width: 100%; }
+#traces td { overflow-wrap: anywhere; } #traces th:nth-child(1) { width: 2.5em; } #traces th:nth-child(5) { width: 8em; }
 tr.divergent td { background: #ffd7d7; font-weight: bold; }
 tr.differs td { background: #fff4cc; }
 .status-new { color: #b00; font-weight: bold; } .status-fixed { color: #070; }
 """
+
+ICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+        'fill="#1f77b4"/><path d="M4 12V4h5a2 2 0 0 1 0 4H4" stroke="#fff" stroke-width="2" fill="none"/></svg>')
 
 # Refreshes the counters every 2 s from /api/status (elements carrying data-live="kernel/field"
 # or data-live="bugs/new" and the like); the charts follow with a reload once a minute.
@@ -66,7 +71,7 @@ def _when(epoch) -> str:
 def page(title: str, body: str, live: bool = False) -> str:
     script = '<script src="/static/live.js"></script>' if live else ""
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)} - procfuzz</title>'
-            f'<link rel="stylesheet" href="/static/style.css"></head><body>'
+            f'<link rel="stylesheet" href="/static/style.css"><link rel="icon" href="/static/icon.svg"></head><body>'
             f'<nav><b>procfuzz serve</b> &nbsp; <a href="/">dashboard</a><a href="/bugs">bugs</a>'
             f'<a href="/api/status">API</a></nav><h1>{escape(title)}</h1>{body}{script}</body></html>')
 
@@ -92,10 +97,9 @@ def _kernel_table(kernels: list[dict]) -> str:
     rows = []
     for k in kernels:
         name = escape(k["name"])
-        state = "running" if k["running"] else ("enabled, waiting" if k["enabled"] else "stopped")
         cells = "".join(f'<td data-live="{name}/{f}">{escape(str(k.get(f, "")))}</td>' for f in fields)
         rows.append(f'<tr><td>{name}</td><td>{escape(k["label"])}</td><td>{k["workers"]}</td>'
-                    f'<td>{state}</td>{cells}</tr>')
+                    f'<td data-live="{name}/state">{escape(k["state"])}</td>{cells}</tr>')
     head = "".join(f"<th>{h}</th>" for h in ("kernel", "label", "workers", "state", "programs", "programs/s",
                                                "features", "corpus", "findings", "VM restarts"))
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
@@ -163,7 +167,9 @@ def _follow_up(bug: dict) -> str:
     f = bug["follow_up"]
     if not f:
         return ""
-    return f'<h2>Follow-up</h2><p>{escape(f["state"])} {escape(f["step"])}: {escape(clean(f["detail"]))}</p>'
+    doing = f" ({escape(f['step'])})" if f["step"] else ""
+    detail = f": {escape(clean(f['detail']))}" if f["detail"] else ""
+    return f"<h2>Follow-up</h2><p>{escape(f['state'])}{doing}{detail}</p>"
 
 
 def _traces(finding: Finding) -> str:
