@@ -186,3 +186,13 @@ def test_a_second_manager_on_the_same_state_is_refused(service):
     _, manager = service
     with pytest.raises(ManagerError, match="in use by another procfuzz serve"):
         Manager(CONFIG, manager.state, fake_kernel, model_for)
+
+
+def test_a_page_of_another_site_cannot_post(service):
+    base, _ = service
+    request = urllib.request.Request(f"{base}/api/campaigns/stock/stop", data=b"", method="POST",
+                                     headers={"Origin": "http://evil.example"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=30)
+    assert err.value.code == 403
+    assert next(k for k in get(f"{base}/api/kernels") if k["name"] == "stock")["enabled"]

@@ -71,6 +71,7 @@ class Database:
         self.dialect = "postgresql" if text.startswith(("postgresql://", "postgres://")) else "sqlite"
         self.where = _redacted(text) if self.dialect == "postgresql" else text
         self._lock = threading.RLock()
+        self._url = text
         self._conn = _connect_postgresql(text) if self.dialect == "postgresql" else _connect_sqlite(Path(text))
         self.migrate()
 
@@ -78,6 +79,8 @@ class Database:
     def transaction(self) -> Iterator["Cursor"]:
         """Everything inside commits together or not at all."""
         with self._lock:
+            if self.dialect == "postgresql" and self._conn.closed:   # the server restarted: a new session
+                self._conn = _connect_postgresql(self._url)
             cursor = Cursor(self._conn.cursor(), self.dialect)
             try:
                 yield cursor

@@ -204,6 +204,11 @@ class Handler(BaseHTTPRequestHandler):
     # ---- writes -----------------------------------------------------------------------------------
 
     def _authorised(self) -> None:
+        """The token when one is set; and never a browser's request from another site's page
+        (without a token on loopback, a page elsewhere could otherwise post to us)."""
+        origin = self.headers.get("Origin")
+        if origin and urlsplit(origin).netloc != self.headers.get("Host", ""):
+            raise HttpError(403, f"cross-site request from {origin} refused")
         token = self.server.token
         given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if token and not hmac.compare_digest(given.encode(), token.encode()):

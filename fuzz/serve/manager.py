@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from fuzz.triage.follow_up import ModelFor
 
 from . import records
 from .config import KernelConfig, ServeConfig
-from .db import DB_FILE, Database
+from .db import DB_FILE, Database, DatabaseError
 from .followups import follow_up_finding, stoppable
 from .guests import GuestPool, Lease
 from .importer import Imported, import_findings, reconcile
@@ -97,7 +98,7 @@ class Manager:
         self._lock = lock_state(self.state)
         try:
             self.db = Database(config.database or self.state / DB_FILE)
-        except Exception as err:
+        except (DatabaseError, sqlite3.Error, OSError) as err:
             self._lock.close()
             raise ManagerError(str(err)) from err
 
@@ -291,6 +292,7 @@ class Manager:
             live = self.live.get(row["name"], {})
             running = row["name"] in self._stops
             state = "running" if running else ("waiting for guests" if row["enabled"] else "stopped")
+            state = state if self.config.kernel(row["name"]) else "not configured"
             kernels.append({**row, "enabled": bool(row["enabled"]), "running": running, "state": state, **live})
         return {"state": str(self.state), "database": self.db.dialect, "since": self.started,
                 "guests": {"capacity": self.pool.capacity, "in_use": self.pool.in_use()},
