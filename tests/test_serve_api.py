@@ -3,6 +3,7 @@ planted stale bug on the zoo kernel, a correct stock one) shared by the tests of
 counters grow, the bug is found, followed up, shown and downloadable; campaigns stop and start;
 uploads import or are refused; writes need the token when one is set."""
 
+import dataclasses
 import json
 import time
 import urllib.error
@@ -17,7 +18,7 @@ from fuzz.serve.config import KernelConfig, ServeConfig
 from fuzz.serve.http import Service
 from fuzz.serve.manager import Manager, ManagerError
 from fuzz.errors import ToolError
-from test_serve_fakes import fake_kernel, record_finding
+from test_serve_fakes import fake_kernel, postgres_url, record_finding  # noqa: F401 - a fixture
 
 CONFIG = ServeConfig(kernels=(KernelConfig("zoo", "6.1-cloud", "stale_pid"), KernelConfig("stock", "6.1-cloud")),
                      guests=2, budget=3600, runs=2, retries=1)
@@ -196,3 +197,21 @@ def test_a_page_of_another_site_cannot_post(service):
         urllib.request.urlopen(request, timeout=30)
     assert err.value.code == 403
     assert next(k for k in get(f"{base}/api/kernels") if k["name"] == "stock")["enabled"]
+
+
+def test_the_manager_keeps_its_bugs_in_postgresql(tmp_path, postgres_url):
+    config = dataclasses.replace(CONFIG, kernels=CONFIG.kernels[:1], guests=1, database=postgres_url)
+    manager = Manager(config, tmp_path / "state", fake_kernel, model_for, stat_seconds=2, scan_seconds=0.5).start()
+    server = Service(("127.0.0.1", 0), manager, None)
+    server.serve_in_thread()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert get(f"{base}/api/status")["database"] == "postgresql"
+        bug = followed_up_stale_bug(base)
+        assert bug["reproducibility"] and get(f"{base}/api/stats")
+        page, _ = get(f"{base}/bugs/{bug['id']}", raw=True)
+        assert b'class="divergent"' in page
+    finally:
+        server.shutdown()
+        server.server_close()
+        manager.stop()
