@@ -91,7 +91,7 @@ def stat_points(db: Database, since: int = 0) -> list[dict]:
     """Every point since ``since``, with its kernel's name, oldest first."""
     with db.transaction() as cur:
         return cur.all("""SELECT s.*, k.name AS kernel FROM stat_points s JOIN campaigns c ON c.id = s.campaign_id
-                          JOIN kernels k ON k.id = c.kernel_id WHERE s.minute >= ? ORDER BY s.minute, k.name""",
+                          JOIN kernels k ON k.id = c.kernel_id WHERE s.minute >= ? ORDER BY s.minute, k.name, s.campaign_id""",
                        (since,))
 
 
