@@ -187,3 +187,14 @@ def test_oversized_and_damaged_uploads_are_refused(tmp_path):
         unpack(b"plain text, not a tarball", tmp_path / "imports")
     assert err.value.status == 400
     assert list((tmp_path / "imports").iterdir()) == []
+
+
+def test_a_pin_that_moves_to_a_newer_package_follows_reliable_bugs_up_again(db, tmp_path):
+    record_finding(tmp_path / "run")
+    bug_id = import_findings(db, {tmp_path / "run": "x"}, {}, now=1).queued[0]
+    records.record_reproducibility(db, bug_id, [("k=1 +zoo:b", "6.1 +zoo:b", 5, 5), ("k=1", "6.1", 0, 5)], 10)
+    records.set_follow_up(db, bug_id, "done", "", "", 11)
+    assert records.requeue_outdated(db, {"6.1": "k=1"}, 12) == 0
+    assert records.requeue_outdated(db, {"6.12": "j=2"}, 12) == 0
+    assert records.requeue_outdated(db, {"6.1": "k=2"}, 12) == 1
+    assert records.next_follow_up(db)["bug_id"] == bug_id

@@ -109,8 +109,9 @@ class Manager:
         gone = reconcile(self.db)
         closed = records.close_open_campaigns(self.db, now)
         requeued = records.requeue_running(self.db, now)
-        log.info("state %s: %d stale finding rows dropped, %d campaigns closed, %d follow-ups restarted",
-                 self.state, gone, closed, requeued)
+        newer = records.requeue_outdated(self.db, self._stock_labels(), now)
+        log.info("state %s: %d stale finding rows dropped, %d campaigns closed, %d follow-ups restarted, "
+                 "%d bugs to re-run on newer kernels", self.state, gone, closed, requeued, newer)
         for kernel in self.config.kernels:
             records.ensure_kernel(self.db, kernel.name, kernel.pin, kernel.zoo, _label(kernel),
                                   kernel.workers, kernel.leak_every)
@@ -121,6 +122,11 @@ class Manager:
         for kernel in self.config.kernels:
             self._spawn(f"campaign {kernel.name}", self._campaign_loop, kernel)
         return self
+
+    def _stock_labels(self) -> dict[str, str]:
+        """Each pin of the matrix and the package it names today (a pin moves to a newer one)."""
+        pins = [k.pin for k in self.config.kernels] + list(self.config.follow_up_pins)
+        return {pin or "default": _label(KernelConfig("", pin)) for pin in dict.fromkeys(pins)}
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop the campaigns (workers finish their program), wait for the threads, unlock."""

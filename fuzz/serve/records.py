@@ -256,6 +256,20 @@ def requeue_running(db: Database, now: int) -> int:
                            (now,)))
 
 
+def requeue_outdated(db: Database, stock_labels: dict[str, str], now: int) -> int:
+    """Follow up again the bugs that reproduced reliably on a pin which now names another
+    package (``stock_labels``: pin name -> its stock kernel label today): the re-run on the
+    newer kernel tells whether they are fixed.  Returns how many were queued."""
+    with db.transaction() as cur:
+        rows = cur.all("""SELECT r.bug_id, r.kernel, r.pin FROM reproducibility r JOIN follow_ups f ON f.bug_id = r.bug_id
+                          WHERE r.runs > 0 AND r.diverged = r.runs AND f.state IN ('done', 'failed')""")
+        outdated = {row["bug_id"] for row in rows
+                    if stock_labels.get(pin := row["pin"].split(" +", 1)[0]) not in (None, "", row["kernel"].split(" +", 1)[0])}
+        for bug_id in sorted(outdated):
+            cur.execute("UPDATE follow_ups SET state = 'queued', updated = ? WHERE bug_id = ?", (now, bug_id))
+    return len(outdated)
+
+
 def follow_ups(db: Database) -> list[dict]:
     with db.transaction() as cur:
         return cur.all("""SELECT f.*, b.bug_key FROM follow_ups f JOIN bugs b ON b.id = f.bug_id
