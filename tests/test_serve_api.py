@@ -214,3 +214,28 @@ def test_the_manager_keeps_its_bugs_in_postgresql(tmp_path, postgres_url):
         server.shutdown()
         server.server_close()
         manager.stop()
+
+
+def test_bad_uploads_through_http_are_4xx_and_change_nothing(service):
+    import io
+    import tarfile
+    from fuzz.serve.upload import Limits
+    _, manager = service
+    server = Service(("127.0.0.1", 0), manager, None, Limits(upload_bytes=4096))
+    server.serve_in_thread()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        before = (get(f"{base}/api/status")["findings"], sorted(p.name for p in (manager.state / "imports").glob("*")))
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            info = tarfile.TarInfo("../../escape")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        for body, status in ((buffer.getvalue(), 400), (b"\0" * 5000, 413), (b"not a tarball", 400)):
+            code, answer = post(f"{base}/api/import", body)
+            assert (code, bool(answer["error"])) == (status, True)
+        after = (get(f"{base}/api/status")["findings"], sorted(p.name for p in (manager.state / "imports").glob("*")))
+        assert after == before and not (manager.state.parent / "escape").exists()
+    finally:
+        server.shutdown()
+        server.server_close()

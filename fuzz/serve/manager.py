@@ -92,7 +92,7 @@ class Manager:
         self._stops: dict[str, object] = {}             # kernel name -> its campaign's stop event
         self._wake = threading.Condition()
         self._threads: list[threading.Thread] = []
-        self._import_lock = threading.Lock()
+        self._import_lock = threading.RLock()
         self.known = load_known_issues(config.known or corpus.KNOWN_ISSUES)
         self.started = int(time.time())
         self._lock = lock_state(self.state)
@@ -249,8 +249,9 @@ class Manager:
     def import_upload(self, data: bytes, limits: Limits = Limits()) -> dict:
         """An uploaded tarball of finding directories, checked, unpacked and imported (UploadError
         if refused, then nothing changed)."""
-        directory, new = unpack(data, self.state / "imports", limits)
-        imported = self.import_now()
+        with self._import_lock:             # the scanner must not import it first: the answer counts it
+            directory, new = unpack(data, self.state / "imports", limits)
+            imported = self.import_now()
         return {"upload": directory.name, "new_upload": new, "findings_added": imported.findings,
                 "bugs": imported.bugs, "queued_for_follow_up": list(imported.queued)}
 
