@@ -5,6 +5,7 @@ and fixed bugs, stat points, the follow-up queue; and the upload checks."""
 import io
 import sqlite3
 import tarfile
+import time
 
 import pytest
 
@@ -198,3 +199,10 @@ def test_a_pin_that_moves_to_a_newer_package_follows_reliable_bugs_up_again(db, 
     assert records.requeue_outdated(db, {"6.12": "j=2"}, 12) == 0
     assert records.requeue_outdated(db, {"6.1": "k=2"}, 12) == 1
     assert records.next_follow_up(db)["bug_id"] == bug_id
+
+
+def test_packing_the_same_findings_twice_gives_the_same_upload(tmp_path):
+    record_finding(tmp_path / "night")
+    first = pack(tmp_path / "night")
+    time.sleep(1.1)
+    assert pack(tmp_path / "night") == first

@@ -11,6 +11,7 @@ checks out, and must hold at least one readable finding: a bad upload changes no
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -127,9 +128,19 @@ def pack(top: Path) -> bytes:
     if not found:
         raise ValueError(f"{top}: no finding directories (…/findings/<program id>/)")
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    # The same findings pack to the same bytes (no time in the gzip header, no owner), so that
+    # pushing a directory twice is one upload.
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed, \
+            tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for directory in found:
             for path in sorted(directory.rglob("*")):
                 if path.is_file() and not path.is_symlink():
-                    tar.add(path, arcname=str(path.relative_to(top)), recursive=False)
+                    tar.add(path, arcname=str(path.relative_to(top)), recursive=False, filter=_anonymous)
     return buffer.getvalue()
+
+
+def _anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o644
+    return info
