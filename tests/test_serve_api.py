@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from fuzz.execute.kernels import model_for
+from fuzz.serve import records
 from fuzz.serve.client import push
 from fuzz.serve.config import KernelConfig, ServeConfig
 from fuzz.serve.http import Service
@@ -225,7 +226,12 @@ def test_bad_uploads_through_http_are_4xx_and_change_nothing(service):
     server.serve_in_thread()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        before = (get(f"{base}/api/status")["findings"], sorted(p.name for p in (manager.state / "imports").glob("*")))
+        imports = manager.state / "imports"
+
+        def uploaded():                    # the campaigns go on meanwhile: count what uploads brought
+            rows = {d for d in records.known_directories(manager.db) if d.startswith(str(imports))}
+            return rows, sorted(p.name for p in imports.glob("*"))
+        before = uploaded()
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             info = tarfile.TarInfo("../../escape")
@@ -234,8 +240,7 @@ def test_bad_uploads_through_http_are_4xx_and_change_nothing(service):
         for body, status in ((buffer.getvalue(), 400), (b"\0" * 5000, 413), (b"not a tarball", 400)):
             code, answer = post(f"{base}/api/import", body)
             assert (code, bool(answer["error"])) == (status, True)
-        after = (get(f"{base}/api/status")["findings"], sorted(p.name for p in (manager.state / "imports").glob("*")))
-        assert after == before and not (manager.state.parent / "escape").exists()
+        assert uploaded() == before and not (manager.state.parent / "escape").exists()
     finally:
         server.shutdown()
         server.server_close()
