@@ -206,3 +206,10 @@ def test_packing_the_same_findings_twice_gives_the_same_upload(tmp_path):
     first = pack(tmp_path / "night")
     time.sleep(1.1)
     assert pack(tmp_path / "night") == first
+
+
+def test_charts_break_where_a_kernel_was_not_fuzzed():
+    from fuzz.serve.charts import line_chart
+    svg = line_chart("programs/s", {"zoo": [(0, 1.0), (60, 2.0), (1000, 3.0)], "stock": []})
+    assert svg.count("<polyline") == 2 and svg.count("<circle") == 1 and "zoo" in svg
+    assert "no data yet" in line_chart("empty", {})
