@@ -43,7 +43,7 @@ from fuzz.execute.kernels import KernelSpec  # noqa: E402
 from fuzz.record import store  # noqa: E402
 from fuzz.record.summary import Stats  # noqa: E402
 
-from fuzz.record.known import load_known  # noqa: E402
+from fuzz.record.known import load_known_issues  # noqa: E402
 from fuzz.record.programs import atomic_write, load_directory  # noqa: E402
 
 # The classes of divergence each bug's mechanism causes (targets/zoo/README.md); a finding of
@@ -107,19 +107,19 @@ def seed_origins() -> dict[str, str]:
             for path, program in load_directory(directory)[0]}
 
 
-def first_finding(out: Path, classes: tuple[str, ...], known: frozenset) -> Path | None:
+def first_finding(out: Path, classes: tuple[str, ...]) -> Path | None:
     """The earliest recorded new finding of one of ``classes`` (``recorded`` has whole seconds:
     ties go to the smaller program id)."""
     candidates = []
     for directory in store.list_findings(out):
         finding = store.load(directory)
-        if finding.divergence.cls in classes and finding.signature not in known:
+        if finding.divergence.cls in classes and not finding.is_known:
             candidates.append((store.recorded_at(directory), directory.name, directory))
     return min(candidates)[2] if candidates else None
 
 
 def run_pass(result: PassResult, *, kernel: str | None, label: str, profile, out: Path, budget: float,
-             seed: int, workers: int, known: frozenset, stop_all, expected: tuple[str, ...],
+             seed: int, workers: int, known, stop_all, expected: tuple[str, ...],
              leak_every: int, origins: dict[str, str]) -> PassResult:
     """One campaign into ``out``; stops early at the first new finding of an ``expected`` class."""
     corpus = out / "corpus"
@@ -148,7 +148,7 @@ def run_pass(result: PassResult, *, kernel: str | None, label: str, profile, out
     result.findings = dict(stats.findings)
     result.known = stats.duplicates
     result.errors = stats.errors
-    if expected and (directory := first_finding(out, expected, known)):
+    if expected and (directory := first_finding(out, expected)):
         result.detected = True
         result.finding = str(directory)
         result.origin = origins.get(directory.name, "generated")
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     except KernelError as err:
         raise ToolError(str(err)) from None
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="procfuzz-bench-zoo-"))
-    known = frozenset(load_known(KNOWN_ISSUES))
+    known = load_known_issues(KNOWN_ISSUES)
     origins = seed_origins()
     stop_all = multiprocessing.get_context("spawn").Event()
 

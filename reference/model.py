@@ -29,6 +29,7 @@ HIDEPID_NO_ACCESS, HIDEPID_INVISIBLE = 1, 2
 OPENABLE_PID_FILES = frozenset({"status", "stat", "statm", "comm", "cmdline"})
 # ops after which a network namespace may have lost its last task
 NETNS_LEAVING_KINDS = frozenset({"exit", "exec", "unshare_net", "setns_net"})
+PATH_KINDS = frozenset({"lookup", "readdir", "readlink", "open", "chdir", "getdents"})
 SEQ_FILES = frozenset({"status", "stat", "statm", "comm"})      # single_open(): no pwrite
 
 
@@ -106,6 +107,11 @@ class Mount:
     hidepid: str
     subset: str
     state: str          # mounted | detached | unmounted | failed
+    # pid names that may have a dentry in this mount's root (a lookup or a readdir made one;
+    # drop_caches may or may not free it: the dentry LRU gives a recently used dentry a second
+    # chance, DCACHE_REFERENCED), and whether an unmodelled walk may have made others
+    looked_up: set = field(default_factory=set)
+    lookups_unknown: bool = False
 
     @property
     def pidonly(self) -> bool:
@@ -121,8 +127,9 @@ class Node:
     ftype: str = "dir"
     pid: Pid | None = None
     name: str = ""
-    # proc_pid_lookup refused it under hidepid=ptraceable; only a cached dentry reaches it
-    hidden: bool = False
+    # hidepid=ptraceable and the reader may not ptrace the task: proc_pid_lookup refuses it, so
+    # only a cached dentry reaches it: "pinned" (held below it: surely cached) or "maybe"
+    hidden: str = ""
     ctl: CtlRef | None = None       # for /proc/sys nodes
 
     @property
@@ -133,6 +140,18 @@ class Node:
 # What an fd or cwd refers to after an op whose outcome the model does not predict: every
 # later use of it is unmodelled too, instead of a guess.
 UNKNOWN = Node("unknown", None, "?", "?")
+
+# The sandbox's files outside /proc (kind "rootfs"): its / is the initramfs root that every actor
+# starts in (the agent chdir("/")s; Process.cwd None stands for it) and that /proc/<pid>/root
+# shows, /agent is what /proc/<pid>/exe shows (every actor is the agent, exec'd or forked), and
+# /dev/null is every actor's stdio.  The names of / are the image's (targets/initramfs.py:
+# entries(), with lib/ for the dummy and veth modules) plus /root from the kernel's built-in
+# initramfs (usr/default_cpio_list); nothing below them is modelled.
+ROOTFS_NAMES = ("agent", "bin", "dev", "init", "lib", "mnt", "proc", "root", "sys", "tmp")
+ROOTFS = Node("rootfs", None, "/", "dir")
+AGENT_EXE = Node("rootfs", None, "/agent", "reg")
+DEV_NULL = Node("rootfs", None, "/dev/null", "other")
+STDIO_FDS = (0, 1, 2)
 
 
 # ---- the kernel --------------------------------------------------------------------------------
@@ -149,6 +168,7 @@ class Kernel:
         self.fd_dir_owner: dict = {}               # (mount, path) -> i_uid of that fd dir inode
         self.processes: list[Process] = []
         self.fd_rw: set[str] = set()               # fd handles opened O_RDWR
+        self.sysctl_constants_known = True         # until a write the model does not follow
         init = self._fork(None, self.sandbox_ns, comm="p1", netns=NetNamespace.create(profile))
         self.seen_netns = {init.leader.netns}   # else its end goes unnoticed if p1 leaves it first
         self.sandbox_ns.child_reaper = init
@@ -220,6 +240,11 @@ class Kernel:
         except Errno as err:
             return err.name
         except Unmodelled:
+            if op.kind in PATH_KINDS:
+                # the kernel's walk went on where the model stopped: it may have looked up pids
+                for mount in self.handles.values():
+                    if isinstance(mount, Mount):
+                        mount.lookups_unknown = True
             return UNMODELLED
         finally:
             if op.kind in NETNS_LEAVING_KINDS:
@@ -233,6 +258,22 @@ class Kernel:
             if netns not in live and not netns.dying:
                 netns.die()
         self.seen_netns |= live
+
+    # -- the pid dentries of a mount's root (only hidepid=ptraceable lets them show) --
+
+    def _held_nodes(self):
+        for process in self.processes:
+            if process.state == "running":
+                yield from process.fds.values()
+                if process.cwd is not None:
+                    yield process.cwd
+
+    def _pinned_pid_names(self, mount: Mount) -> set:
+        """Pid names of `mount`'s root with a held fd or cwd at or below them: their dentries
+        are in use, so neither drop_caches nor memory pressure frees them."""
+        prefix = "/mnt/" + next(h for h, obj in self.handles.items() if obj is mount) + "/"
+        return {node.path[len(prefix):].split("/", 1)[0] for node in self._held_nodes()
+                if node.mount is mount and node.path.startswith(prefix)}
 
     # -- process life --
 
@@ -417,7 +458,8 @@ class Kernel:
     def proc_pid_permission(self, node: Node, reader: Task):
         task = node.task
         if node.hidden:
-            raise Errno("ENOENT | EPERM")    # uncached: proc_pid_lookup; cached: proc_pid_permission
+            # proc_pid_permission on a cached dentry; if the shrinker freed it, proc_pid_lookup
+            raise Errno("EPERM" if node.hidden == "pinned" else "ENOENT | EPERM")
         if task is None:
             raise Errno("ESRCH")
         if not self.has_pid_permissions(node.mount, reader, task, HIDEPID_NO_ACCESS):
@@ -443,6 +485,23 @@ class Kernel:
             return
         raise Errno("EACCES")
 
+    def fdinfo_checked_at_walk(self) -> bool:
+        """"proc: Move fdinfo PTRACE_MODE_READ check into the inode .permission operation"
+        (upstream 6.2, Debian 6.1.180): before it, the fdinfo directory checked its task only
+        at open (proc_open_fdinfo), so 6.1.176 walks through it and lstat()s it freely."""
+        version = self.profile.version
+        return version >= (6, 2) or (version == (6, 1) and self.profile.sublevel >= 180)
+
+    def proc_fdinfo_permission(self, node: Node, reader: Task):
+        """fs/proc/fd.c proc_fdinfo_permission (6.12; 6.1.176: proc_fdinfo_access_allowed from
+        proc_open_fdinfo, the same checks at open only): get_proc_task() or -ESRCH, then
+        ptrace_may_access(PTRACE_MODE_READ_FSCREDS) or -EACCES, then (.permission only)
+        generic_permission on the directory's 0555 mode, which passes."""
+        if node.task is None:
+            raise Errno("ESRCH")
+        if not self.ptrace_may_access(reader, node.task):
+            raise Errno("EACCES")
+
     def may_exec(self, node: Node, reader: Task):
         """inode_permission(MAY_EXEC) on a directory walked through."""
         if node.ftype != "dir":
@@ -451,14 +510,18 @@ class Kernel:
             self.proc_pid_permission(node, reader)
         elif node.kind == "fd_dir":
             self.proc_fd_permission(node, reader)
+        elif node.kind == "fdinfo_dir" and self.fdinfo_checked_at_walk():
+            self.proc_fdinfo_permission(node, reader)
         elif node.kind == "sysctl":
             self.proc_sys_grab(node)        # proc_sys_permission
         elif node.kind == "pid_entry" and not reader.process.caps:
             raise Unmodelled()              # attr, ns (0511), map_files (0500), ...: modes not modelled
 
     def may_read_dir(self, node: Node, reader: Task):
-        """inode_permission(MAY_READ) at open of a directory."""
+        """inode_permission(MAY_READ) at open of a directory, then its f_op->open."""
         self.may_exec(node, reader)
+        if node.kind == "fdinfo_dir" and not self.fdinfo_checked_at_walk():
+            self.proc_fdinfo_permission(node, reader)       # proc_open_fdinfo
 
     # -- lookup --
 
@@ -482,6 +545,8 @@ class Kernel:
             if name == "fd":
                 self.fd_dir_owner[(id(parent.mount), path)] = self.task_dump_owner_uid(task)
                 return Node("fd_dir", parent.mount, path, "dir", parent.pid, name)
+            if name == "fdinfo":
+                return Node("fdinfo_dir", parent.mount, path, "dir", parent.pid, name)
             if name == "net" and self.profile.pid_net:
                 return Node("pid_net", parent.mount, path, "dir", parent.pid, name)
             return Node("pid_entry", parent.mount, path, ftype, parent.pid, name)
@@ -489,6 +554,12 @@ class Kernel:
             return self.proc_task_lookup(parent, name)
         if kind == "fd_dir":
             return self.proc_lookupfd(parent, name)
+        if kind == "fdinfo_dir":
+            return self.proc_lookupfd(parent, name, "fdinfo_file", "reg")
+        if kind == "rootfs":
+            if name in ROOTFS_NAMES:
+                raise Unmodelled()           # the image's tree below / is not modelled
+            raise Errno("ENOENT")
         if kind == "sysctl":
             return self.proc_sys_lookup(parent, name, reader)
         if kind == "pid_net":
@@ -629,12 +700,23 @@ class Kernel:
         if nr is not None:
             task = self.find_task_by_pid_ns(nr, root.mount.ns)
             if task is not None:
-                # hidepid=ptraceable: proc_pid_lookup refuses a task the reader may not ptrace,
-                # but a dentry already cached by an earlier lookup passes pid_revalidate (which
-                # has no hidepid check) and then proc_pid_permission refuses with EPERM.  The
-                # answer depends on the dcache: a kernel inconsistency, see docs/model-gaps.md.
-                hidden = (root.mount.hidepid == "ptraceable"
-                          and not self.has_pid_permissions(root.mount, reader, task, HIDEPID_NO_ACCESS))
+                # hidepid=ptraceable: proc_pid_lookup refuses a task the reader may not ptrace
+                # (ENOENT, and no dentry is made), but a dentry cached by an earlier lookup or
+                # readdir (proc_fill_cache) passes pid_revalidate (which has no hidepid check) and
+                # then proc_pid_permission refuses with EPERM.  The answer depends on the dcache:
+                # a kernel inconsistency, see docs/model-gaps.md.
+                hidden = ""
+                mount = root.mount
+                if mount.hidepid == "ptraceable" and not self.has_pid_permissions(mount, reader, task,
+                                                                                  HIDEPID_NO_ACCESS):
+                    if name in self._pinned_pid_names(mount):
+                        hidden = "pinned"
+                    elif name in mount.looked_up or mount.lookups_unknown:
+                        hidden = "maybe"         # cached unless a shrinker freed it
+                    else:
+                        raise Errno("ENOENT")
+                else:
+                    mount.looked_up.add(name)
                 return Node("pid_dir", root.mount, root.path + "/" + name, "dir", task.pid, name, hidden)
         if name == "self":
             return Node("self", root.mount, root.path + "/self", "lnk")
@@ -659,7 +741,8 @@ class Kernel:
             raise Errno("ENOENT")
         return Node("tid_dir", task_dir.mount, task_dir.path + "/" + name, "dir", task.pid, name)
 
-    def proc_lookupfd(self, fd_dir: Node, name: str) -> Node:
+    def proc_lookupfd(self, fd_dir: Node, name: str, kind: str = "fd_link", ftype: str = "lnk") -> Node:
+        """proc_lookupfd_common, for fd/ (links) and fdinfo/ (regular files) alike."""
         task = fd_dir.task
         nr = name_to_int(name)
         if task is None or nr is None or task.process.state != "running":
@@ -667,8 +750,8 @@ class Kernel:
         held = {HELD_FD_BASE + int(h[1:]): node for h, node in task.process.fds.items()}
         if held.get(nr) is UNKNOWN:
             raise Unmodelled()
-        if nr in held or nr in (0, 1, 2):
-            return Node("fd_link", fd_dir.mount, fd_dir.path + "/" + name, "lnk", fd_dir.pid, name)
+        if nr in held or nr in STDIO_FDS:
+            return Node(kind, fd_dir.mount, fd_dir.path + "/" + name, ftype, fd_dir.pid, name)
         if HELD_FD_BASE < nr <= HELD_FD_BASE + 64:
             raise Errno("ENOENT")
         raise Unmodelled()               # the agent's own channel fds are not modelled
@@ -715,10 +798,15 @@ class Kernel:
                 raise Unmodelled()
             kind = "root" if mount.state == "mounted" else "plain"
             return components, Node(kind, mount, "/mnt/" + handle)
-        cwd = reader.process.cwd
-        if cwd is None or cwd is UNKNOWN:
-            raise Unmodelled()           # the sandbox's / is the initramfs, not modelled
+        cwd = self.cwd_of(reader.process)
         return [c for c in path.split("/") if c], cwd
+
+    @staticmethod
+    def cwd_of(process: Process) -> Node:
+        """The cwd a relative path starts from: the last chdir's, inherited at spawn, else /."""
+        if process.cwd is UNKNOWN:
+            raise Unmodelled()
+        return ROOTFS if process.cwd is None else process.cwd
 
     def follow_link(self, link: Node, reader: Task, depth: int) -> Node:
         if depth > 8:
@@ -733,21 +821,41 @@ class Kernel:
                 if node.ftype == "lnk":
                     node = self.follow_link(node, reader, depth + 1)
             return node
-        if link.kind == "pid_entry" and link.name == "cwd":
-            return self.proc_cwd_link(link, reader)
-        raise Unmodelled()               # exe/root/fd links lead out of the modelled tree
+        if link.kind == "fd_link" or (link.kind == "pid_entry" and link.name in ("cwd", "root", "exe")):
+            return self.proc_get_link(link, reader)
+        raise Unmodelled()
 
-    def proc_cwd_link(self, link: Node, reader: Task) -> Node:
-        """proc_pid_get_link (a ptrace read check) then proc_cwd_link: the cwd's own dentry."""
+    def proc_get_link(self, link: Node, reader: Task) -> Node:
+        """fs/proc/base.c proc_pid_get_link -> call_proc_get_link: get_proc_task() or -ENOENT,
+        ptrace_may_access(PTRACE_MODE_READ_FSCREDS) or -EACCES, then the link's proc_get_link:
+        proc_cwd_link / proc_root_link (task->fs, gone after exit_fs: -ENOENT), proc_exe_link
+        (get_task_exe_file: no mm after exit: -ENOENT), proc_fd_link (fget_task: -ENOENT for a
+        closed fd or after exit_files).  nd_jump_link then continues at that path's own dentry."""
         task = link.task
-        if task is None or not self.ptrace_may_access(reader, task):
+        if task is None:
+            raise Errno("ENOENT")
+        if not self.ptrace_may_access(reader, task):
             raise Errno("EACCES")
-        cwd = task.process.cwd
-        if task.process.state != "running":
-            raise Errno("ENOENT")            # no fs_struct after exit_fs
-        if cwd is None or cwd is UNKNOWN:
-            raise Unmodelled()
-        return cwd
+        process = task.process
+        if process.state != "running":
+            raise Errno("ENOENT")
+        if link.kind == "fd_link":
+            nr = int(link.name)
+            if nr in STDIO_FDS:
+                return DEV_NULL
+            if nr < HELD_FD_BASE:
+                raise Unmodelled()
+            held = process.fds.get(f"f{nr - HELD_FD_BASE}")
+            if held is None:
+                raise Errno("ENOENT")
+            if held is UNKNOWN:
+                raise Unmodelled()
+            return held
+        if link.name == "exe":
+            return AGENT_EXE
+        if link.name == "root":
+            return ROOTFS
+        return self.cwd_of(process)
 
     def link_target(self, link: Node, reader: Task) -> str:
         ns = link.mount.ns
@@ -777,6 +885,8 @@ class Kernel:
         process = task.process
         if link.kind == "fd_link":
             nr = int(link.name)
+            if nr in STDIO_FDS:
+                return DEV_NULL.path
             if nr < HELD_FD_BASE:
                 raise Unmodelled()
             held = process.fds.get(f"f{nr - HELD_FD_BASE}")
@@ -794,6 +904,8 @@ class Kernel:
         return self.d_path(process.cwd)
 
     def d_path(self, node: Node) -> str:
+        if node.kind == "rootfs":
+            return node.path
         if node is UNKNOWN or node.mount.state == "detached":
             raise Unmodelled()             # d_path of a lazily unmounted tree
         if node.kind in ("pid_dir", "tid_dir") and node.task is None:
@@ -820,6 +932,8 @@ class Kernel:
             raise Errno("ENOTDIR")
         if kind == "plain":
             return "ok:"
+        if kind == "rootfs":
+            return "ok:" + ",".join(ROOTFS_NAMES)
         if kind == "sysctl":
             return self.proc_sys_readdir(node)
         if kind == "pid_net":
@@ -844,9 +958,9 @@ class Kernel:
             process = node.task.process
             return "ok:" + ",".join(sorted(str(t.pid.nr_in(node.mount.ns)) for t in process.threads
                                            if t.pid.nr_in(node.mount.ns)))
-        if kind == "fd_dir":
+        if kind in ("fd_dir", "fdinfo_dir"):
             if node.task is None:
-                raise Errno("ENOENT")
+                raise Errno("ENOENT")       # proc_readfd_common: get_proc_task() failed
             if node.task.process.state != "running":
                 return "ok:"                # no files_struct after exit_files
             raise Unmodelled()
@@ -862,6 +976,7 @@ class Kernel:
             nr = leader.pid.nr_in(root.mount.ns)
             if nr and self.has_pid_permissions(root.mount, reader, leader, HIDEPID_INVISIBLE):
                 names.append(str(nr))
+                root.mount.looked_up.add(str(nr))     # proc_pid_readdir -> proc_fill_cache
         return names
 
     # -- observation ops --
@@ -873,7 +988,8 @@ class Kernel:
     def op_readlink(self, actor: Task, op: Op) -> str:
         node = self.resolve(actor, op.arg("path"), follow_last=False)
         if node.hidden:
-            raise Errno("ENOENT | EINVAL")
+            # cached: readlinkat of a directory; freed: proc_pid_lookup
+            raise Errno("EINVAL" if node.hidden == "pinned" else "ENOENT | EINVAL")
         if node.ftype != "lnk":
             raise Errno("EINVAL")
         # d_path may answer alternatives (a flush that may not have happened yet)
@@ -901,6 +1017,8 @@ class Kernel:
             return node
         if node.kind == "static" and actor.process.caps:
             return node
+        if node.kind == "rootfs":
+            return node                     # /agent 0755, /dev/null 0666: readable by anyone
         raise Unmodelled()
 
     def op_readdir(self, actor: Task, op: Op) -> str:
@@ -954,7 +1072,11 @@ class Kernel:
             state = sysctl.grab(node.ctl.registration)    # proc_sys_call_handler
             if state == "ENOENT":
                 raise Errno("ENOENT")
-            return "ok:* | ENOENT" if state == "maybe" else "ok:*"
+            value = self.sysctl_value(node.ctl)
+            answer = "ok:*" if value is None else read_result(value.encode())
+            return answer + " | ENOENT" if state == "maybe" else answer
+        if node is DEV_NULL:
+            return read_result(b"")
         if node.kind != "pid_entry":
             raise Unmodelled()
         task = node.task
@@ -966,7 +1088,35 @@ class Kernel:
             return read_result(b"")         # get_cmdline: no mm after exit
         raise Unmodelled()                  # contents (memory, times) are not modelled
 
+    @staticmethod
+    def is_forwarding(ref: CtlRef) -> bool:
+        return ref.level == "leaf" and ref.tabledir == "conf" and ref.leaf == "forwarding"
+
+    def sysctl_value(self, ref: CtlRef) -> str | None:
+        """What a read of a sysctl leaf returns ("%d\n", proc_dointvec), None when unknown."""
+        if ref.level != "leaf":
+            return None
+        if not self.is_forwarding(ref):
+            value = ref.netns.read_constant(ref) if self.sysctl_constants_known else None
+            return None if value is None else value + "\n"
+        value = ref.netns.read_forwarding(ref)
+        return None if value is None else value + "\n"
+
+    def _forget_sysctl_values(self):
+        self.sysctl_constants_known = False
+        for netns in {task.netns for process in self.processes for task in process.threads} | self.seen_netns:
+            netns.forget_forwarding()
+
     def op_write(self, actor: Task, op: Op) -> str:
+        try:
+            return self._write(actor, op)
+        except Unmodelled:
+            node = actor.process.fds.get(op.arg("fd"))
+            if node is UNKNOWN or (node is not None and node.kind == "sysctl" and not self.is_forwarding(node.ctl)):
+                self._forget_sysctl_values()    # it may have written any of them (ip_forward, ...)
+            raise
+
+    def _write(self, actor: Task, op: Op) -> str:
         node = self._held(actor, op.arg("fd"))
         if node.kind == "pid_entry" and node.name in SEQ_FILES:
             raise Errno("ESPIPE")            # ksys_pwrite64: seq_open() cleared FMODE_PWRITE
@@ -983,6 +1133,10 @@ class Kernel:
         # non-root writer without CAP_NET_ADMIN (net_ctl_permissions) gets the table's "other"
         # bits, which are read-only for the 0644 files written here.
         answer = "ok" if actor.process.caps else "EPERM"
+        if answer == "ok" and self.is_forwarding(node.ctl):
+            # a write that may have failed (ENOENT) leaves the value unknown
+            value = op.arg("value") if op.arg("value") in ("0", "1") and state is None else None
+            node.ctl.netns.write_forwarding(node.ctl, value)
         if answer == "ok" and op.arg("value") not in ("0", "1"):
             raise Unmodelled()
         return f"{answer} | ENOENT" if state == "maybe" else answer
@@ -1079,7 +1233,7 @@ class Kernel:
         device.unregister()
         device.name = new
         device.netns.devices[new] = device
-        device.register()
+        device.register(keep_conf=True)     # the same in_device and inet6_dev
         return "ok"
 
     def op_link_set_netns(self, actor: Task, op: Op) -> str:
@@ -1113,9 +1267,7 @@ class Kernel:
 
     def op_getdents(self, actor: Task, op: Op) -> str:
         if op.arg("fd") == "cwd":
-            cwd = actor.process.cwd
-            if cwd is None or cwd is UNKNOWN:
-                raise Unmodelled()
+            cwd = self.cwd_of(actor.process)
             self.may_exec(cwd, actor)        # the walk of "." checks the cwd itself
             self.may_read_dir(cwd, actor)    # open(".") does not revalidate it
             return self.list_dir(cwd, actor)

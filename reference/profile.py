@@ -25,6 +25,9 @@ class KernelProfile:
     sysctl: dict = field(default_factory=dict)
     # entries of /proc/<pid>/net (that task's network namespace's proc_net) -> type
     pid_net: dict = field(default_factory=dict)
+    # the package booted, "<name>=<version>" as pins.toml names it ("" when unknown): Debian's
+    # release string (6.1.0-50-cloud-amd64) does not say which 6.1.y it is, the version does
+    package: str = ""
 
     @classmethod
     def from_json(cls, doc: dict) -> "KernelProfile":
@@ -46,7 +49,7 @@ class KernelProfile:
             raise ValueError("profile field 'sysctl' must map table names to name -> type maps")
         pid_net = table("pid_net") if "pid_net" in doc else {}
         return cls(str(doc.get("release", "")), root, dict(links), table("tgid"), table("tid"),
-                   {key: dict(value) for key, value in sysctl.items()}, pid_net)
+                   {key: dict(value) for key, value in sysctl.items()}, pid_net, str(doc.get("kernel", "")))
 
     @property
     def version(self) -> tuple[int, int]:
@@ -57,6 +60,17 @@ class KernelProfile:
         except (IndexError, ValueError):
             return (0, 0)
 
+    @property
+    def sublevel(self) -> int:
+        """The stable release y of x.z.y: from the package version (linux-image-...=6.1.176-1),
+        else from the release string (6.12.117+deb12-cloud-amd64); 0 when neither says."""
+        for text in (self.package.partition("=")[2], self.release):
+            head = text.split("-", 1)[0].split("+", 1)[0].split(".")
+            if len(head) >= 3 and head[2].isdigit() and int(head[2]) > 0:
+                return int(head[2])
+        return 0
+
     def to_json(self) -> dict:
         return {"release": self.release, "root": self.root, "root_links": self.root_links,
-                "tgid": self.tgid, "tid": self.tid, "sysctl": self.sysctl, "pid_net": self.pid_net}
+                "tgid": self.tgid, "tid": self.tid, "sysctl": self.sysctl, "pid_net": self.pid_net,
+                **({"kernel": self.package} if self.package else {})}

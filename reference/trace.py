@@ -11,6 +11,17 @@ The model may put alternatives in one expected result, separated by `` | ``, and
 trailing ``*`` in an alternative accepts any continuation: that is how it states the set of
 allowed results where a correct kernel may answer in more than one way, or where it does not
 model the content (documented at each place it does so).
+
+Outcomes (``Trace.outcome``):
+
+* ``ok``: every op ran and has its result;
+* ``crash``: the kernel failed: its console shows a report (oops, BUG, WARNING, panic, stall),
+  titled by the report;
+* ``hang``: the guest stayed up but did not answer before the watchdog;
+* ``lost``: the guest went away (QEMU exited or was killed) and its console has no kernel
+  report: a fault of the host until a re-run on a fresh guest says otherwise;
+  titled ``QEMU exited (signal 9) with no kernel report``;
+* ``error``: harness trouble (protocol garbage, an agent error, a model exception).
 """
 
 from __future__ import annotations
@@ -18,15 +29,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-OUTCOMES = ("ok", "crash", "hang", "error")
+OUTCOMES = ("ok", "crash", "hang", "lost", "error")
 ALTERNATIVE_SEPARATOR = " | "
 
 
 @dataclass(frozen=True)
 class Trace:
     results: tuple[str, ...]
-    outcome: str = "ok"          # ok: every op ran; crash/hang: the kernel failed; error: harness trouble
-    title: str = ""              # one-line title for crash/hang/error
+    outcome: str = "ok"          # one of OUTCOMES (see above)
+    title: str = ""              # one-line title for crash/hang/lost/error
     kernel: str = "model"        # exact kernel (package=version) or "model"
     guest_us: int = 0            # time the guest spent executing the ops (0 for the model)
     extra: dict = field(default_factory=dict, compare=False)

@@ -13,6 +13,7 @@ from reference.trace import Trace
 class Target(Protocol):
     label: str             # what findings name: "model", or package=version [+zoo:BUG +module.ko]
     restarts: int          # VM restarts so far (a crash, hang or lost guest restarts it)
+    host_faults: int       # guests lost with no kernel report (trace outcome "lost")
     measure_leaks: bool    # report settled slab counts (trace.extra["slab"]) after each program
 
     def run(self, program: Program) -> Trace: ...

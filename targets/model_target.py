@@ -17,14 +17,15 @@ from reference.trace import Trace
 
 class ModelTarget:
     label = "model"
-    restarts = 0
+    restarts = host_faults = 0
     measure_leaks = False       # the model has no slab caches
 
-    def __init__(self, profile: KernelProfile):
-        self.profile = profile
+    def __init__(self, profile: KernelProfile, model: type[Kernel] = Kernel):
+        """``model``: the kernel model to run (tests pass one with a planted mistake)."""
+        self.profile, self.model = profile, model
 
     def run(self, program: Program) -> Trace:
-        kernel = Kernel(self.profile)
+        kernel = self.model(self.profile)
         results = []
         for index, op in enumerate(program.ops):
             try:

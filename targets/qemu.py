@@ -1,11 +1,15 @@
 """The QEMU target: programs run by the guest agent on a real Debian kernel.
 
 ``QemuTarget.run(program) -> Trace`` has the same interface as the reference model's target.
-Kernel failures become traces rather than exceptions: a crash (QEMU exited, or the console shows
-an oops/BUG/WARNING/panic/stall report) or a hang (no reply before the watchdog) gives a trace
+Kernel failures become traces rather than exceptions: a crash (the console shows an
+oops/BUG/WARNING/panic/stall report) or a hang (no reply before the watchdog) gives a trace
 with outcome ``crash``/``hang``, a one-line title and the console excerpt in
 ``trace.extra["console"]``; the VM is then restarted so the next program runs on a clean kernel.
-Only a VM that cannot be started at all raises (VmError).
+A guest that goes away with no kernel report (QEMU killed, OOM, a host problem, or a kernel
+that reset without a word) is ``lost``: a harness event, counted in ``host_faults``, that the
+engine re-runs before calling it a kernel bug. QEMU's own last words are in
+``trace.extra["qemu_log"]``.
+Only a VM that cannot be started raises: VmError, or BootFailed after BOOT_ATTEMPTS tries.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from targets.console import find_report
 from targets.initramfs import AGENT_SOURCE, guest_image
 from targets.kernels import KernelImage, resolve
 from targets.protocol import ChannelClosed, ChannelTimeout, ProtocolError, parse_hello, parse_results, text
-from targets.vm import Vm, choose_accel
+from targets.vm import Vm, VmError, choose_accel, exit_text
 
 BOOT_TIMEOUT = 120.0        # TCG boots in ~5 s; generous for a loaded 2-core machine
+BOOT_ATTEMPTS = 3           # failed boots in a row before the target gives up
 WATCHDOG_BASE = 5.0         # sandbox set-up and teardown under TCG take tens of ms
 WATCHDOG_PER_OP = 0.25
 EXIT_GRACE = 10.0           # after the channel closes, time for QEMU to finish writing and exit
@@ -37,6 +42,11 @@ EXTRA_MODULES = "lib/modules/extra"
 
 class ModuleLoadError(RuntimeError):
     """A module given to the target (zoo or --load-module) did not load into the guest."""
+
+
+class BootFailed(VmError):
+    """The guest failed to boot BOOT_ATTEMPTS times in a row: the host cannot run this target
+    now (its reason and tails are the last attempt's); a worker stops with this reason."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,7 @@ class QemuTarget:
                  watchdog_base: float = WATCHDOG_BASE, watchdog_per_op: float = WATCHDOG_PER_OP,
                  agent_source=AGENT_SOURCE, zoo: str | bool | None = None,
                  modules: Sequence[ModuleSpec] = (), files: Mapping[str, bytes] | None = None,
-                 cpus: int = 2):
+                 cpus: int = 2, boot_attempts: int = BOOT_ATTEMPTS):
         """zoo: a bug-zoo bug name to inject after every boot, or True to only carry the zoo's
         module (targets/zoo) for load_zoo(); modules: loaded after every boot, in order; files:
         guest path -> contents, executables for run_file()."""
@@ -96,20 +106,28 @@ class QemuTarget:
         self.initrd = guest_image(agent_source, modules_dir=self.image.modules_dir, files=image_files)
         self.accel = accel or choose_accel(self.image.vmlinuz, self.initrd)
         self.watchdog_base, self.watchdog_per_op = watchdog_base, watchdog_per_op
+        self.boot_attempts = boot_attempts
         self.vm: Vm | None = None
         self.restarts = 0
+        self.host_faults = 0                # lost traces: the guest went away with no kernel report
+        self.boot_failures = 0              # failed boot attempts, retried or not
+        self._console_seen = 0              # console offset up to which reports were looked for
         self.boot_seconds: list[float] = []
 
     @property
     def label(self) -> str:
         return kernel_label(self.image.label, self.zoo_bug or self._zoo_at_boot, self.modules)
 
+    @property
+    def qemu_pid(self) -> int | None:
+        """The pid of the running guest's QEMU (in its own session), None when there is none."""
+        return self.vm.proc.pid if self.vm and self.vm.proc else None
+
     def start(self) -> None:
-        vm = Vm(self.image.vmlinuz, self.initrd, accel=self.accel, cpus=self.cpus)
-        release = vm.start(BOOT_TIMEOUT)
-        if release != self.image.release:
+        vm = self._boot()
+        if vm.release != self.image.release:
             vm.stop()
-            raise RuntimeError(f"guest runs {release}, expected {self.image.release}")
+            raise RuntimeError(f"guest runs {vm.release}, expected {self.image.release}")
         self.vm = vm
         self.boot_seconds.append(vm.boot_seconds)
         loads = [(spec.path.name, f"{spec.guest_path} {spec.params}".strip()) for spec in self.modules]
@@ -123,6 +141,23 @@ class QemuTarget:
                 self.close()
                 raise ModuleLoadError(f"loading {name} into {self.label}: {frame.payload[:200].decode('ascii', 'replace')}")
         self.zoo_bug = bug
+        self._console_seen = vm.console_size()
+
+    def _boot(self) -> Vm:
+        """A booted Vm. A failed boot is tried again (the host may have been short of memory or
+        time for a moment); boot_attempts failures in a row raise BootFailed."""
+        failures = 0
+        while True:
+            vm = Vm(self.image.vmlinuz, self.initrd, accel=self.accel, cpus=self.cpus)
+            try:
+                vm.start(BOOT_TIMEOUT)
+                return vm
+            except VmError as err:
+                self.boot_failures += 1
+                failures += 1
+                if failures >= self.boot_attempts:
+                    raise BootFailed(f"{failures} boots in a row failed, the last: {err.reason}",
+                                     err.tail) from None
 
     def close(self) -> None:
         if self.vm:
@@ -176,7 +211,8 @@ class QemuTarget:
         return trace.results[0]
 
     def run_file(self, guest_path: str, timeout: float = 60.0) -> FileRun:
-        """Run an executable of the image (see `files`) as root in the guest's root namespaces."""
+        """Run an executable of the image (see `files`) as root in the guest's root namespaces.
+        A guest lost to the host (no kernel report) raises: it says nothing of the executable."""
         seconds = max(1, math.ceil(timeout))
         trace, _ = self._exchange("C", f"run {seconds} /{guest_path.lstrip('/')}".encode(), 0,
                                   timeout=seconds + self.watchdog_base)
@@ -193,6 +229,9 @@ class QemuTarget:
             self.start()
         vm = self.vm
         console_from = vm.console_size()
+        # A failure is explained by any report since the last look, not only since this request:
+        # a kernel that panics between two requests must not pass for a host fault.
+        report_from = self._console_seen
         timeout = timeout or self.watchdog_base + self.watchdog_per_op * n_ops
         started = time.monotonic()
         try:
@@ -200,23 +239,24 @@ class QemuTarget:
             frame = vm.channel.recv(started + timeout)
         except ChannelTimeout:
             # The title is a signature: no timeout in it (it depends on the program's length).
-            return self._failed("hang", "no reply from the agent before the watchdog", console_from), 0.0
+            return self._failed("hang", "no reply from the agent before the watchdog", report_from), 0.0
         except ChannelClosed:
-            code = vm.wait_exit(EXIT_GRACE)
-            return self._failed("crash", f"QEMU exited (status {code}) with no kernel report", console_from), 0.0
+            return self._failed("lost", _lost_title(vm.wait_exit(EXIT_GRACE)), report_from), 0.0
         except ProtocolError as err:
-            return self._failed("error", f"protocol error: {err}", console_from), 0.0
+            return self._failed("error", f"protocol error: {err}", report_from), 0.0
         seconds = time.monotonic() - started
         try:
             trace = self._reply(frame, kind, n_ops, seconds)
         except ProtocolError as err:
-            return self._failed("error", f"protocol error: {err}", console_from), 0.0
+            return self._failed("error", f"protocol error: {err}", report_from), 0.0
         # A WARNING (or a report the guest survived) must not pass unnoticed: the kernel is
         # tainted from here on, so the program gets the blame and the VM a restart.
-        if vm.console_size() > console_from and (report := find_report(vm.read_console(console_from))):
+        seen = vm.console_size()
+        if seen > console_from and (report := find_report(vm.read_console(console_from))):
             self.restart()
             return Trace(trace.results, "crash", report.title, self.label, trace.guest_us,
                          {**trace.extra, "console": report.excerpt}), seconds
+        self._console_seen = seen
         return trace, seconds
 
     def _reply(self, frame, kind: str, n_ops: int, seconds: float) -> Trace:
@@ -238,17 +278,28 @@ class QemuTarget:
         out of step with us (protocol error) is not worth resynchronising either.
 
         Silence while the kernel stays up is a hang (titled by a stall report if the console has
-        one); silence because QEMU exited is a crash; so is garbage next to a kernel report."""
+        one). A guest that went away (QEMU exited) is a crash if the console has a kernel report,
+        else lost: nothing says the kernel failed. Garbage next to a kernel report is a crash."""
         vm = self.vm
-        if outcome == "hang" and vm.wait_exit(0.5) is not None:
-            outcome = "crash"
+        if outcome == "hang" and (code := vm.wait_exit(0.5)) is not None:
+            outcome, fallback_title = "lost", _lost_title(code)
         console = vm.read_console(console_from)
         report = find_report(console)
-        if report and outcome == "error":
+        if report and outcome in ("error", "lost"):
             outcome = "crash"
         title, excerpt = (report.title, report.excerpt) if report else (fallback_title, console[-8000:])
+        extra = {"console": excerpt, "qemu_log": vm.qemu_log()}
+        if outcome == "lost":
+            self.host_faults += 1
         self.restart()
-        return Trace((), outcome, title, self.label, extra={"console": excerpt})
+        return Trace((), outcome, title, self.label, extra=extra)
+
+
+def _lost_title(code: int | None) -> str:
+    # No pid, time or console text in it: it is a signature, like every title.
+    if code is None:
+        return "agent channel closed while QEMU runs, no kernel report"
+    return f"QEMU exited ({exit_text(code)}) with no kernel report"
 
 
 def kernel_label(image_label: str, zoo_bug: str | None, modules: Sequence[ModuleSpec]) -> str:

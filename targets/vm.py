@@ -41,7 +41,12 @@ PR_SET_PDEATHSIG = 1
 
 
 class VmError(RuntimeError):
-    """The guest could not be brought up (or talked to during start)."""
+    """The guest could not be brought up (or talked to during start). ``reason`` is one line;
+    ``tail`` has the last lines of QEMU's output and of the console, for the operator."""
+
+    def __init__(self, reason: str, tail: str = ""):
+        super().__init__(reason + tail)
+        self.reason, self.tail = reason, tail
 
 
 class Qmp:
@@ -112,19 +117,22 @@ class Vm:
         listeners = {name: _listen(self.workdir / f"{name}.sock") for name in ("agent", "qmp")}
         try:
             with open(self.workdir / "qemu.log", "wb") as log:
+                # Its own session: a terminal's Ctrl-C or SIGHUP goes to procfuzz's group only,
+                # and procfuzz alone decides when the guest stops (stop(), or its own death).
                 self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                             stderr=subprocess.STDOUT, start_new_session=True,
+                                             preexec_fn=_die_with_parent)
             self.channel = Channel(self._accept(listeners["agent"], deadline))
             self.qmp = Qmp(self._accept(listeners["qmp"], deadline))
             frame = self.channel.recv(deadline)
             if frame.kind != "H":
                 raise VmError(f"expected the agent's hello, got a {frame.kind!r} frame: "
-                              f"{frame.payload[:200]!r}{self._tail()}")
+                              f"{frame.payload[:200]!r}", self._tail())
             return parse_hello(frame.payload)
         except ChannelTimeout:
-            raise VmError(f"no hello from the agent within {timeout:.0f} s{self._tail()}") from None
+            raise VmError(f"no hello from the agent within {timeout:.0f} s", self._tail()) from None
         except (ChannelClosed, ProtocolError, OSError, QMPError) as err:
-            raise VmError(f"guest start failed: {err}{self._tail()}") from None
+            raise VmError(self._why(f"guest start failed: {err}"), self._tail()) from None
         finally:
             for sock in listeners.values():
                 sock.close()
@@ -139,14 +147,29 @@ class Vm:
                 return conn
             except TimeoutError:
                 if self.proc.poll() is not None:
-                    raise VmError(f"QEMU exited with status {self.proc.returncode}{self._tail()}") from None
-        raise VmError("QEMU did not connect to its sockets in time")
+                    raise VmError(self._why("QEMU exited"), self._tail()) from None
+        raise VmError("QEMU did not connect to its sockets in time", self._tail())
+
+    def _why(self, problem: str) -> str:
+        """The one-line reason of a failed start: a QEMU that exited is the reason, with its own
+        last line (what the sockets saw of it is only the echo); else ``problem``."""
+        code = self.wait_exit(1.0) if self.proc else None
+        if code is None:
+            return problem
+        last = self.qemu_log().rpartition("\n")[2]
+        return f"QEMU exited ({exit_text(code)})" + (f": {last}" if last else "")
 
     def _tail(self) -> str:
-        qemu_log = (self.workdir / "qemu.log").read_text(errors="replace")[-2000:].strip()
         console = self.read_console(0)[-2000:].strip()
         return "".join(f"\n--- {name} ---\n{text}" for name, text in
-                       (("qemu", qemu_log), ("console", console)) if text)
+                       (("qemu", self.qemu_log()), ("console", console)) if text)
+
+    def qemu_log(self) -> str:
+        """The end of QEMU's own output: why it stopped, when the host stopped it."""
+        try:
+            return (self.workdir / "qemu.log").read_text(errors="replace")[-2000:].strip()
+        except FileNotFoundError:
+            return ""
 
     def console_size(self) -> int:
         try:
@@ -187,6 +210,11 @@ class Vm:
             self.channel.close()
             self.channel = None
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def exit_text(returncode: int) -> str:
+    """A Popen returncode as people say it: ``status 0``, ``signal 9``."""
+    return f"signal {-returncode}" if returncode < 0 else f"status {returncode}"
 
 
 def _die_with_parent() -> None:

@@ -39,7 +39,7 @@ class ForgetfulKernel(Kernel):
 
 class BuggyTarget(ModelTarget):
     name = "buggy"
-    restarts = 0
+    restarts = host_faults = 0
 
     def run(self, program):
         kernel = ForgetfulKernel(self.profile)
@@ -229,3 +229,114 @@ def test_a_listing_through_a_hidepid_mount_is_visibility_even_after_an_exit():
         got = list(results)
         got[index] = "ok:1,3,self"
         assert compare(program, Trace(results), Trace(tuple(got))).cls == "visibility"
+
+
+def test_success_where_the_model_refuses_is_permission():
+    program = parse_text("m1 = mount_proc p1\nf1 = open p1 {m1}/sys/net/ipv4/conf/lo/forwarding rw=1\nsetuid p1 1000\n"
+                         "write p1 f1 1\n")
+    before = ("ok", "ok", "ok")
+    assert compare(program, Trace(before + ("EPERM",)), Trace(before + ("ok",))).cls == "permission"
+    assert compare(program, Trace(before + ("EPERM",)), Trace(before + ("EACCES",))).cls == "errno"
+
+
+# ---- every op compared -----------------------------------------------------------------------------
+
+TWO_DIVERGENCES = parse_text("""\
+m1 = mount_proc p1
+f1 = open p1 {m1}/sys/net/ipv6/conf/lo/forwarding rw=1
+write p1 f1 1
+p2 = spawn p1
+exit p2
+reap p1 p2
+lookup p1 {m1}/{p2}
+read p1 f1
+""")
+
+
+def _two_divergences(write_result: str, lookup_result: str) -> tuple[Trace, Trace]:
+    from targets.kernels import load_profile
+    expected = ModelTarget(load_profile()).run(TWO_DIVERGENCES)
+    actual = list(expected.results)
+    actual[2], actual[6] = write_result, lookup_result
+    return expected, Trace(tuple(actual), kernel="linux-image-6.1.0-50-cloud-amd64-unsigned=6.1.176-1")
+
+
+def test_every_op_is_compared_and_a_known_issue_does_not_hide_a_later_divergence(tmp_path):
+    from fuzz.compare.oracle import compare_all
+    from fuzz.record.known import load_known_issues
+    from corpus import KNOWN_ISSUES
+    expected, actual = _two_divergences("ok:1", "ok:dir")      # the 6.1.176 short write, then a stale pid
+    known = load_known_issues(KNOWN_ISSUES)
+    comparison = compare_all(TWO_DIVERGENCES, expected, actual, known.explainer(actual.kernel))
+    assert [(d.index, d.role) for d in comparison.divergences] == [(2, "known"), (6, "")]
+    finding = Finding(TWO_DIVERGENCES, expected, actual, comparison.primary, actual.kernel, others=comparison.others)
+    assert finding.signature == "stale lookup /proc/<pid> after reap" and not finding.is_known
+    directory, _ = store.record(tmp_path, finding)
+    assert store.load(directory).others == comparison.others
+    # Without the known issue, the short write comes first and the stale pid is not its consequence.
+    alone = compare_all(TWO_DIVERGENCES, expected, actual)
+    assert [(d.index, d.role) for d in alone.divergences] == [(2, ""), (6, "")]
+
+
+def test_a_known_issue_explains_only_its_own_results():
+    from fuzz.compare.oracle import compare_all
+    from fuzz.record.known import load_known_issues
+    from corpus import KNOWN_ISSUES
+    known = load_known_issues(KNOWN_ISSUES)
+    expected, actual = _two_divergences("EIO", "ENOENT")        # same write, another failure
+    comparison = compare_all(TWO_DIVERGENCES, expected, actual, known.explainer(actual.kernel))
+    assert [(d.index, d.cls, d.role) for d in comparison.divergences] == [(2, "errno", "")]
+    on_612 = Trace(actual.results[:2] + ("ok:1",) + actual.results[3:], kernel="linux-image-6.12.117+deb12")
+    comparison = compare_all(TWO_DIVERGENCES, expected, on_612, known.explainer(on_612.kernel))
+    assert [d.role for d in comparison.divergences] == [""]    # known on 6.1.176 only
+
+
+def test_ops_on_what_a_divergence_changed_are_its_consequences():
+    from fuzz.compare.oracle import compare_all
+    program = parse_text("m1 = mount_proc p1\np2 = spawn p1\nexit p2\nlookup p1 {m1}/{p2}\nreadlink p2 {m1}/self\n"
+                         "p3 = spawn p1\nlookup p1 {m1}/{p3}/comm\n")
+    expected = ModelTarget(PROFILE).run(program)
+    actual = list(expected.results)
+    actual[2], actual[3], actual[4], actual[6] = "dead", "ENOENT", "ok:2", "ENOENT"   # exit failed
+    comparison = compare_all(program, expected, Trace(tuple(actual)))
+    assert [(d.index, d.role) for d in comparison.divergences] == \
+        [(2, ""), (3, "consequence"), (4, "consequence"), (6, "")]
+    assert comparison.primary.index == 2
+
+
+class LosingTarget(BuggyTarget):
+    """The buggy kernel, but the guest goes away (no kernel report) at the runs named in
+    ``lose_at``, counting host faults as QemuTarget does."""
+    host_faults = 0
+
+    def __init__(self, profile, lose_at):
+        super().__init__(profile)
+        self.lose_at, self.runs = set(lose_at), 0
+
+    def run(self, program):
+        self.runs += 1
+        if self.runs in self.lose_at:
+            self.host_faults += 1
+            self.restarts += 1
+            return Trace((), outcome="lost", title="QEMU exited (signal 9) with no kernel report")
+        return super().run(program)
+
+
+def test_a_lost_guest_is_a_host_fault_and_the_program_runs_again(tmp_path):
+    target = LosingTarget(PROFILE, lose_at={1})
+    config = WorkerConfig(0, 1, PROFILE, "buggy-kernel", tmp_path / "out", tmp_path / "corpus", float("inf"),
+                          max_programs=1)
+    stats = run_worker(config, target, lambda s: None, lambda: False, start=[ZOMBIE])
+    [finding] = [store.load(d) for d in store.list_findings(tmp_path / "out")]
+    assert finding.divergence.cls == "stale"                  # the re-run's finding, not a crash
+    assert (stats.host_faults, stats.findings) == (1, {"stale": 1})
+
+
+def test_a_guest_lost_twice_on_one_program_is_a_crash(tmp_path):
+    target = LosingTarget(PROFILE, lose_at={1, 2})
+    config = WorkerConfig(0, 1, PROFILE, "buggy-kernel", tmp_path / "out", tmp_path / "corpus", float("inf"),
+                          max_programs=1)
+    stats = run_worker(config, target, lambda s: None, lambda: False, start=[ZOMBIE])
+    [finding] = [store.load(d) for d in store.list_findings(tmp_path / "out")]
+    assert finding.signature == "crash: guest lost running this program, twice, with no kernel report"
+    assert stats.host_faults == 2 and stats.findings == {"crash": 1}

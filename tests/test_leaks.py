@@ -135,7 +135,7 @@ class LeakyTarget:
     """The model's results plus slab counts in which pid_namespace grows by 4 per program run;
     with ``drift``, by 4 per run of anything, the empty program too (a loaded host, a slow
     asynchronous teardown): not a leak of the program."""
-    label, measure_leaks = "fake=1", False
+    label, measure_leaks, host_faults = "fake=1", False, 0
 
     def __init__(self, profile, drift: bool = False):
         self.model = ModelTarget(profile)

@@ -144,7 +144,7 @@ def test_another_signature_does_not_count():
 
 class FakeKernel:
     """A started fake target: a label and a run (a planted bug, or none)."""
-    restarts, measure_leaks = 0, False
+    restarts, host_faults, measure_leaks = 0, 0, False
 
     def __init__(self, label: str, run):
         self.label, self.run = label, run

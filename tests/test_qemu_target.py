@@ -128,6 +128,7 @@ class ScriptedVm:
         self.console_path = tmp_path / "console.log"
         self.console_path.write_text(console)
         self.proc = type("Proc", (), {"poll": lambda self: None})()
+        self.exit_code = None          # what QEMU's wait returns: None while it runs
         self.stopped = False
 
     def console_size(self):
@@ -137,7 +138,10 @@ class ScriptedVm:
         return self.console_path.read_text()[offset:]
 
     def wait_exit(self, timeout):
-        return None
+        return self.exit_code
+
+    def qemu_log(self):
+        return "qemu-system-x86_64: terminating on signal 15 from pid 1"
 
     def stop(self):
         self.stopped = True
@@ -145,13 +149,14 @@ class ScriptedVm:
 
 class ScriptedTarget(QemuTarget):
     def __init__(self, tmp_path):
-        self.tmp_path, self.vm, self.restarts = tmp_path, None, 0
+        self.tmp_path, self.vm, self.restarts, self.host_faults = tmp_path, None, 0, 0
         self.watchdog_base, self.watchdog_per_op = 0.5, 0.0
         self.image = type("Image", (), {"label": "test=1"})()
         self.zoo_bug, self._zoo_at_boot, self.modules = None, None, ()
 
     def start(self):
         self.vm = ScriptedVm(self.tmp_path)
+        self._console_seen = 0
 
 
 def scripted(tmp_path, reply: bytes, console_during: str = ""):
@@ -222,6 +227,35 @@ def test_guest_going_away_is_a_crash_titled_from_the_console(tmp_path):
     assert target.restarts == 1
 
 
+def test_guest_going_away_without_a_report_is_lost_not_a_crash(tmp_path):
+    target, first = scripted(tmp_path, b"", console_during="[ 3.0] random: crng init done\n")
+    first.exit_code = -9
+    first.guest.close()
+    trace = target.run(parse_text("m1 = mount_proc p1\n"))
+    assert (trace.outcome, trace.title) == ("lost", "QEMU exited (signal 9) with no kernel report")
+    assert "crng init done" in trace.extra["console"] and "terminating on signal" in trace.extra["qemu_log"]
+    assert (target.host_faults, target.restarts) == (1, 1)
+
+
+def test_a_report_printed_between_requests_explains_the_guest_going_away(tmp_path):
+    # A panic after the last reply (a delayed RCU callback, say) is a kernel bug, not a host fault.
+    target, first = scripted(tmp_path, b"")
+    first.console_path.write_text(PAGE_FAULT)
+    first.exit_code = 0
+    first.guest.close()
+    trace = target.run(parse_text("m1 = mount_proc p1\n"))
+    assert (trace.outcome, trace.title) == ("crash", "BUG: unable to handle page fault in proc_sys_compare")
+    assert target.host_faults == 0
+
+
+def test_silence_then_qemu_gone_without_a_report_is_lost(tmp_path):
+    target, first = scripted(tmp_path, b"")
+    first.exit_code = 1
+    trace = target.run(parse_text("m1 = mount_proc p1\n"))
+    assert (trace.outcome, trace.title) == ("lost", "QEMU exited (status 1) with no kernel report")
+    assert target.host_faults == 1
+
+
 def test_silence_is_a_hang(tmp_path):
     target, _ = scripted(tmp_path, b"")
     trace = target.run(parse_text("m1 = mount_proc p1\n"))
@@ -265,20 +299,20 @@ def test_agent_error_frame_is_an_error_without_restart(qemu_target):
 
 @pytest.mark.kernel
 def test_panic_is_a_crash_then_the_vm_restarts(qemu_target):
-    restarts = qemu_target.restarts
+    restarts, host_faults = qemu_target.restarts, qemu_target.host_faults
     trace = qemu_target.control("panic")
     assert (trace.outcome, trace.title) == ("crash", "Kernel panic - not syncing: sysrq triggered crash")
     assert "sysrq_handle_crash" in trace.extra["console"]
-    assert qemu_target.restarts == restarts + 1
+    assert (qemu_target.restarts, qemu_target.host_faults) == (restarts + 1, host_faults)
     assert qemu_target.run(SMALL_PROGRAM).results == ("ok", "ok:lnk", "ok:1", "ENOENT")
 
 
 @pytest.mark.kernel
 def test_silent_agent_is_a_hang_then_the_vm_restarts(qemu_target):
-    restarts = qemu_target.restarts
+    restarts, host_faults = qemu_target.restarts, qemu_target.host_faults
     trace = qemu_target.control("hang")
     assert trace.outcome == "hang" and trace.title.startswith("no reply")
-    assert qemu_target.restarts == restarts + 1
+    assert (qemu_target.restarts, qemu_target.host_faults) == (restarts + 1, host_faults)
     assert qemu_target.run(SMALL_PROGRAM).outcome == "ok"
 
 

@@ -102,7 +102,7 @@ def test_sarif_has_one_rule_per_signature_and_results_at_the_program_files(repor
 
 def test_markdown_has_one_table_row_per_bug_whatever_the_title_holds(tmp_path):
     record_at(tmp_path / "run", _crash("BUG: `odd` | <b>title</b>", K61), NIGHT1)
-    bugs = collect([tmp_path / "run"], {}, warn=lambda m: None)
+    bugs = collect([tmp_path / "run"], warn=lambda m: None)
     text = write_reports(bugs, tmp_path / "report", META)["report.md"].read_text()
     row = next(line for line in text.splitlines() if line.startswith("| 1 |"))
     cells = row.replace("\\|", "").split("|")
@@ -111,7 +111,7 @@ def test_markdown_has_one_table_row_per_bug_whatever_the_title_holds(tmp_path):
 
 def test_control_characters_from_the_kernel_keep_every_report_parseable(tmp_path):
     record_at(tmp_path / "run", _crash("BUG: \x01bad\x7f \ud800title", K61), NIGHT1)
-    bugs = collect([tmp_path / "run"], {}, warn=lambda m: None)
+    bugs = collect([tmp_path / "run"], warn=lambda m: None)
     paths = write_reports(bugs, tmp_path / "report", META)
     case = ET.parse(paths["junit.xml"]).getroot().find("testsuite/testcase")
     assert bugs[0].signature == case.get("name") == "crash: BUG: ?bad? ?title"

@@ -214,8 +214,10 @@ def test_known_ipv6_short_write_matches_its_known_issue_entry():
     finding = FINDINGS["ipv6_dev"](K61)
     assert (finding.divergence.cls, finding.divergence.index) == ("errno", 2)
     assert finding.program == load_program(ROOT / "corpus" / "regressions" / "ipv6-forwarding-short-write.prog")
-    note, kernels = load_known_issues(KNOWN_FILE)[finding.signature]
-    assert "addrconf_fixup_forwarding" in note and K61 in kernels
+    entry = load_known_issues(KNOWN_FILE).match(finding.program, finding.expected, finding.divergence, K61)
+    assert "addrconf_fixup_forwarding" in entry.note and K61 in entry.kernels
+    assert (entry.expected, entry.actual) == ("ok", "ok:1")
+    assert load_known_issues(KNOWN_FILE).match(finding.program, finding.expected, finding.divergence, K612) is None
 
 
 # ---- collect -------------------------------------------------------------------------------------
@@ -256,7 +258,8 @@ def test_known_issues_are_matched_per_kernel_and_new_bugs_come_first(runs):
 def test_an_entry_without_kernels_matches_every_kernel(runs, tmp_path):
     root, _ = runs
     known = tmp_path / "known.toml"
-    known.write_text(f'[[issue]]\nsignature = "{SIGNATURES["zombie"]}"\nnote = "reported upstream"\n')
+    known.write_text(f'[[issue]]\nsignature = "{SIGNATURES["zombie"]}"\nexpected = "ENOENT"\nactual = "ok:dir"\n'
+                     'note = "reported upstream"\n')
     bugs = {b.signature: b for b in collect([root], load_known_issues(known), warn=lambda m: None)}
     assert not bugs[KEYS["zombie"]].is_new and bugs[KEYS["zombie"]].note == "reported upstream"
     assert bugs[KEYS["ipv6_all"]].is_new   # not in this file

@@ -19,7 +19,7 @@ from corpus import KNOWN_ISSUES, SEED_DIRS
 from fuzz.compare.classes import TOOL_CLASSES
 from fuzz.errors import EXIT_FOUND, EXIT_OK, EXIT_TOOL, ToolError
 from fuzz.execute.kernels import KernelSpec, TargetOpener, open_qemu, profile_for
-from fuzz.record.known import load_known
+from fuzz.record.known import load_known_issues
 from fuzz.record.summary import Stats, write_summary
 
 from .parallel import guest_cpus_for, run_campaign
@@ -82,7 +82,7 @@ def run(options: RunOptions, on_update: Callable[[Stats], None], stop,
                         options.guest_cpus or guest_cpus_for(options.workers, os.cpu_count()))
     label = kernel.label
     profile = profile_for(kernel.pin)
-    known = frozenset(load_known(options.known or KNOWN_ISSUES))
+    known = load_known_issues(options.known or KNOWN_ISSUES)
     seed = options.seed if options.seed is not None else int(time.time())
     deadline = time.monotonic() + options.budget
     configs = [WorkerConfig(stream, seed, profile, label, out, working_corpus, deadline, options.max_ops,

@@ -44,7 +44,7 @@ class StatusDisplay:
         found = ", ".join(f"{k}={v}" for k, v in sorted(stats.findings.items())) or "none"
         return (f"[{elapsed:7.0f}s] programs={stats.programs} ({stats.programs / elapsed:.1f}/s) "
                 f"ops/s={stats.ops / elapsed:.0f} corpus+={stats.corpus_added} features={stats.features} "
-                f"findings: {found} unconfirmed_leaks={stats.unconfirmed} restarts={stats.restarts} host_faults={stats.host_faults}")
+                f"findings: {found} leak_suspects={stats.leak_suspects} unconfirmed_leaks={stats.unconfirmed} restarts={stats.restarts} host_faults={stats.host_faults}")
 
     def _render(self, stats: Stats) -> Table:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -60,7 +60,7 @@ class StatusDisplay:
             ("model coverage", f"{stats.features} features"),
             ("findings", ", ".join(f"{k}: {v}" for k, v in sorted(stats.findings.items())) or "none"),
             ("duplicates", str(stats.duplicates)),
-            ("unconfirmed leaks", str(stats.unconfirmed)),
+            ("leaks", f"{stats.leak_suspects} suspects, {stats.unconfirmed} unconfirmed"),
             ("VM restarts", str(stats.restarts)),
             ("host faults", str(stats.host_faults)),
             ("tool errors", str(len(stats.errors))),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,11 +20,13 @@ from targets.model_target import ModelTarget
 
 from fuzz.compare.classes import TOOL_CLASSES
 from fuzz.compare.leaks import CONFIRM_ROUNDS, LeakOracle, confirm_leak
-from fuzz.compare.oracle import Divergence, compare
+from fuzz.compare.oracle import KNOWN, Divergence, Explained, compare_all
+from fuzz.execute.kernels import run_on_kernel
 from fuzz.generate.coverage import features
 from fuzz.generate.source import ProgramSource
 from fuzz.record import store
 from fuzz.record.finding import Finding
+from fuzz.record.known import KnownIssues
 from fuzz.record.programs import load_directory, save_program
 from fuzz.record.summary import Stats
 
@@ -40,7 +42,7 @@ class WorkerConfig:
     deadline: float
     max_ops: int = 40
     max_programs: int | None = None
-    known: frozenset = frozenset()
+    known: KnownIssues = KnownIssues()
     reruns: int = 1                 # re-runs of a divergent program, to tell flaky from reliable
     seed_dirs: tuple = ()           # read-only program directories replayed first (corpus/seeds)
     leak_every: int = 10            # slab counts (L frames, ~3x the cost) for every Nth program; 0: never
@@ -53,64 +55,88 @@ def starting_programs(config: WorkerConfig) -> list[Program]:
 
 
 def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], None],
-               should_stop: Callable[[], bool], start: list[Program] | None = None) -> Stats:
+               should_stop: Callable[[], bool], start: list[Program] | None = None,
+               model: Target | None = None) -> Stats:
     """The differential loop for one worker; returns its final counters.
 
     Its random stream is named by (seed, index): a campaign gives each worker, of every shard,
-    its own index.  ``start`` is the corpus to begin with (default: starting_programs now)."""
+    its own index.  ``start`` is the corpus to begin with (default: starting_programs now);
+    ``model`` the model target (default: the reference model with the config's profile)."""
     rng = random.Random(f"{config.seed}-{config.index}")
     seeds = starting_programs(config) if start is None else start
     source = ProgramSource(config.profile, seeds, rng, config.max_ops)
-    model = ModelTarget(config.profile)
-    seen_features: set = set()
-    leaks = LeakOracle()
-    stats, last_report = Stats(), time.monotonic()
+    loop = _Loop(config, target, model or ModelTarget(config.profile), config.known.explainer(config.kernel_label))
+    last_report = time.monotonic()
     while not should_stop() and time.monotonic() < config.deadline:
-        if config.max_programs is not None and stats.programs >= config.max_programs:
+        if config.max_programs is not None and loop.stats.programs >= config.max_programs:
             break
         program = source.next()
+        if loop.run(program):
+            save_program(config.corpus, program)
+            source.corpus.append(program)
+        if time.monotonic() - last_report > 1.0:
+            report(loop.snapshot())
+            last_report = time.monotonic()
+    report(loop.snapshot())
+    return loop.stats
+
+
+class _Loop:
+    """One program at a time: run it on the model and the kernel, compare every op, record what
+    diverged or leaked, and say whether it joins the corpus."""
+
+    def __init__(self, config: WorkerConfig, target: Target, model: Target, explained: Explained):
+        self.config, self.target, self.model, self.explained = config, target, model, explained
+        self.leaks = LeakOracle()
+        self.seen_features: set = set()
+        self.stats = Stats()
+
+    def run(self, program: Program) -> bool:
+        """Returns whether the program reached new model behaviour (it joins the corpus)."""
+        config, target, stats = self.config, self.target, self.stats
         # The leak oracle's baseline is the previous measured program; its re-runs measure too.
         target.measure_leaks = bool(config.leak_every) and stats.programs % config.leak_every == 0
-        expected = model.run(program)
-        actual = target.run(program) if expected.outcome == "ok" else expected
+        expected = self.model.run(program)
+        actual = run_on_kernel(target, program) if expected.outcome == "ok" else expected
         stats.programs += 1
         stats.ops += len(program)
         stats.guest_us += actual.guest_us
-        divergence = compare(program, expected, actual)
-        if divergence is not None:
-            finding = Finding(program, expected, actual, divergence, config.kernel_label,
-                              actual.extra.get("console", ""),
-                              confirm(program, expected, divergence, target, config.reruns))
-            _record(config, finding, stats)
-            leaks.reset()               # the re-runs (or a VM restart) moved the counts
-        elif leak := leaks.check(actual.extra.get("slab"), lambda: target.run(program).extra.get("slab")):
-            _record(config, Finding(program, expected, actual, Divergence.of_leak(leak), config.kernel_label,
-                                    "", (confirm_in_fresh_vm(program, leak, target), CONFIRM_ROUNDS)), stats)
-            leaks.reset()
-        elif expected.outcome == "ok":
-            fresh = features(program, expected) - seen_features
-            if fresh:
-                seen_features |= fresh
-                save_program(config.corpus, program)
-                source.corpus.append(program)
-                stats.corpus_added += 1
-        stats.features = len(seen_features)
-        stats.restarts = target.restarts
-        if time.monotonic() - last_report > 1.0:
-            report(stats)
-            last_report = time.monotonic()
-    report(stats)
-    return stats
+        comparison = compare_all(program, expected, actual, self.explained)
+        if comparison.primary is not None:
+            reruns = confirm(program, expected, comparison.primary, target, config.reruns, self.explained)
+            self._record(Finding(program, expected, actual, comparison.primary, config.kernel_label,
+                                 actual.extra.get("console", ""), reruns, comparison.others))
+            self.leaks.reset()               # the re-runs (or a VM restart) moved the counts
+            return False
+        if leak := self.leaks.check(actual.extra.get("slab"), lambda: target.run(program).extra.get("slab")):
+            divergence = Divergence.of_leak(leak)
+            if self.explained(program, expected, divergence):
+                divergence = replace(divergence, role=KNOWN)
+            shown = confirm_in_fresh_vm(program, leak, target)
+            self._record(Finding(program, expected, actual, divergence, config.kernel_label, "",
+                                 (shown, CONFIRM_ROUNDS)))
+            self.leaks.reset()
+            return False
+        fresh = features(program, expected) - self.seen_features
+        self.seen_features |= fresh
+        stats.features = len(self.seen_features)
+        stats.corpus_added += bool(fresh)
+        return bool(fresh)
 
+    def snapshot(self) -> Stats:
+        """The counters, with the target's and the leak oracle's brought up to date."""
+        self.stats.restarts, self.stats.host_faults = self.target.restarts, self.target.host_faults
+        self.stats.leak_suspects = self.leaks.suspects
+        return self.stats
 
-def _record(config: WorkerConfig, finding, stats: Stats) -> None:
-    _, new = store.record(config.out, finding)
-    if not new or finding.signature in config.known:
-        stats.duplicates += 1
-    elif not finding.leak_confirmed:
-        stats.unconfirmed += 1          # kept for triage, never counted as new
-    else:
-        stats.findings[finding.divergence.cls] += 1
+    def _record(self, finding: Finding) -> None:
+        _, new = store.record(self.config.out, finding)
+        if not new or finding.is_known:
+            self.stats.duplicates += 1
+        elif not finding.leak_confirmed:
+            self.stats.unconfirmed += 1          # kept for triage, never counted as new
+        else:
+            self.stats.findings[finding.divergence.cls] += 1
 
 
 CONTROL = Program(())       # the empty program: only the agent's sandbox set-up and teardown
@@ -124,13 +150,14 @@ def confirm_in_fresh_vm(program: Program, leak, target: Target) -> int:
                         lambda: target.run(CONTROL).extra.get("slab"))
 
 
-def confirm(program: Program, expected, divergence: Divergence, target: Target, reruns: int) -> tuple[int, int]:
+def confirm(program: Program, expected, divergence: Divergence, target: Target, reruns: int,
+            explained: Explained) -> tuple[int, int]:
     """Re-run a divergent program; count the runs that diverge the same way (class and op)."""
     if divergence.cls in TOOL_CLASSES:
         return (0, 0)
     same = 0
     for _ in range(reruns):
-        again = compare(program, expected, target.run(program))
+        again = compare_all(program, expected, run_on_kernel(target, program), explained).primary
         same += again is not None and (again.cls, again.index) == (divergence.cls, divergence.index)
     return (same, reruns)
 

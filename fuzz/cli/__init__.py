@@ -85,6 +85,8 @@ def _case_commands(t: _Commands) -> None:
         kernel_option(p)
         if name != "model":
             module_options(p)
+        if name in ("repro", "replay"):
+            p.add_argument("--known", default=None, help="known-issues file (default corpus/known-issues.toml)")
 
 
 def _run_command(t: _Commands) -> None:

@@ -38,6 +38,15 @@ def _spec(args) -> KernelSpec:
                                    getattr(args, "load_module", None) or ())
 
 
+def _known(args):
+    """The known issues of --known (default corpus/known-issues.toml)."""
+    from fuzz.record.known import load_known_issues
+    path = Path(args.known) if getattr(args, "known", None) else corpus.KNOWN_ISSUES
+    if getattr(args, "known", None) and not path.is_file():
+        raise ToolError(f"no known-issues file {path}")
+    return load_known_issues(path)
+
+
 def _say(text: str) -> None:
     print(text, file=sys.stderr)
 
@@ -102,11 +111,15 @@ def cmd_repro(args) -> int:
     if (expected := model.run(program)).outcome != "ok":
         raise ToolError(f"the model failed on this program (a procfuzz bug): {expected.title}")
     with args.open_target(_spec(args)) as target:
-        case = run_case(program, model, target)
+        case = run_case(program, model, target, _known(args))
     divergence = case.divergence
-    print_side_by_side(program, case.expected, case.actual, divergence.index if divergence else None)
+    first = case.comparison.primary
+    print_side_by_side(program, case.expected, case.actual, first.index if first else None)
+    for other in case.comparison.divergences:
+        print(f"{other.role or 'divergence':11} {other.summary()}")
     if divergence is None:
-        print("not reproduced: the kernel agrees with the model")
+        print("known issue: every divergence is explained by the known-issues file" if case.comparison.all_known
+              else "not reproduced: the kernel agrees with the model")
         return EXIT_OK
     print(f"reproduced: {divergence.summary()}")
     return EXIT_TOOL if is_tool_failure(divergence.cls) else EXIT_FOUND
@@ -118,13 +131,14 @@ def cmd_replay(args) -> int:
     programs, errors = load_directory(Path(args.dir))
     for err in errors:
         print(f"skipped: {err}", file=sys.stderr)
-    failures = 0
+    failures = known = 0
     with args.open_target(_spec(args)) as target:
-        for case in replay(programs, args.model_for(args.kernel), target):
+        for case in replay(programs, args.model_for(args.kernel), target, _known(args)):
             failures += case.divergence is not None
-            detail = f"  {case.divergence.summary()}" if case.divergence else ""
-            print(f"{'DIVERGES' if case.divergence else 'ok':9} {case.path}{detail}")
-    print(f"{len(programs)} programs, {failures} divergent, {len(errors)} unreadable")
+            known += case.verdict() == "known"
+            shown = case.divergence or case.comparison.primary
+            print(f"{case.verdict():9} {case.path}" + (f"  {shown.summary()}" if shown else ""))
+    print(f"{len(programs)} programs, {failures} divergent, {known} known issues, {len(errors)} unreadable")
     return EXIT_FOUND if failures else (EXIT_TOOL if errors else EXIT_OK)
 
 
@@ -211,7 +225,6 @@ def cmd_atheris(args) -> int:
 # ---- triage --------------------------------------------------------------------------------------
 
 def cmd_triage(args) -> int:
-    from fuzz.record.known import load_known_issues
     from fuzz.report.reports import clean, write_reports
     from fuzz.triage.bugs import collect
     from fuzz.triage.follow_up import follow_up
@@ -219,10 +232,8 @@ def cmd_triage(args) -> int:
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
         raise ToolError(f"not a directory: {', '.join(missing)}")
-    if args.known and not Path(args.known).is_file():
-        raise ToolError(f"no known-issues file {args.known}")
     known_file = Path(args.known) if args.known else corpus.KNOWN_ISSUES
-    bugs = collect(dirs, load_known_issues(known_file))
+    bugs = collect(dirs, _known(args))
     if args.minimize or args.kernels:
         kernels = _kernel_list(args.kernels or "")
         bugs = [follow_up(bug, args.minimize, kernels, args.runs, print, args.open_target, args.model_for) for bug in bugs]

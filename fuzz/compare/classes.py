@@ -1,7 +1,8 @@
 """The classes of a finding, named once.
 
 Kernel classes are the kernel's: stale (the kernel shows what the model says is gone), missing
-(the reverse), visibility (the difference involves hidepid, credentials or another pid
+(the reverse), permission (an op succeeds where the model expects it refused: EACCES, EPERM,
+EINVAL...), visibility (the difference involves hidepid, credentials or another pid
 namespace), errno (both fail, differently), inconsistent (readdir and lookup disagree inside
 one kernel trace), crash, hang, leak (slab objects that accumulate run after run).  Tool
 classes are procfuzz's own failures (model-bug, harness-error): never counted as kernel findings.
@@ -13,6 +14,7 @@ from enum import StrEnum
 class FindingClass(StrEnum):
     STALE = "stale"
     MISSING = "missing"
+    PERMISSION = "permission"
     VISIBILITY = "visibility"
     ERRNO = "errno"
     INCONSISTENT = "inconsistent"

@@ -172,6 +172,7 @@ class LeakOracle:
     """Per-worker state: the baseline is the counts after the previous program."""
     reruns: int = RERUNS
     baseline: dict | None = None
+    suspects: int = 0               # programs that grew a cache past its tolerance (and were re-run)
 
     def check(self, counts: dict[str, int] | None,
               rerun: Callable[[], dict[str, int] | None]) -> Leak | None:
@@ -183,6 +184,7 @@ class LeakOracle:
         suspects = grown(baseline, counts) if baseline else []
         if not suspects:
             return None
+        self.suspects += 1
         runs = [counts]
         for _ in range(self.reruns):
             again = rerun()

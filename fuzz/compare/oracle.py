@@ -1,13 +1,20 @@
-"""The oracle: compares a kernel trace with the model's expected trace and classifies the first
-divergence (fuzz/compare/classes.py).  A second, model-free check looks for inconsistencies
-inside the kernel trace alone.
+"""The oracle: compares a kernel trace with the model's expected trace op by op, to the end of
+the program, and classifies every divergence (fuzz/compare/classes.py).  A second, model-free
+check looks for inconsistencies inside the kernel trace alone.
+
+After a divergence the model and the kernel may hold different state.  Where the model can adopt
+the kernel's answer (a known issue: ``explained``) checking simply goes on; otherwise the ops
+that depend on what diverged (the handles and devices it created or changed) are that
+divergence's consequences, recorded as such, and what the program checks apart from them is
+still checked.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable
 
 from reference.program import OBSERVING_KINDS, Program
 from reference.trace import Trace, alternatives, result_matches
@@ -28,11 +35,13 @@ class Divergence:
     actual: str
     detail: str = ""
     leak: Leak | None = None   # the caches of a leak, with their counts
+    role: str = ""             # "", or KNOWN (a known issue explains it) or CONSEQUENCE (of an earlier one)
 
     def to_json(self) -> dict:
         doc = {"class": self.cls, "index": self.index, "op": self.op, "expected": self.expected,
                "actual": self.actual, "detail": self.detail}
-        return {**doc, "leak": self.leak.to_json()} if self.leak else doc
+        doc.update({"leak": self.leak.to_json()} if self.leak else {})
+        return {**doc, "role": self.role} if self.role else doc
 
     @classmethod
     def from_json(cls, doc: dict) -> "Divergence":
@@ -40,7 +49,7 @@ class Divergence:
         if doc["class"] == C.LEAK:
             leak = Leak.from_json(doc["leak"]) if "leak" in doc else Leak.from_description(doc.get("detail", ""))
         return cls(doc["class"], doc.get("index"), doc.get("op", ""), doc.get("expected", ""),
-                   doc.get("actual", ""), doc.get("detail", ""), leak)
+                   doc.get("actual", ""), doc.get("detail", ""), leak, str(doc.get("role", "")))
 
     @classmethod
     def of_leak(cls, leak: Leak) -> "Divergence":
@@ -52,7 +61,98 @@ class Divergence:
         return f"{self.cls} at op {self.index} `{self.op}`: expected {self.expected}, got {self.actual}"
 
 
-def compare(program: Program, expected: Trace, actual: Trace) -> Divergence | None:
+KNOWN, CONSEQUENCE = "known", "consequence"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Every divergence of one kernel run, in program order, each with its role."""
+    divergences: tuple[Divergence, ...] = ()
+
+    @property
+    def primary(self) -> Divergence | None:
+        """What the finding is about: the first divergence neither known nor a consequence, else
+        the first known one (a finding of a known issue only)."""
+        return next((d for d in self.divergences if not d.role), None) or \
+            next((d for d in self.divergences if d.role == KNOWN), None)
+
+    @property
+    def others(self) -> tuple[Divergence, ...]:
+        return tuple(d for d in self.divergences if d is not self.primary)
+
+    @property
+    def all_known(self) -> bool:
+        return bool(self.divergences) and all(d.role == KNOWN for d in self.divergences)
+
+
+Explained = Callable[[Program, Trace, Divergence], bool]
+
+
+def compare_all(program: Program, expected: Trace, actual: Trace,
+                explained: Explained = lambda program, expected, divergence: False) -> Comparison:
+    """Every divergent op, to the end; ``explained(program, expected, divergence)`` says a known
+    issue explains a divergence (the model adopts the kernel's answer there)."""
+    whole = _whole_program(program, expected, actual)
+    if whole is not None:
+        known = whole.cls in (C.CRASH, C.HANG) and explained(program, expected, whole)
+        return Comparison((replace(whole, role=KNOWN) if known else whole,))
+    found, taint = [], _Taint()
+    for index, (want, got) in enumerate(zip(expected.results, actual.results)):
+        op = program.ops[index]
+        if result_matches(want, got):
+            continue
+        divergence = Divergence(classify(program, index, want, got, expected.results), index, op.to_text(),
+                                want, got)
+        if taint.reaches(op):
+            found.append(replace(divergence, role=CONSEQUENCE))
+        elif explained(program, expected, divergence):
+            found.append(replace(divergence, role=KNOWN))
+        else:
+            found.append(divergence)
+            taint.add(op)
+    if not found and (inconsistency := find_inconsistency(program, actual)):
+        found.append(inconsistency)
+    return Comparison(tuple(found))
+
+
+# Ops whose divergence leaves their actor in another state (ended, other credentials or netns).
+_ACTOR_CHANGES = frozenset({"exit", "exec", "setuid", "setgid", "unshare_net", "setns_net"})
+
+
+class _Taint:
+    """What a divergent op may have left in a different state in the model and the kernel: the
+    handle it created, the task, fd, mount or child it acted on, its actor when it changes the
+    actor, the actor's cwd for a chdir, the devices it named.  An observing op changes nothing.
+    A later op that uses one of them is a consequence."""
+
+    def __init__(self):
+        self.handles: set[str] = set()
+        self.cwds: set[str] = set()
+        self.devices: set[str] = set()
+
+    def add(self, op) -> None:
+        if op.kind in OBSERVING_KINDS:
+            return
+        args = dict(op.args)
+        self.handles |= {op.ret} if op.ret else set()
+        self.handles |= {str(args[name]) for name in ("child", "mount", "fd") if args.get(name)}
+        if op.kind in _ACTOR_CHANGES:
+            self.handles.add(op.actor)
+        if op.kind == "chdir":
+            self.cwds.add(op.actor)
+        self.devices |= {str(args[name]) for name in ("name", "new", "peer") if args.get(name)}
+
+    def reaches(self, op) -> bool:
+        args = dict(op.args)
+        path = str(args.get("path", ""))
+        relative = bool(path) and not path.startswith("{") or args.get("fd") == "cwd"
+        words = set(re.split(r"[/ ]", " ".join(str(value) for value in args.values())))
+        used = set(op.handles_used()) | ({op.actor} if op.actor else set())
+        return bool(used & self.handles or words & self.devices or relative and op.actor in self.cwds)
+
+
+def _whole_program(program: Program, expected: Trace, actual: Trace) -> Divergence | None:
+    """A divergence of the whole run (a model bug, a crash, a hang, a harness error), if any."""
     if expected.outcome != "ok":
         return Divergence(C.MODEL_BUG, None, "", "", "", expected.title)
     if actual.outcome in (C.CRASH, C.HANG):
@@ -61,12 +161,12 @@ def compare(program: Program, expected: Trace, actual: Trace) -> Divergence | No
     if actual.outcome != "ok" or len(actual.results) != len(program.ops):
         return Divergence(C.HARNESS_ERROR, None, "", "", "",
                           actual.title or f"{len(actual.results)} results for {len(program.ops)} ops")
-    for index, (want, got) in enumerate(zip(expected.results, actual.results)):
-        if not result_matches(want, got):
-            op = program.ops[index]
-            return Divergence(classify(program, index, want, got, expected.results), index, op.to_text(),
-                              want, got)
-    return find_inconsistency(program, actual)
+    return None
+
+
+def compare(program: Program, expected: Trace, actual: Trace) -> Divergence | None:
+    """The first divergence of the run (compare_all without known issues: its primary)."""
+    return compare_all(program, expected, actual).primary
 
 
 def _op_text(program: Program, index: int) -> str:
@@ -85,6 +185,10 @@ def classify(program: Program, index: int, expected: str, actual: str,
         return C.STALE
     if (want, actual) == ("ESRCH", "ENOENT"):
         return C.MISSING
+    # Success where the model refuses for another reason than a missing object: a check the
+    # kernel skipped (a permission bypass), whatever op it is.
+    if actual.startswith("ok") and not want.startswith("ok") and want not in GONE:
+        return C.PERMISSION
     # A listing shows every task the mount lets the reader see: an extra or missing name there
     # is visibility even after a removal; a single name is about the object the path names.
     if _involves_visibility(program, index) and (

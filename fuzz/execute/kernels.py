@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 from typing import Callable, ContextManager, Iterator
 
 from reference.profile import KernelProfile
+from reference.program import Program
+from reference.trace import Trace
 from targets.base import Target
 from targets.model_target import ModelTarget
 
@@ -84,3 +86,20 @@ def profile_for(kernel: str | None) -> KernelProfile:
 def model_for(kernel: str | None) -> ModelTarget:
     """The model with a kernel's profile: what that kernel must show."""
     return ModelTarget(profile_for(kernel))
+
+
+LOST = "lost"
+
+
+def run_on_kernel(target: Target, program: Program) -> Trace:
+    """The kernel's trace.  A guest lost with no kernel report is the host's doing until shown
+    otherwise: the target has rebooted, the program runs again on the fresh guest, and only if
+    that guest goes away too is it the kernel's crash."""
+    actual = target.run(program)
+    if actual.outcome != LOST:
+        return actual
+    again = target.run(program)
+    if again.outcome != LOST:
+        return again
+    return replace(again, outcome="crash",
+                   title="guest lost running this program, twice, with no kernel report")

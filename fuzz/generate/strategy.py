@@ -99,7 +99,7 @@ def _path(draw, draft: _Draft, actor: str | None = None) -> str:
     if shape == 6:
         return f"{mount}/{task}/{draw(st.sampled_from(sorted(draft.profile.tgid)))}"
     if shape == 7:
-        return f"{mount}/{task}/task"
+        return f"{mount}/{task}/{draw(st.sampled_from(('task', 'net', 'net/dev', 'net/snmp6')))}"
     if shape == 8:
         return f"{mount}/{task}/task/{thread}"
     if shape == 9:
@@ -136,17 +136,20 @@ def _observe(draw, draft: _Draft, path: str | None = None, actor: str | None = N
     kind = draw(st.sampled_from(("lookup", "lookup", "readdir", "readdir", "readlink", "read",
                                  "getdents", "open")))
     fds = draft.handles("f")
+    # getdents lists a held fd, or the cwd of an actor that has one (else there is nothing to list)
+    listable = fds + (["cwd"] if _has_cwd(draft, actor) else [])
     if kind == "read" and fds:
         draft.add("read", actor=actor, fd=draw(st.sampled_from(fds)))
-    elif kind == "getdents":
-        draft.add("getdents", actor=actor, fd=draw(st.sampled_from(fds + ["cwd"])))
+    elif kind == "getdents" and listable:
+        draft.add("getdents", actor=actor, fd=draw(st.sampled_from(listable)))
     elif kind == "open":
         path = path or _path(draw, draft, actor)   # drawn first: it must not name the new handle
         handle = draft.new_handle("f")
         if handle:
             draft.add("open", handle, actor=actor, path=path)
     else:
-        draft.add(kind if kind != "read" else "lookup", actor=actor, path=path or _path(draw, draft, actor))
+        draft.add(kind if kind in ("lookup", "readdir", "readlink") else "lookup", actor=actor,
+                  path=path or _path(draw, draft, actor))
 
 
 def _change_state(draw, draft: _Draft):
@@ -237,27 +240,71 @@ def _change_net(draw, draft: _Draft, actor: str):
             draft.add("write", actor=actor, fd=handle, value=draw(st.sampled_from(("0", "1"))))
 
 
-def _remove_named_object(draw, draft: _Draft, path: str, observer: str):
-    """The object the path names last goes: its network device is deleted (by the observer, in
-    whose namespace the name was looked at; half the time a new one of the same name follows),
-    or its task exits (a process is then reaped by its parent).  That is the removal whose flush
-    the episode's second observation checks; random mutations rarely hit the one object the path
-    is about (exit, reap, link_del, link_add: a few of 30 choices, each with a random target)."""
-    device = re.match(r"\{m\d+\}/sys/net/ipv[46]/(?:conf|neigh)/(\w+)", path)
-    if device:
-        if device.group(1) not in ("all", "default", "lo") and observer in draft.live_actors():
-            draft.add("link_del", actor=observer, name=device.group(1))
-            if draw(st.booleans()):
-                draft.add("link_add", actor=observer, name=device.group(1))
+def _change_named_object(draw, draft: _Draft, path: str, observer: str):
+    """The object the path names changes the way such an object can: a device is deleted (half
+    the time re-created), renamed or moved to another task's namespace; a namespace view is
+    left by the observer (unshare_net, setns_net); a held fd is closed; a task exits (and is
+    reaped), execs or changes credentials; a thread exits or its group execs from another
+    thread; a mount is unmounted.  That is the change whose flush the episode's second
+    observation checks; random mutations rarely hit the one object the path is about."""
+    if not draft.live_actors():
         return
-    named = re.findall(r"\{([pt]\d+)\}", path)
-    victim = named[-1] if named else None
-    if victim in (None, "p1") or victim not in draft.live_actors():
+    if match := re.match(r"\{m\d+\}/sys/net/ipv[46]/(?:conf|neigh)/(\w+)", path):
+        _change_device(draw, draft, match.group(1), observer)
+    elif path.startswith("{m") and "/sys/net" in path or re.match(r"\{m\d+\}/\{[pt]\d+\}/net\b", path):
+        named = re.findall(r"\{([pt]\d+)\}", path)
+        actor = named[0] if named and named[0] in draft.live_actors() else _actor(draw, draft)
+        if draw(st.booleans()):
+            draft.add("unshare_net", actor=actor)
+        else:
+            draft.add("setns_net", actor=actor, target=draw(st.sampled_from(draft.handles("pt"))))
+    elif match := re.match(r"\{m\d+\}/\{[pt]\d+\}/fd/\{(f\d+)\}", path):
+        draft.add("close", actor=_actor(draw, draft), fd=match.group(1))
+    elif named := re.findall(r"\{([pt]\d+)\}", path):
+        _change_task(draw, draft, named[-1])
+    elif mount := re.fullmatch(r"\{(m\d+)\}(?:/.*)?", path):
+        draft.add("umount", actor=_actor(draw, draft), mount=mount.group(1), lazy=draw(st.sampled_from((0, 1))))
+
+
+def _change_device(draw, draft: _Draft, device: str, observer: str):
+    if device in ("all", "default", "lo") or observer not in draft.live_actors():
         return
-    draft.add("exit", actor=victim)
-    parents = [parent for parent, child in _parents_of_zombies(draft) if child == victim]
-    if parents:
-        draft.add("reap", actor=parents[0], child=victim)
+    how = draw(st.sampled_from(("link_del", "link_del", "link_rename", "link_set_netns")))
+    if how == "link_del":
+        draft.add("link_del", actor=observer, name=device)
+        if draw(st.booleans()):
+            draft.add("link_add", actor=observer, name=device)
+    elif how == "link_rename":
+        draft.add("link_rename", actor=observer, name=device, new=draw(st.sampled_from(DEVICES[:-1])))
+    else:
+        draft.add("link_set_netns", actor=observer, name=device, target=draw(st.sampled_from(draft.handles("pt"))))
+
+
+def _change_task(draw, draft: _Draft, victim: str):
+    if victim == "p1" or victim not in draft.live_actors():
+        return
+    how = draw(st.sampled_from(("exit", "exit", "exec", "setuid")))
+    if how == "exec":
+        # From another thread of the group, exec ends the others (de_thread).
+        group = [h for h in _thread_group(draft, victim) if h in draft.live_actors()]
+        draft.add("exec", actor=draw(st.sampled_from(group or [victim])))
+    elif how == "setuid":
+        kind = draw(st.sampled_from(("setuid", "setgid")))
+        draft.add(kind, actor=victim, **{"uid" if kind == "setuid" else "gid": draw(st.sampled_from((1000, 2000)))})
+    else:
+        draft.add("exit", actor=victim)
+        parents = [parent for parent, child in _parents_of_zombies(draft) if child == victim]
+        if parents and draw(st.booleans()):
+            draft.add("reap", actor=parents[0], child=victim)
+
+
+def _device_path(draw, draft: _Draft, actor: str) -> str:
+    """A fresh device of the actor's namespace and the sysctl directory it registered: devices
+    are otherwise created at random and rarely observed, so their removals rarely checked."""
+    name = draw(st.sampled_from(DEVICES[:-1]))
+    draft.add("link_add", actor=actor, name=name)
+    mount = "{" + draw(st.sampled_from(draft.handles("m"))) + "}"
+    return f"{mount}/sys/net/{draw(st.sampled_from(SYSCTL_TABLES))}/{name}"
 
 
 def _episode(draw, draft: _Draft):
@@ -267,7 +314,7 @@ def _episode(draw, draft: _Draft):
     the holder's link, whose target d_path marks " (deleted)" once the dentry is invalidated:
     a dentry in use that outlives its object shows only there."""
     first = _actor(draw, draft)
-    path = _path(draw, draft, first)
+    path = _device_path(draw, draft, first) if draw(st.integers(0, 3)) == 0 else _path(draw, draft, first)
     mount = re.match(r"\{m\d+\}", path)
     link = None
     if mount and draw(st.integers(0, 3)) == 0:
@@ -282,8 +329,8 @@ def _episode(draw, draft: _Draft):
         draft.add(draw(st.sampled_from(("lookup", "readdir"))), actor=first, path=path)
     for _ in range(draw(st.integers(1, 3))):
         _change_state(draw, draft)
-    if draw(st.integers(0, 3)) == 0:
-        _remove_named_object(draw, draft, path, first)
+    if draw(st.integers(0, 1)) == 0:
+        _change_named_object(draw, draft, path, first)
     again = draw(st.sampled_from((first, _actor(draw, draft))))
     if link:
         draft.add("readlink", actor=again, path=link)
@@ -294,9 +341,9 @@ def _episode(draw, draft: _Draft):
 @st.composite
 def programs(draw, profile: KernelProfile, max_ops: int = 40) -> Program:
     draft = _Draft(profile)
-    if draw(st.integers(0, 9)) < 9:
-        draft.add("mount_proc", draft.new_handle("m"), actor="p1",
-                  hidepid=draw(st.sampled_from(HIDEPID_VALUES + ("off",) * 4)))
+    # Every program mounts proc first: without a mount no path of it could be modelled.
+    draft.add("mount_proc", draft.new_handle("m"), actor="p1",
+              hidepid=draw(st.sampled_from(HIDEPID_VALUES + ("off",) * 4)))
     while len(draft.ops) < max_ops and draw(st.integers(0, 15)) > 0:
         step = draw(st.integers(0, 9))
         if step < 4:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from reference.program import Program
 from reference.trace import Trace
 
-from fuzz.compare.oracle import Divergence
+from fuzz.compare.oracle import KNOWN, Divergence
 
 from . import signature as signatures
 
@@ -22,6 +22,12 @@ class Finding:
     kernel: str                          # the kernel label it ran on (targets.qemu.kernel_label)
     console: str = ""
     reruns: tuple[int, int] = (0, 0)     # (runs that diverged the same way, re-runs done)
+    others: tuple[Divergence, ...] = ()  # the run's other divergences: known issues, consequences, later ones
+
+    @property
+    def is_known(self) -> bool:
+        """A known issue explains it (and every other divergence of its run)."""
+        return self.divergence.role == KNOWN
 
     @property
     def leak_confirmed(self) -> bool:

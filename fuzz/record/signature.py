@@ -53,7 +53,7 @@ def bug_key(program: Program, results: Sequence[str], divergence: Divergence) ->
     depending on which object the wrong dentry belongs to (another network namespace's table
     hides the reader's own and shows its own names)."""
     d = divergence
-    if d.cls not in (C.STALE, C.MISSING, C.VISIBILITY, C.ERRNO, C.INCONSISTENT) \
+    if d.cls not in (C.STALE, C.MISSING, C.PERMISSION, C.VISIBILITY, C.ERRNO, C.INCONSISTENT) \
             or d.index is None or d.index >= len(program.ops):
         return signature(program, results, d)
     seen = observed(program, d.index, d.expected, d.actual, results)

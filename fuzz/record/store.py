@@ -70,7 +70,8 @@ def _files(finding: Finding) -> dict[str, str]:
             PROGRAM_JSON: finding.program.to_json(),
             MODEL: finding.expected.dumps(),
             KERNEL: finding.actual.dumps(),
-            DIVERGENCE: json.dumps(finding.divergence.to_json(), indent=1, sort_keys=True),
+            DIVERGENCE: json.dumps({**finding.divergence.to_json(),
+                                    "others": [d.to_json() for d in finding.others]}, indent=1, sort_keys=True),
             CONSOLE: finding.console[-CONSOLE_CHARS:],
             META: json.dumps(meta, indent=1, sort_keys=True)}
 
@@ -85,13 +86,15 @@ def load(directory: Path) -> Finding:
         program = parse((directory / PROGRAM_JSON).read_text(), source=str(directory / PROGRAM_JSON))
         meta = _meta(directory)
         reruns = meta.get("reruns", {})
+        divergence = json.loads((directory / DIVERGENCE).read_text())
         return Finding(program,
                        Trace.from_json(json.loads((directory / MODEL).read_text())),
                        Trace.from_json(json.loads((directory / KERNEL).read_text())),
-                       Divergence.from_json(json.loads((directory / DIVERGENCE).read_text())),
+                       Divergence.from_json(divergence),
                        meta.get("kernel", ""),
                        (directory / CONSOLE).read_text(errors="replace"),
-                       (reruns.get("diverged", 0), reruns.get("runs", 0)))
+                       (reruns.get("diverged", 0), reruns.get("runs", 0)),
+                       tuple(Divergence.from_json(other) for other in divergence.get("others", [])))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise ProgramError(f"not a readable finding: {err}", source=str(directory)) from None
 

@@ -21,7 +21,8 @@ class Stats:
     ops: int = 0
     findings: Counter = field(default_factory=Counter)     # class -> new findings recorded
     duplicates: int = 0
-    unconfirmed: int = 0                                    # leak suspects that did not confirm
+    leak_suspects: int = 0                                  # programs the leak oracle re-ran
+    unconfirmed: int = 0                                    # leaks that did not confirm in a fresh VM
     corpus_added: int = 0
     features: int = 0
     restarts: int = 0
@@ -35,6 +36,7 @@ class Stats:
         self.findings.update(other.findings)
         self.duplicates += other.duplicates
         self.unconfirmed += other.unconfirmed
+        self.leak_suspects += other.leak_suspects
         self.corpus_added += other.corpus_added
         self.features = max(self.features, other.features)
         self.restarts += other.restarts
@@ -44,7 +46,8 @@ class Stats:
 
     def to_json(self) -> dict:
         return {"programs": self.programs, "ops": self.ops, "findings": dict(self.findings),
-                "duplicates": self.duplicates, "unconfirmed_leaks": self.unconfirmed, "corpus_added": self.corpus_added,
+                "duplicates": self.duplicates, "unconfirmed_leaks": self.unconfirmed,
+                "leak_suspects": self.leak_suspects, "corpus_added": self.corpus_added,
                 "model_features": self.features, "vm_restarts": self.restarts,
                 "host_faults": self.host_faults, "guest_seconds": round(self.guest_us / 1e6, 3), "errors": self.errors}
 
@@ -55,6 +58,7 @@ class Stats:
         return cls(programs=int(doc["programs"]), ops=int(doc["ops"]),
                    findings=Counter({str(cls_): int(n) for cls_, n in doc["findings"].items()}),
                    duplicates=int(doc["duplicates"]), unconfirmed=int(doc.get("unconfirmed_leaks", 0)),
+                   leak_suspects=int(doc.get("leak_suspects", 0)),
                    corpus_added=int(doc["corpus_added"]), features=int(doc["model_features"]),
                    restarts=int(doc["vm_restarts"]), host_faults=int(doc.get("host_faults", 0)),
                    guest_us=round(float(doc["guest_seconds"]) * 1e6),

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Callable
 
 from reference.program import Program, ProgramError
-from targets.qemu import stock_label
 
 from fuzz.compare.classes import OUTCOME_CLASSES
-from fuzz.compare.oracle import compare
+from fuzz.compare.oracle import KNOWN, compare_all
 from fuzz.record import store
 from fuzz.record.finding import Finding
+from fuzz.record.known import KnownIssues
 
 from .reproduce import verdict
 
@@ -97,18 +97,23 @@ def finding_dirs(dirs: list[Path], warn: Callable[[str], None] = _stderr) -> lis
     return list(found)
 
 
-def _read(directory: Path) -> tuple[Finding, int]:
-    """The finding, classified by today's oracle, and when it was recorded."""
-    return reclassified(store.load(directory)), store.recorded_at(directory)
+def _read(directory: Path, known: KnownIssues) -> tuple[Finding, int]:
+    """The finding, classified by today's oracle and known issues, and when it was recorded."""
+    return reclassified(store.load(directory), known), store.recorded_at(directory)
 
 
-def reclassified(finding: Finding) -> Finding:
-    """A divergence compared again: findings of older procfuzz versions (or nights) group with
-    today's. Crashes, hangs and leaks are not in the traces alone and keep their record."""
+def reclassified(finding: Finding, known: KnownIssues = KnownIssues()) -> Finding:
+    """Every op compared again, with today's known issues: findings of older procfuzz versions
+    (or nights) group with today's, and a known divergence no longer hides a later one.
+    Crashes, hangs and leaks are not in the traces alone and keep their record."""
     if finding.divergence.cls in OUTCOME_CLASSES:
+        entry = known.match(finding.program, finding.expected, finding.divergence, finding.kernel)
+        return dataclasses.replace(finding, divergence=dataclasses.replace(finding.divergence, role=KNOWN)) \
+            if entry else finding
+    comparison = compare_all(finding.program, finding.expected, finding.actual, known.explainer(finding.kernel))
+    if comparison.primary is None:
         return finding
-    divergence = compare(finding.program, finding.expected, finding.actual)
-    return dataclasses.replace(finding, divergence=divergence) if divergence else finding
+    return dataclasses.replace(finding, divergence=comparison.primary, others=comparison.others)
 
 
 def _leaks_joined(groups: dict[str, list]) -> dict[str, list]:
@@ -128,50 +133,31 @@ def _leaks_joined(groups: dict[str, list]) -> dict[str, list]:
     return joined
 
 
-def collect(dirs: list[Path], known: dict[str, tuple[str, tuple[str, ...]]] | None = None,
+def collect(dirs: list[Path], known: KnownIssues = KnownIssues(),
             warn: Callable[[str], None] = _stderr) -> list[Bug]:
     """Bugs from run output directories (a run's ``--out``, a merged directory, a tree of
-    shards), new ones first, then the most frequent.  ``known`` is
-    fuzz.record.known.load_known_issues()'s mapping; an unreadable finding is skipped with a warning."""
-    known = known or {}
+    shards), new ones first, then the most frequent; an unreadable finding is skipped with a
+    warning."""
     groups: dict[str, list[tuple[Finding, int, Path]]] = defaultdict(list)
     for directory in finding_dirs([Path(d) for d in dirs], warn):
         try:
-            finding, recorded = _read(directory)
+            finding, recorded = _read(directory, known)
         except ProgramError as err:
             warn(f"skipped {err}")
             continue
         groups[finding.bug_key].append((finding, recorded, directory))
     groups = _leaks_joined(groups)
-    bugs = [with_artifacts(_bug(key, members, _known_entry(key, members, known)), warn)
-            for key, members in groups.items()]
+    bugs = [with_artifacts(_bug(key, members, known), warn) for key, members in groups.items()]
     return sorted(bugs, key=lambda b: (not b.is_new, b.is_known, -b.count, b.signature))
 
 
-def _known_entry(key: str, members: list[tuple[Finding, int, Path]],
-                 known: dict[str, tuple[str, tuple[str, ...]]]) -> tuple[str, tuple[str, ...]] | None:
-    """The known-issues entry of a bug: listed under its key, or under every signature it shows
-    (then the first one's note, and the kernels all of them are known on)."""
-    if key in known:
-        return known[key]
-    entries = [known.get(finding.signature) for finding, _, _ in members]
-    if not all(entries):
-        return None
-    kernel_lists = [set(kernels) for _, kernels in entries if kernels]
-    kernels = set.intersection(*kernel_lists) if kernel_lists else set()
-    if kernel_lists and not kernels:
-        return None
-    return entries[0][0], tuple(sorted(kernels))
-
-
-def _bug(signature: str, members: list[tuple[Finding, int, Path]],
-         known: tuple[str, tuple[str, ...]] | None) -> Bug:
+def _bug(signature: str, members: list[tuple[Finding, int, Path]], known: KnownIssues) -> Bug:
     representative, _, directory = min(members, key=lambda m: (len(m[0].program), m[0].program.id, str(m[2])))
     kernels = tuple(sorted({finding.kernel for finding, _, _ in members}))
-    note, known_kernels = known if known is not None else ("", None)
-    # An issue known on a stock kernel is known on it with a bug injected or a module loaded too.
-    known_on = () if known is None else tuple(k for k in kernels
-                                               if not known_kernels or stock_label(k) in known_kernels)
+    # Known on a kernel when a known issue explains every finding of the bug on that kernel.
+    known_on = tuple(k for k in kernels if all(f.is_known for f, _, _ in members if f.kernel == k))
+    entries = (known.match(f.program, f.expected, f.divergence, f.kernel) for f, _, _ in members if f.is_known)
+    note = next((entry.note for entry in entries if entry), "")
     times = [recorded for _, recorded, _ in members]
     symptoms = Counter(finding.signature for finding, _, _ in members)
     return Bug(signature, representative.divergence.cls, kernels, min(times), max(times), len(members),

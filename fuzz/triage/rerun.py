@@ -16,6 +16,7 @@ from targets.base import Target
 
 from fuzz.compare.leaks import Leak, leak_check
 from fuzz.compare.oracle import Divergence, compare
+from fuzz.execute.kernels import run_on_kernel
 from fuzz.record.finding import Finding
 from fuzz.record.signature import signature
 
@@ -42,9 +43,9 @@ def divergence_with(goal: Goal, program: Program, expected: Trace, actual: Trace
 
 
 def kernel_runner(target: Target, goal: Goal) -> Callable[[Program], Trace]:
-    """The target's run, measuring slab counts when the goal is a leak."""
+    """The target's run (a lost guest re-run once), measuring slab counts when the goal is a leak."""
     target.measure_leaks = goal.leak is not None
-    return target.run
+    return lambda program: run_on_kernel(target, program)
 
 
 def attempt(goal: Goal, program: Program, expected: Trace,
