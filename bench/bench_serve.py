@@ -8,7 +8,7 @@ One worker on 6.1-cloud with the stale_pid zoo bug, one on stock 6.1-cloud; foll
 reproduce on the fuzzed kernels and on 6.12-cloud.  Passes when the zoo bug was found,
 minimised, reproduced on 6.1+zoo and 6.12+zoo and not on stock 6.1, and exported to C, and the
 stock kernel shows no new bug.  The result (timeline of counters, the bug's follow-up, verdicts)
-goes to bench/results/serve.json.  Exit 0 passed, 1 not.  With --guests 1 the two kernels take
+goes to bench/results/serve-6.1.176-DATE.json.  Exit 0 passed, 1 not.  With --guests 1 the two kernels take
 turns (give --campaign-budget a few minutes then).
 """
 
@@ -32,7 +32,7 @@ from fuzz.serve.config import KernelConfig, ServeConfig  # noqa: E402
 from fuzz.serve.http import Service  # noqa: E402
 from fuzz.serve.manager import Manager  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "serve.json"
+RESULTS = Path(__file__).resolve().parent / "results" / f"serve-6.1.176-{time.strftime('%Y-%m-%d', time.gmtime())}.json"
 ZOO = "stale_pid"
 
 
@@ -59,6 +59,20 @@ def verdicts(db) -> dict:
             "zoo_bug": {k: best[k] for k in ("bug_key", "status", "first_seen", "count", "follow_up",
                                              "reproducibility")} if best else None,
             "zoo_bugs": len(zoo_bugs), "stock_new_bugs": stock_new}
+
+
+def result_doc(command: str, seconds: int, result: dict, timeline: list) -> dict:
+    """The run as a bench/results file (bench/render.py): the checks as figures, the zoo bug's
+    follow-up and the counters' timeline kept beside them."""
+    zoo = result["zoo_bug"] or {}
+    figures = {"seconds": seconds, **result["checks"], "passed": result["passed"],
+               "zoo bugs (keys)": result["zoo_bugs"], "stock kernel's new bugs": ", ".join(result["stock_new_bugs"]) or "none"}
+    return {"title": "Service: a canary and a stock kernel with no hand on the keyboard",
+            "command": command, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+            "kernel": f"6.1-cloud with and without zoo:{ZOO}; 6.12-cloud +zoo:{ZOO} in follow-ups",
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, TCG", "figures": figures,
+            "notes": [f"zoo bug follow-up: {(zoo.get('follow_up') or {}).get('detail', 'none')}"],
+            "zoo_bug": zoo, "timeline": timeline}
 
 
 def main() -> int:
@@ -94,14 +108,11 @@ def main() -> int:
     finally:
         server.shutdown()
         manager.stop()
-    doc = {"benchmark": "serve", "command": " ".join(["procfuzz bench serve", *sys.argv[1:]]),
-           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-           "kernels": ["6.1-cloud", f"6.1-cloud +zoo:{ZOO}", f"6.12-cloud +zoo:{ZOO} (follow-up)"],
-           "seconds": round(time.time() - started), **result, "timeline": timeline}
+    doc = result_doc(" ".join(["procfuzz bench serve", *sys.argv[1:]]), round(time.time() - started), result,
+                     timeline)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    print(json.dumps({k: doc[k] for k in ("checks", "passed", "seconds")}, indent=1))
+    print(json.dumps(doc["figures"], indent=1))
     return 0 if result["passed"] else 1
 
 

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from fuzz.record import store
+from fuzz.record.known import KnownIssue, KnownIssues
 from fuzz.serve import records
 from fuzz.serve.db import MIGRATIONS, Database, DatabaseError
 from fuzz.serve.importer import import_findings, reconcile
@@ -56,9 +58,9 @@ def test_import_groups_findings_into_bugs_once(db, tmp_path):
     run = tmp_path / "run"
     first = record_finding(run)
     record_finding(run, OTHER)
-    imported = import_findings(db, {run: "campaign zoo"}, {}, now=1000)
+    imported = import_findings(db, {run: "campaign zoo"}, KnownIssues(), now=1000)
     assert imported.findings == 2 and len(imported.queued) == imported.bugs
-    again = import_findings(db, {run: "campaign zoo"}, {}, now=1001)
+    again = import_findings(db, {run: "campaign zoo"}, KnownIssues(), now=1001)
     assert (again.findings, again.queued) == (0, ())
     bugs = records.bugs(db)
     assert {b["status"] for b in bugs} == {"new"} and sum(b["count"] for b in bugs) == 2
@@ -68,17 +70,18 @@ def test_import_groups_findings_into_bugs_once(db, tmp_path):
 
 
 def test_known_issues_are_known_and_not_followed_up(db, tmp_path):
-    record_finding(tmp_path / "run")
-    from fuzz.triage.bugs import collect
-    key = collect([tmp_path / "run"])[0].signature
-    imported = import_findings(db, {tmp_path / "run": "x"}, {key: ("understood", ())}, now=1)
+    directory = record_finding(tmp_path / "run")
+    finding = store.load(directory)
+    known = KnownIssues((KnownIssue(finding.signature, "understood", (), finding.divergence.expected,
+                                    finding.divergence.actual),))
+    imported = import_findings(db, {tmp_path / "run": "x"}, known, now=1)
     assert imported.queued == () and records.bugs(db)[0]["status"] == "known"
 
 
 def test_reconcile_forgets_findings_whose_directory_is_gone(db, tmp_path):
     import shutil
     directory = record_finding(tmp_path / "run")
-    import_findings(db, {tmp_path / "run": "x"}, {}, now=1)
+    import_findings(db, {tmp_path / "run": "x"}, KnownIssues(), now=1)
     shutil.rmtree(directory)
     assert reconcile(db) == 1
     assert records.bugs(db) == [] and records.counts(db)["findings"] == 0
@@ -86,14 +89,14 @@ def test_reconcile_forgets_findings_whose_directory_is_gone(db, tmp_path):
 
 def test_a_bug_that_stops_reproducing_on_a_newer_package_is_fixed(db, tmp_path):
     record_finding(tmp_path / "run")
-    bug_id = import_findings(db, {tmp_path / "run": "x"}, {}, now=1).queued[0]
+    bug_id = import_findings(db, {tmp_path / "run": "x"}, KnownIssues(), now=1).queued[0]
     records.record_reproducibility(db, bug_id, [("k=1 +zoo:b", "6.1 +zoo:b", 5, 5), ("k=1", "6.1", 0, 5)], 10)
     assert records.bug(db, bug_id)["status"] == "new"
     records.record_reproducibility(db, bug_id, [("k=2 +zoo:b", "6.1 +zoo:b", 0, 5)], 20)
     bug = records.bug(db, bug_id)
     assert bug["status"] == "fixed"
     assert {r["kernel"]: r["fixed"] for r in bug["reproducibility"]} == {"k=1 +zoo:b": 0, "k=1": 0, "k=2 +zoo:b": 1}
-    import_findings(db, {tmp_path / "run": "x"}, {}, now=30, refresh=True)
+    import_findings(db, {tmp_path / "run": "x"}, KnownIssues(), now=30, refresh=True)
     assert records.bug(db, bug_id)["status"] == "fixed"          # triage does not undo it
 
 
@@ -112,7 +115,7 @@ def test_kernels_campaigns_and_stat_points(db):
 
 def test_follow_ups_left_running_start_again(db, tmp_path):
     record_finding(tmp_path / "run")
-    bug_id = import_findings(db, {tmp_path / "run": "x"}, {}, now=1).queued[0]
+    bug_id = import_findings(db, {tmp_path / "run": "x"}, KnownIssues(), now=1).queued[0]
     records.set_follow_up(db, bug_id, "running", "minimise", "", 2, "/dir")
     assert records.next_follow_up(db) is None
     assert records.requeue_running(db, 3) == 1
@@ -192,7 +195,7 @@ def test_oversized_and_damaged_uploads_are_refused(tmp_path):
 
 def test_a_pin_that_moves_to_a_newer_package_follows_reliable_bugs_up_again(db, tmp_path):
     record_finding(tmp_path / "run")
-    bug_id = import_findings(db, {tmp_path / "run": "x"}, {}, now=1).queued[0]
+    bug_id = import_findings(db, {tmp_path / "run": "x"}, KnownIssues(), now=1).queued[0]
     records.record_reproducibility(db, bug_id, [("k=1 +zoo:b", "6.1 +zoo:b", 5, 5), ("k=1", "6.1", 0, 5)], 10)
     records.set_follow_up(db, bug_id, "done", "", "", 11)
     assert records.requeue_outdated(db, {"6.1": "k=1"}, 12) == 0

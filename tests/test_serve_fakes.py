@@ -32,7 +32,8 @@ STALE = parse_text("m1 = mount_proc p1\np2 = spawn p1\nexit p2\nreap p1 p2\nlook
 
 class FakeKernel:
     """A started fake target: buggy with a zoo bug injected, correct without."""
-    restarts, measure_leaks = 0, False
+    restarts = host_faults = 0
+    measure_leaks = False
 
     def __init__(self, spec):
         self.label = f"fake {spec.pin or 'default'}" + (f" +zoo:{spec.zoo}" if spec.zoo else "")

@@ -98,6 +98,10 @@ class _StoppableTarget:
         return self._target.restarts
 
     @property
+    def host_faults(self) -> int:
+        return self._target.host_faults
+
+    @property
     def measure_leaks(self) -> bool:
         return self._target.measure_leaks
 

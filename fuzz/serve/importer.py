@@ -15,6 +15,7 @@ from reference.program import ProgramError
 
 from fuzz.compare.classes import KERNEL_CLASSES
 from fuzz.record import store
+from fuzz.record.known import KnownIssues
 from fuzz.triage.bugs import collect, finding_dirs
 
 from . import records
@@ -28,7 +29,7 @@ class Imported:
     queued: tuple[int, ...]        # bugs queued for follow-up
 
 
-def import_findings(db: Database, sources: dict[Path, str], known: dict, now: int, refresh: bool = False,
+def import_findings(db: Database, sources: dict[Path, str], known: KnownIssues, now: int, refresh: bool = False,
                     warn: Callable[[str], None] = lambda text: None) -> Imported:
     """Import every finding below ``sources`` (directory -> the source its findings name); with
     nothing new on disk, nothing is read unless ``refresh`` (follow-up artifacts changed)."""
