@@ -264,7 +264,7 @@ def requeue_outdated(db: Database, stock_labels: dict[str, str], now: int) -> in
         rows = cur.all("""SELECT r.bug_id, r.kernel, r.pin FROM reproducibility r JOIN follow_ups f ON f.bug_id = r.bug_id
                           WHERE r.runs > 0 AND r.diverged = r.runs AND f.state IN ('done', 'failed')""")
         outdated = {row["bug_id"] for row in rows
-                    if stock_labels.get(pin := row["pin"].split(" +", 1)[0]) not in (None, "", row["kernel"].split(" +", 1)[0])}
+                    if stock_labels.get(row["pin"].split(" +", 1)[0]) not in (None, "", row["kernel"].split(" +", 1)[0])}
         for bug_id in sorted(outdated):
             cur.execute("UPDATE follow_ups SET state = 'queued', updated = ? WHERE bug_id = ?", (now, bug_id))
     return len(outdated)
