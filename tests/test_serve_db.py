@@ -59,9 +59,9 @@ def test_import_groups_findings_into_bugs_once(db, tmp_path):
     first = record_finding(run)
     record_finding(run, OTHER)
     imported = import_findings(db, {run: "campaign zoo"}, KnownIssues(), now=1000)
-    assert imported.findings == 2 and len(imported.queued) == imported.bugs
+    assert len(imported.findings) == 2 and len(imported.queued) == imported.bugs
     again = import_findings(db, {run: "campaign zoo"}, KnownIssues(), now=1001)
-    assert (again.findings, again.queued) == (0, ())
+    assert (again.findings, again.queued) == (frozenset(), ())
     bugs = records.bugs(db)
     assert {b["status"] for b in bugs} == {"new"} and sum(b["count"] for b in bugs) == 2
     bug = records.bug(db, next(b["id"] for b in bugs if b["representative"] == str(first)))

@@ -24,7 +24,7 @@ from .db import Database
 
 @dataclass(frozen=True)
 class Imported:
-    findings: int                  # finding directories added to the database
+    findings: frozenset[str]       # finding directories added to the database
     bugs: int                      # bugs saved (new or refreshed)
     queued: tuple[int, ...]        # bugs queued for follow-up
 
@@ -37,7 +37,7 @@ def import_findings(db: Database, sources: dict[Path, str], known: KnownIssues, 
     on_disk = {str(d) for d in finding_dirs(roots, warn)}
     fresh = on_disk - records.known_directories(db)
     if not fresh and not refresh:
-        return Imported(0, 0, ())
+        return Imported(frozenset(), 0, ())
     bugs = collect(roots, known, warn)
     facts = {directory: records.FindingFacts(_source(Path(directory), sources), store.kernel_of(Path(directory)),
                                              _recorded(Path(directory)))
@@ -48,7 +48,7 @@ def import_findings(db: Database, sources: dict[Path, str], known: KnownIssues, 
             bug_id = records.save_bug(cur, bug, facts)
             if bug.is_new and bug.cls in KERNEL_CLASSES and records.enqueue_follow_up(cur, bug_id, now):
                 queued.append(bug_id)
-    added = len(fresh & {str(d) for bug in bugs for d in bug.directories})
+    added = frozenset(fresh & {str(d) for bug in bugs for d in bug.directories})
     return Imported(added, len(bugs), tuple(queued))
 
 

@@ -252,7 +252,9 @@ class Manager:
         with self._import_lock:             # the scanner must not import it first: the answer counts it
             directory, new = unpack(data, self.state / "imports", limits)
             imported = self.import_now()
-        return {"upload": directory.name, "new_upload": new, "findings_added": imported.findings,
+        # Only this upload's findings: the campaigns' latest ones may have come in with them.
+        added = [d for d in imported.findings if Path(d).is_relative_to(directory.resolve())]
+        return {"upload": directory.name, "new_upload": new, "findings_added": len(added),
                 "bugs": imported.bugs, "queued_for_follow_up": list(imported.queued)}
 
     def _scan_loop(self) -> None:
