@@ -21,6 +21,11 @@ from .trace import ALTERNATIVE_SEPARATOR, fnv1a64
 
 INVISIBLE_NR = 999999          # what a template resolves to for a task outside the mount's pid ns
 HELD_FD_BASE = 100             # held fd fN lives at fd number 100+N in the guest
+# The agent's fixed fd layout (targets/agent/agent.c, header): 0-2 /dev/null, 3 the process
+# channel, 100+N held fd fN, 200+N the channel of thread tN (close-on-exec; the thread closes it
+# before it exits).  A readdir (or getdents of the cwd) opens the directory at the lowest free
+# number, 4, in the reader's own files table.
+CHANNEL_FD, THREAD_CHANNEL_BASE, READER_FD = 3, 200, 4
 UNMODELLED = "*"               # any result: the model does not predict this (documented gap)
 HIDEPID_LEVEL = {"off": 0, "noaccess": 1, "invisible": 2, "ptraceable": 4}
 HIDEPID_NO_ACCESS, HIDEPID_INVISIBLE = 1, 2
@@ -925,8 +930,9 @@ class Kernel:
 
     # -- directory listings --
 
-    def list_dir(self, node: Node, reader: Task) -> str:
-        """getdents64 on an open directory (no permission check at this point)."""
+    def list_dir(self, node: Node, reader: Task, opened: bool = False) -> str:
+        """getdents64 on an open directory (no permission check at this point); `opened`: the
+        reader opened it for this op (readdir, getdents of the cwd), so the fd is still open."""
         kind = node.kind
         if node.ftype != "dir":
             raise Errno("ENOTDIR")
@@ -963,8 +969,23 @@ class Kernel:
                 raise Errno("ENOENT")       # proc_readfd_common: get_proc_task() failed
             if node.task.process.state != "running":
                 return "ok:"                # no files_struct after exit_files
-            raise Unmodelled()
+            return "ok:" + ",".join(sorted(self.fd_numbers(node.task.process, reader, opened)))
         raise Unmodelled()
+
+    def fd_numbers(self, process: Process, reader: Task, opened: bool) -> list[str]:
+        """proc_readfd_common: the open fds of a live process, in the agent's layout."""
+        numbers = [0, 1, 2, CHANNEL_FD]
+        for handle, node in process.fds.items():
+            if node is UNKNOWN:
+                raise Unmodelled()          # whether that open succeeded is unknown
+            numbers.append(HELD_FD_BASE + int(handle[1:]))
+        for handle, obj in self.handles.items():
+            if (handle[0] == "t" and handle not in self.dead_threads and obj.process is process
+                    and obj in process.threads and obj is not process.leader):
+                numbers.append(THREAD_CHANNEL_BASE + int(handle[1:]))
+        if opened and reader.process is process:
+            numbers.append(READER_FD)
+        return [str(n) for n in numbers]
 
     def proc_root_readdir(self, root: Node, reader: Task) -> list[str]:
         names = [] if root.mount.pidonly else list(self.profile.root)
@@ -1007,6 +1028,10 @@ class Kernel:
             raise Errno("ENOTDIR")
         if node.kind == "sysctl":
             self.proc_sys_grab(node)        # proc_sys_open
+            mode = sysctl.LEAF_MODES.get(node.ctl.leaf) if node.ctl.level == "leaf" else None
+            if mode is not None:
+                self.sysctl_test_perm(mode, actor, rw)
+                return node
             writable = node.ctl.level == "leaf" and node.ctl.leaf in sysctl.WRITABLE_LEAVES
             if actor.process.caps and (not rw or writable):
                 return node
@@ -1015,15 +1040,37 @@ class Kernel:
             raise Unmodelled()
         if node.kind == "pid_entry" and node.name in OPENABLE_PID_FILES:
             return node
+        if node.kind == "pid_entry" and actor.process.caps and node.task is not None \
+                and node.task.process.state == "running":
+            # Root opens any per-pid file of a live task: CAP_DAC_OVERRIDE for the mode, and
+            # the opens that check more (proc_mem_open -> mm_access for mem, environ, auxv,
+            # maps, pagemap; mounts_open_common) pass for root and a task with an mm.
+            return node
         if node.kind == "static" and actor.process.caps:
             return node
         if node.kind == "rootfs":
             return node                     # /agent 0755, /dev/null 0666: readable by anyone
         raise Unmodelled()
 
+    @staticmethod
+    def sysctl_test_perm(mode: int, actor: Task, rw: bool):
+        """may_open -> proc_sys_permission -> sysctl_perm: net_ctl_permissions gives a holder of
+        CAP_NET_ADMIN the owner bits everywhere, then test_perm picks the owner bits for euid 0,
+        the group bits for egid 0 (no supplementary groups in the sandbox), else the others."""
+        process = actor.process
+        if process.caps:
+            mode = (mode >> 6) & 7
+        elif process.gid == 0:
+            mode = (mode >> 3) & 7
+        else:
+            mode &= 7
+        wanted = 4 | (2 if rw else 0)
+        if wanted & ~mode:
+            raise Errno("EACCES")
+
     def op_readdir(self, actor: Task, op: Op) -> str:
         node = self._open(actor, op.arg("path"), directory=True)
-        return self.list_dir(node, actor)
+        return self.list_dir(node, actor, opened=True)
 
     def op_open(self, actor: Task, op: Op) -> str:
         if op.arg("rw"):
@@ -1133,6 +1180,8 @@ class Kernel:
         # non-root writer without CAP_NET_ADMIN (net_ctl_permissions) gets the table's "other"
         # bits, which are read-only for the 0644 files written here.
         answer = "ok" if actor.process.caps else "EPERM"
+        if answer == "ok" and not self.is_forwarding(node.ctl):
+            raise Unmodelled()              # mtu, retrans_time, ...: each handler's own ranges
         if answer == "ok" and self.is_forwarding(node.ctl):
             # a write that may have failed (ENOENT) leaves the value unknown
             value = op.arg("value") if op.arg("value") in ("0", "1") and state is None else None
@@ -1270,7 +1319,7 @@ class Kernel:
             cwd = self.cwd_of(actor.process)
             self.may_exec(cwd, actor)        # the walk of "." checks the cwd itself
             self.may_read_dir(cwd, actor)    # open(".") does not revalidate it
-            return self.list_dir(cwd, actor)
+            return self.list_dir(cwd, actor, opened=True)
         return self.list_dir(self._held(actor, op.arg("fd")), actor)
 
 

@@ -21,6 +21,10 @@ PROTOCOLS = ("ipv4", "ipv6")
 TABLE_DIRS = ("conf", "neigh")
 # Leaves whose O_RDWR open and integer write the model knows (0644 in devinet and addrconf).
 WRITABLE_LEAVES = frozenset({"forwarding"})
+# ctl_table modes of the leaves the generator opens: forwarding (devinet_sysctl's
+# DEVINET_SYSCTL_COMPLEX_ENTRY, addrconf_sysctl), ipv6 mtu (addrconf_sysctl) and retrans_time
+# (neigh_sysctl_template, NEIGH_SYSCTL_USERHZ_JIFFIES_ENTRY): all 0644.
+LEAF_MODES = {"forwarding": 0o644, "mtu": 0o644, "retrans_time": 0o644}
 # The value of conf/<entry>/forwarding as the model knows it: "0", "1", or None (unknown).
 # A fresh namespace's ipv6 all/default values are the compiled ones (addrconf_init_net: with
 # net.core.devconf_inherit_init_net at its default 0, ipv6 uses ipv6_devconf/ipv6_devconf_dflt,

@@ -297,3 +297,19 @@ def test_ctrl_c_while_workers_still_start_up_reaches_the_parent_alone(tmp_path):
     time.sleep(0.4)                                  # past Python's start, most likely still importing
     os.killpg(proc.pid, signal.SIGINT)
     check_clean_stop(out, proc)
+
+
+def _unbootable(spec):
+    """A TargetOpener whose kernel never boots (what open_qemu raises after BootFailed)."""
+    from fuzz.errors import ToolError
+    raise ToolError("3 boots in a row failed, the last: QEMU exited (status 1): no kernel")
+
+
+def test_a_worker_that_cannot_boot_stops_with_its_reason_and_the_campaign_says_so(tmp_path):
+    from fuzz.campaign.run import RunOptions, new_stop_event, run
+    from fuzz.errors import EXIT_TOOL
+    result = run(RunOptions(budget=5, workers=1, out=tmp_path / "out", seed_dirs=()), lambda s: None,
+                 new_stop_event(), _unbootable)
+    assert result.stats.stopped == ["worker 0: 3 boots in a row failed, the last: QEMU exited (status 1): no kernel"]
+    assert result.summary["stopped_workers"] == result.stats.stopped and result.stats.errors == []
+    assert result.exit_code == EXIT_TOOL          # nothing ran at all

@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # The pipeline, in order: a stage may import itself and the stages before it.
-STAGES = ("errors", "generate", "execute", "compare", "record", "campaign", "triage", "report", "scale", "cli")
+STAGES = ("errors", "generate", "execute", "compare", "record", "campaign", "triage", "report", "scale", "serve", "cli")
 FINDING_FILES = ("program.prog", "program.json", "model.json", "kernel.json", "divergence.json", "console.log",
                  "meta.json", "minimized.prog", "minimize.json", "reproducibility.json", "repro.c")
 

@@ -213,5 +213,5 @@ def test_new_pid_namespace_needs_cap_sys_admin():
 
 
 def test_an_unmodelled_open_makes_the_fd_unknown_not_guessed():
-    results = run("m1 = mount_proc p1\nf1 = open p1 {m1}/{p1}/mounts\nread p1 f1\nclose p1 f1\nclose p1 f1\n")
+    results = run("m1 = mount_proc p1\nf1 = open p1 {m1}/{p1}/mounts rw=1\nread p1 f1\nclose p1 f1\nclose p1 f1\n")
     assert results[1:] == [UNMODELLED, UNMODELLED, UNMODELLED, "EBADF"]

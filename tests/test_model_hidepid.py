@@ -38,4 +38,4 @@ def test_each_mount_has_its_own_dentries():
 
 
 def test_an_unmodelled_walk_may_have_looked_anything_up():
-    assert run("f1 = open p1 {m1}/{p1}/mounts\nlookup p2 {m1}/{p3}/status\n") == ["*", "ENOENT | EPERM"]
+    assert run("f1 = open p1 {m1}/{p1}/mounts rw=1\nlookup p2 {m1}/{p3}/status\n") == ["*", "ENOENT | EPERM"]

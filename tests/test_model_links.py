@@ -71,3 +71,23 @@ def test_link_walks_check_ptrace_then_the_tasks_state():
                   "readdir p3 {m1}/{p3}/cwd\nexit p2\nreaddir p1 {m1}/{p2}/root\nreaddir p1 {m1}/{p2}/exe\n"
                   "readdir p1 {m1}/{p2}/fd/{f1}\nreaddir p1 {m1}/{p2}/cwd\n")
     assert results[6:] == ["EACCES", "EACCES", ROOTFS, "ok", "ENOENT", "ENOENT", "ENOENT", "ENOENT"]
+
+
+def test_fd_listing_of_a_live_process_follows_the_agents_fd_layout():
+    results = run("m1 = mount_proc p1\nreaddir p1 {m1}/{p1}/fd\np2 = spawn p1\nt1 = spawn_thread p2\n"
+                  "f1 = open p2 {m1}/{p2}/fd\nreaddir p1 {m1}/{p2}/fd\nreaddir t1 {m1}/{p2}/fd\n"
+                  "getdents p2 f1\nexit t1\nreaddir p1 {m1}/{p2}/fd\nt2 = spawn_thread p2\nexec t2\n"
+                  "readdir p1 {m1}/{p2}/fd\nf2 = open p2 {m1}/{p2}/mounts rw=1\nreaddir p1 {m1}/{p2}/fd\n",
+                  PROFILE_6_12)
+    assert results[1] == "ok:0,1,2,3,4"
+    assert results[5:8] == ["ok:0,1,101,2,201,3", "ok:0,1,101,2,201,3,4", "ok:0,1,101,2,201,3"]
+    assert results[9] == "ok:0,1,101,2,3"
+    assert results[12] == "ok:0,1,101,2,3"
+    assert results[13:] == [UNMODELLED, UNMODELLED]     # whether f2 is open is not known
+
+
+def test_root_opens_per_pid_files_of_a_live_task_only():
+    results = run("m1 = mount_proc p1\np2 = spawn p1\nf1 = open p1 {m1}/{p2}/mounts\np3 = spawn p1\n"
+                  "setgid p3 1000\nsetuid p3 1000\nf2 = open p3 {m1}/{p3}/mounts\nexit p2\n"
+                  "f3 = open p1 {m1}/{p2}/mounts\n")
+    assert [results[2], results[6], results[8]] == ["ok", UNMODELLED, UNMODELLED]

@@ -63,6 +63,15 @@ def test_mtu_and_arp_retrans_time_are_constants_ipv6_retrans_time_depends_on_hz(
                   "f4 = open p1 {m1}/sys/net/ipv4/neigh/d0/retrans_time\n"
                   "f5 = open p1 {m1}/sys/net/ipv6/neigh/d0/retrans_time\n"
                   "read p1 f1\nread p1 f2\nread p1 f3\nread p1 f4\nread p1 f5\n"
-                  "f6 = open p1 {m1}/sys/net/ipv6/conf/d0/mtu rw=1\nwrite p1 f6 9000\nread p1 f2\n")
+                  "f6 = open p1 {m1}/sys/net/ipv6/conf/d0/mtu rw=1\nwrite p1 f6 1\nread p1 f2\n")
     assert results[6:11] == [value("65536"), value("1500"), value("1280"), value("100"), "ok:*"]
-    assert results[11:] == ["*", "*", "ok:*"]       # a write the model does not follow
+    assert results[11:] == ["ok", "*", "ok:*"]      # a write the model does not follow
+
+
+def test_sysctl_leaves_are_0644_for_their_open():
+    # proc_sys_permission -> sysctl_perm: net_ctl_permissions gives CAP_NET_ADMIN the owner bits;
+    # test_perm: others' bits for a non-root euid and egid
+    results = run(f"p2 = spawn p1\nsetgid p2 1000\nsetuid p2 1000\nf1 = open p2 {fw('ipv4', 'lo')} rw=1\n"
+                  f"f2 = open p2 {fw('ipv4', 'lo')}\nf3 = open p2 {{m1}}/sys/net/ipv4/neigh/lo/retrans_time rw=1\n"
+                  f"write p2 f1 1\nf4 = open p1 {{m1}}/sys/net/ipv6/conf/lo/mtu rw=1\n")
+    assert results[3:] == ["EACCES", "ok", "EACCES", "EBADF", "ok"]

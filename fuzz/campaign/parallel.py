@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from fuzz.errors import ToolError
 from fuzz.execute.kernels import KernelSpec, TargetOpener, open_qemu
 from fuzz.record.programs import is_disk_full
 from fuzz.record.summary import Stats
@@ -99,6 +100,11 @@ def _worker_main(config: WorkerConfig, kernel: KernelSpec, open_target: TargetOp
             run_worker(config, target, lambda s: queue.put((config.index, s)), stop_event.is_set, start)
     except Abort:
         _end_now(queue, config.index)
+    except ToolError as err:
+        # The kernel would not boot (BootFailed after its retries): this worker stops and says
+        # why; the campaign goes on with the others.
+        if not booted and not stop_event.is_set():
+            queue.put((config.index, Stats(stopped=[f"worker {config.index}: {err}"])))
     except Exception as err:  # noqa: BLE001 - reported to the parent
         if is_disk_full(err):
             queue.put((config.index, NoSpace(_space_detail(err))))

@@ -70,9 +70,10 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """2 a tool failure, 1 new findings, 0 nothing new.  A stop by the operator is none of
-        these: it exits like a campaign that ran out of budget."""
-        if self.failure or self.stats.errors or any(self.stats.findings.get(c) for c in TOOL_CLASSES):
+        """2 a tool failure (or no worker could boot its kernel), 1 new findings, 0 nothing new.
+        A stop by the operator is none of these: it exits like a campaign that ran out of budget."""
+        nothing_ran = bool(self.stats.stopped) and not self.stats.programs
+        if self.failure or self.stats.errors or nothing_ran or any(self.stats.findings.get(c) for c in TOOL_CLASSES):
             return EXIT_TOOL
         return EXIT_FOUND if sum(self.stats.findings.values()) else EXIT_OK
 

@@ -64,6 +64,7 @@ class StatusDisplay:
             ("VM restarts", str(stats.restarts)),
             ("host faults", str(stats.host_faults)),
             ("tool errors", str(len(stats.errors))),
+            ("stopped workers", "; ".join(stats.stopped) or "none"),
         ]
         for key, value in rows:
             table.add_row(key, value)

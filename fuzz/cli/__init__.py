@@ -64,7 +64,8 @@ class _Commands:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="procfuzz", description=__doc__.splitlines()[0])
     commands = _Commands(parser.add_subparsers())
-    for add in (_case_commands, _run_command, _output_commands, _tool_commands, _follow_up_commands):
+    for add in (_case_commands, _run_command, _output_commands, _tool_commands, _follow_up_commands,
+                _service_commands):
         add(commands)
     return parser
 
@@ -191,3 +192,17 @@ def _follow_up_commands(t: _Commands) -> None:
     p.add_argument("--kernel", default=None,
                    help="kernel whose profile gives the expected results (default: the finding's)")
     p.add_argument("-o", "--output", default=None, help="output file (default FINDING/repro.c)")
+
+
+def _service_commands(t: _Commands) -> None:
+    p = t.command("serve", c.cmd_serve, "the fuzzing service: campaigns without pause, a bug database, "
+                  "follow-ups, a dashboard (docs/serve.md)")
+    p.add_argument("--config", default=None, help="procfuzz.toml (default: one worker on the default kernel)")
+    p.add_argument("--state", default="procfuzz-state", help="state directory: database, campaigns, uploads")
+    p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT of the dashboard and API")
+    p.add_argument("--token-file", default=None,
+                   help="file holding the token write endpoints need (required beyond loopback)")
+    p = t.command("push", c.cmd_push, "upload the finding directories below DIR to a service's /api/import")
+    p.add_argument("url", help="the service, e.g. http://fuzz.example:8080")
+    p.add_argument("dir", help="a run output or any directory holding findings/ directories")
+    p.add_argument("--token-file", default=None, help="file holding the service's write token")

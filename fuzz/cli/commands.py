@@ -363,3 +363,21 @@ def cmd_bench(args) -> int:
     sys.argv = [str(bench)] + args.rest
     runpy.run_path(str(bench), run_name="__main__")
     return EXIT_OK
+
+
+# ---- the service ---------------------------------------------------------------------------------
+
+def cmd_serve(args) -> int:
+    from fuzz.serve.service import serve
+    serve(Path(args.config) if args.config else None, Path(args.state), args.listen, args.token_file,
+          args.open_target, args.model_for, _say)
+    return EXIT_OK
+
+
+def cmd_push(args) -> int:
+    from fuzz.serve.client import push
+    from fuzz.serve.service import read_token
+    answer = push(args.url, Path(args.dir), read_token(args.token_file))
+    print(f"{args.url}: upload {answer['upload']}: {answer['findings_added']} findings added, "
+          f"{answer['bugs']} bugs, {len(answer['queued_for_follow_up'])} queued for follow-up")
+    return EXIT_OK

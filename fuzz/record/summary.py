@@ -29,6 +29,7 @@ class Stats:
     host_faults: int = 0                                    # guests lost without a kernel report
     guest_us: int = 0
     errors: list = field(default_factory=list)              # worker-level failures (tool bugs)
+    stopped: list = field(default_factory=list)             # workers that could not boot their kernel, with why
 
     def merge(self, other: "Stats"):
         self.programs += other.programs
@@ -43,13 +44,15 @@ class Stats:
         self.host_faults += other.host_faults
         self.guest_us += other.guest_us
         self.errors += other.errors
+        self.stopped += other.stopped
 
     def to_json(self) -> dict:
         return {"programs": self.programs, "ops": self.ops, "findings": dict(self.findings),
                 "duplicates": self.duplicates, "unconfirmed_leaks": self.unconfirmed,
                 "leak_suspects": self.leak_suspects, "corpus_added": self.corpus_added,
                 "model_features": self.features, "vm_restarts": self.restarts,
-                "host_faults": self.host_faults, "guest_seconds": round(self.guest_us / 1e6, 3), "errors": self.errors}
+                "host_faults": self.host_faults, "guest_seconds": round(self.guest_us / 1e6, 3), "errors": self.errors,
+                "stopped_workers": self.stopped}
 
     @classmethod
     def from_json(cls, doc: dict) -> "Stats":
@@ -62,7 +65,8 @@ class Stats:
                    corpus_added=int(doc["corpus_added"]), features=int(doc["model_features"]),
                    restarts=int(doc["vm_restarts"]), host_faults=int(doc.get("host_faults", 0)),
                    guest_us=round(float(doc["guest_seconds"]) * 1e6),
-                   errors=[str(error) for error in _json_list(doc["errors"])])
+                   errors=[str(error) for error in _json_list(doc["errors"])],
+                   stopped=[str(why) for why in _json_list(doc.get("stopped_workers", []))])
 
 
 def _json_list(value) -> list:

@@ -1,0 +1,71 @@
+"""Finding directories into the bug database, as `procfuzz triage` groups them: the campaigns'
+output and uploaded tarballs are collected (fuzz.triage.bugs.collect) and every bug and
+finding saved.  Idempotent: a finding already in the database is not added twice, a bug is
+refreshed.  Findings are on disk before their row (the store renames a finding into place,
+an upload is unpacked before it is imported), so a manager killed in between finds them at
+start-up; ``reconcile`` drops the rows whose directory is gone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from reference.program import ProgramError
+
+from fuzz.compare.classes import KERNEL_CLASSES
+from fuzz.record import store
+from fuzz.record.known import KnownIssues
+from fuzz.triage.bugs import collect, finding_dirs
+
+from . import records
+from .db import Database
+
+
+@dataclass(frozen=True)
+class Imported:
+    findings: frozenset[str]       # finding directories added to the database
+    bugs: int                      # bugs saved (new or refreshed)
+    queued: tuple[int, ...]        # bugs queued for follow-up
+
+
+def import_findings(db: Database, sources: dict[Path, str], known: KnownIssues, now: int, refresh: bool = False,
+                    warn: Callable[[str], None] = lambda text: None) -> Imported:
+    """Import every finding below ``sources`` (directory -> the source its findings name); with
+    nothing new on disk, nothing is read unless ``refresh`` (follow-up artifacts changed)."""
+    roots = [root for root in sources if root.is_dir()]
+    on_disk = {str(d) for d in finding_dirs(roots, warn)}
+    fresh = on_disk - records.known_directories(db)
+    if not fresh and not refresh:
+        return Imported(frozenset(), 0, ())
+    bugs = collect(roots, known, warn)
+    facts = {directory: records.FindingFacts(_source(Path(directory), sources), store.kernel_of(Path(directory)),
+                                             _recorded(Path(directory)))
+             for directory in fresh}
+    queued = []
+    with db.transaction() as cur:
+        for bug in bugs:
+            bug_id = records.save_bug(cur, bug, facts)
+            if bug.is_new and bug.cls in KERNEL_CLASSES and records.enqueue_follow_up(cur, bug_id, now):
+                queued.append(bug_id)
+    added = frozenset(fresh & {str(d) for bug in bugs for d in bug.directories})
+    return Imported(added, len(bugs), tuple(queued))
+
+
+def reconcile(db: Database) -> int:
+    """Forget findings whose directory is gone (start-up); returns how many."""
+    gone = {directory for directory in records.known_directories(db) if not Path(directory).is_dir()}
+    if gone:
+        records.forget_findings(db, gone)
+    return len(gone)
+
+
+def _source(directory: Path, sources: dict[Path, str]) -> str:
+    return next((name for root, name in sources.items() if directory.is_relative_to(root.resolve())), "")
+
+
+def _recorded(directory: Path) -> int:
+    try:
+        return store.recorded_at(directory)
+    except ProgramError:           # collect skipped it with a warning already
+        return 0
