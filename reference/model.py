@@ -32,6 +32,8 @@ HIDEPID_NO_ACCESS, HIDEPID_INVISIBLE = 1, 2
 # Per-pid files whose open and content the model knows for any reader (all 0444 without an
 # extra ptrace check at open): other entries are looked up and listed, not opened.
 OPENABLE_PID_FILES = frozenset({"status", "stat", "statm", "comm", "cmdline"})
+# Per-pid files whose open pins the task's mm (proc_mem_open) and whose reads use that mm only.
+MM_PINNED_AT_OPEN = frozenset({"auxv", "environ", "mem"})
 # ops after which a network namespace may have lost its last task
 NETNS_LEAVING_KINDS = frozenset({"exit", "exec", "unshare_net", "setns_net"})
 PATH_KINDS = frozenset({"lookup", "readdir", "readlink", "open", "chdir", "getdents"})
@@ -1127,6 +1129,11 @@ class Kernel:
         if node.kind != "pid_entry":
             raise Unmodelled()
         task = node.task
+        if task is None and node.name in MM_PINNED_AT_OPEN:
+            # auxv_read, environ_read, mem_rw read the mm that proc_mem_open pinned at open, not
+            # the task: auxv's saved vector stays readable, the others read 0 bytes once the mm
+            # has no users (which other threads sharing it decide): not modelled.
+            raise Unmodelled()
         if task is None:
             raise Errno("ESRCH")            # proc_single_show / comm_show: get_proc_task() failed
         if node.name == "comm":

@@ -215,3 +215,11 @@ def test_new_pid_namespace_needs_cap_sys_admin():
 def test_an_unmodelled_open_makes_the_fd_unknown_not_guessed():
     results = run("m1 = mount_proc p1\nf1 = open p1 {m1}/{p1}/mounts rw=1\nread p1 f1\nclose p1 f1\nclose p1 f1\n")
     assert results[1:] == [UNMODELLED, UNMODELLED, UNMODELLED, "EBADF"]
+
+
+def test_a_held_auxv_fd_reads_its_pinned_mm_after_the_task_is_gone():
+    # auxv_read reads the mm pinned at open (proc_mem_open); status goes through the task
+    from targets.kernels import load_profile
+    program = parse_text("m1 = mount_proc p1\nt1 = spawn_thread p1\nf1 = open p1 {m1}/{t1}/auxv\n"
+                         "f2 = open p1 {m1}/{t1}/status\nexit t1\nread p1 f1\nread p1 f2\n")
+    assert ModelTarget(load_profile()).run(program).results[-2:] == (UNMODELLED, "ESRCH")

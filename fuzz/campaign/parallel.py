@@ -102,8 +102,10 @@ def _worker_main(config: WorkerConfig, kernel: KernelSpec, open_target: TargetOp
         _end_now(queue, config.index)
     except ToolError as err:
         # The kernel would not boot (BootFailed after its retries): this worker stops and says
-        # why; the campaign goes on with the others.
-        if not booted and not stop_event.is_set():
+        # why; the campaign goes on with the others.  After the boot it is a failure like any.
+        if booted:
+            queue.put((config.index, Stats(errors=[f"worker {config.index}: {err}"])))
+        elif not stop_event.is_set():
             queue.put((config.index, Stats(stopped=[f"worker {config.index}: {err}"])))
     except Exception as err:  # noqa: BLE001 - reported to the parent
         if is_disk_full(err):
