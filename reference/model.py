@@ -37,7 +37,17 @@ MM_PINNED_AT_OPEN = frozenset({"auxv", "environ", "mem"})
 # ops after which a network namespace may have lost its last task
 NETNS_LEAVING_KINDS = frozenset({"exit", "exec", "unshare_net", "setns_net"})
 PATH_KINDS = frozenset({"lookup", "readdir", "readlink", "open", "chdir", "getdents"})
-SEQ_FILES = frozenset({"status", "stat", "statm", "comm"})      # single_open(): no pwrite
+# Per-pid files opened as seq_files (fs/proc/base.c: ONE() entries through proc_single_open;
+# comm, sched, timers... through single_open/seq_open; maps, smaps, mounts...): seq_open clears
+# FMODE_PWRITE, so ksys_pwrite64 answers ESPIPE before vfs_write could check the open mode.
+# The same lists in 6.1 and 6.12.
+SEQ_FILES = frozenset({
+    "arch_status", "cgroup", "cpu_resctrl_groups", "cpuset", "io", "ksm_merging_pages", "ksm_stat", "limits",
+    "oom_score", "patch_state", "personality", "schedstat", "seccomp_cache", "stack", "stack_depth", "stat",
+    "statm", "status", "syscall", "wchan",                                   # ONE()
+    "autogroup", "children", "comm", "gid_map", "latency", "maps", "mountinfo", "mounts", "mountstats",
+    "numa_maps", "projid_map", "sched", "setgroups", "smaps", "smaps_rollup", "timens_offsets", "timers",
+    "timerslack_ns", "uid_map"})
 
 
 class Errno(Exception):

@@ -135,7 +135,7 @@ def docker_engine():
 @pytest.mark.kernel
 @pytest.mark.docker
 def test_two_containers_find_what_two_local_workers_find(tmp_path, docker_engine):
-    seed, programs = 11, 25
+    seed, programs = 11, 45          # past the 33 seed and regression programs: a generated corpus
     bound = ("--seed", str(seed), "--max-programs", str(programs), "--leak-every", "0", "--budget", "10m")
     local = LocalRuntime(tmp_path / "local")
     local.prepare()
