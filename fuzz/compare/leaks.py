@@ -133,6 +133,7 @@ def leak_check(run: Callable[[], dict[str, int] | None], runs: int = RERUNS) -> 
 
 
 CONFIRM_ROUNDS = 8
+CONFIRM_QUORUM = 6          # rounds that must show a cache: a real leak's count may dip once under load
 
 
 def confirm_leak(leak: Leak, run_program: Callable[[], dict[str, int] | None],
@@ -140,31 +141,34 @@ def confirm_leak(leak: Leak, run_program: Callable[[], dict[str, int] | None],
     """How many of ``rounds`` rounds show the leak again, in a fresh VM (the caller restarts
     it first, so earlier programs' asynchronous teardown is over): each round runs the program,
     then the control (the empty program: the agent's own sandbox set-up and teardown).  A round
-    shows it when every cache of the leak grew across the program's run, and by more than it
-    moved across the control's run after it; a kernel whose counts drift with any run (host
-    load, slow teardown) shows it in no round.  The leak is confirmed when every round shows it
-    and the program's growth beats the control's by more than the cache's tolerance.
+    shows a cache when it grew across the program's run, and by more than it moved across the
+    control's run after it; a kernel whose counts drift with any run (host load) shows it in no
+    round.  A cache is confirmed when CONFIRM_QUORUM rounds show it and it grew by at least one
+    a round over the whole window, past its tolerance: a slow asynchronous teardown (a network
+    namespace freed during the next control) shows in rounds but gives nothing back over the
+    window.  Returns ``rounds`` when some cache of the leak is confirmed, else the most rounds
+    any cache showed, below ``rounds``.
 
-    Measured on the zoo's leak_dentry and leak_pidns and on stock-kernel suspects: see
-    docs/oracle.md and bench/bench_leak_noise.py."""
-    before = run_control()
-    shown, gained = 0, {cache: 0 for cache in leak.caches}
+    Measured: zoo leak_dentry confirms; on stock 6.1.176 no seed program confirms any cache
+    (bench leak_noise --confirm), and a 30-minute campaign's net_namespace suspect, shown in 7 of
+    8 rounds, gave no net growth."""
+    first = before = run_control()
+    shown = {cache: 0 for cache in leak.caches}
     for _ in range(rounds):
         after_program = run_program()
         after_control = run_control()
         if not (before and after_program and after_control):
-            return shown
-        grew = True
+            return min(max(shown.values(), default=0), rounds - 1)
         for cache in leak.caches:
             program = after_program.get(cache, 0) - before.get(cache, 0)
             control = after_control.get(cache, 0) - after_program.get(cache, 0)
-            gained[cache] += program - max(control, 0)
-            grew = grew and program >= 1 and program > control
-        shown += grew
+            shown[cache] += program >= 1 and program > control
         before = after_control
-    if shown == rounds and all(gained[cache] > tolerance(cache) for cache in leak.caches):
-        return shown
-    return min(shown, rounds - 1)
+    for cache in leak.caches:
+        net = before.get(cache, 0) - first.get(cache, 0)
+        if shown[cache] >= CONFIRM_QUORUM and net >= rounds and net > tolerance(cache):
+            return rounds
+    return min(max(shown.values(), default=0), rounds - 1)
 
 
 @dataclass
