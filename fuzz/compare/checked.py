@@ -42,21 +42,21 @@ def result_check(expected: str) -> str:
     return UNCHECKED if succeeds == {True, False} else ALTERNATIVES
 
 
+# The kind of object a path names, first match wins (a device's sysctl directory before the view
+# of the namespace, a task's fd or net entry before the task itself).
+_FAMILIES = tuple((re.compile(pattern), name) for pattern, name in (
+    (r"\{m\d+\}/sys/net/ipv[46]/(conf|neigh)/(?!all\b|default\b)\w+", "sysctl device"),
+    (r"\{m\d+\}/sys/net", "sysctl view"),
+    (r"\{m\d+\}/\{[pt]\d+\}/fd/\{f\d+\}", "fd"),
+    (r"\{m\d+\}/\{[pt]\d+\}/net\b", "task net"),
+    (r"\{m\d+\}/\{[pt]\d+\}/task/\{[pt]\d+\}", "thread"),
+    (r"\{m\d+\}/\{[pt]\d+\}", "task"),
+    (r"\{m\d+\}(/|$)", "mount")))
+
+
 def family(path: str) -> str | None:
     """The kind of object a path names, for the episode matrix."""
-    if re.match(r"\{m\d+\}/sys/net/ipv[46]/(conf|neigh)/(?!all\b|default\b)\w+", path):
-        return "sysctl device"
-    if re.match(r"\{m\d+\}/sys/net", path):
-        return "sysctl view"
-    if re.match(r"\{m\d+\}/\{[pt]\d+\}/fd/\{f\d+\}", path):
-        return "fd"
-    if re.match(r"\{m\d+\}/\{[pt]\d+\}/net\b", path):
-        return "task net"
-    if re.match(r"\{m\d+\}/\{[pt]\d+\}/task/\{[pt]\d+\}", path):
-        return "thread"
-    if re.match(r"\{m\d+\}/\{[pt]\d+\}", path):
-        return "task"
-    return "mount" if re.fullmatch(r"\{m\d+\}(/.*)?", path) else None
+    return next((name for pattern, name in _FAMILIES if pattern.match(path)), None)
 
 
 _HOLDER_LINK = re.compile(r"/(fd/\{f\d+\}|cwd)$")
