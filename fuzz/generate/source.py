@@ -1,6 +1,5 @@
-"""Where a worker's programs come from: the seeds and the corpus first, then fresh programs from
-the Hypothesis strategy (decoded from random bytes with ``fuzz_one_input``) and mutations of the
-corpus."""
+"""Where a worker's programs come from: the seeds and the corpus first, then fresh programs of the
+generator (choices from the worker's random stream) and mutations of the corpus."""
 
 from __future__ import annotations
 
@@ -12,30 +11,26 @@ from reference.profile import KernelProfile
 from reference.program import Program
 
 from .mutate import mutate
-from .strategy import programs
+from .choices import RandomChoices
+from .strategy import build_program, programs
 
 
 class ProgramSource:
-    """Seeds first, then fresh programs from the Hypothesis strategy and mutations of the corpus."""
+    """Seeds first, then fresh programs of the generator and mutations of the corpus."""
 
     def __init__(self, profile: KernelProfile, seeds: list[Program], rng: random.Random, max_ops: int):
-        self.rng = rng
+        self.rng, self.profile, self.max_ops = rng, profile, max_ops
         self.queue = list(seeds)
         self.corpus = list(seeds)
-        self._box: list[Program] = []
-
-        @settings(database=None, suppress_health_check=list(HealthCheck), deadline=None)
-        @given(programs(profile, max_ops=max_ops))
-        def capture(program):
-            self._box.append(program)
-
-        self._decode = capture.hypothesis.fuzz_one_input
+        self._choices = RandomChoices(rng)
+        self._decode = None
 
     def decode(self, data: bytes) -> Program | None:
-        """Hypothesis decodes any byte string into a program (None if the bytes run short)."""
-        self._box.clear()
-        self._decode(data)
-        return self._box[-1] if self._box else None
+        """Hypothesis decodes any byte string into a program (None if the bytes run short):
+        how atheris drives the same generator."""
+        if self._decode is None:
+            self._decode = _hypothesis_decoder(self.profile, self.max_ops)
+        return self._decode(data)
 
     def next(self) -> Program:
         if self.queue:
@@ -45,6 +40,21 @@ class ProgramSource:
             if mutant is not None:
                 return mutant
         while True:
-            program = self.decode(self.rng.randbytes(8192))
-            if program is not None and len(program):
+            program = build_program(self._choices, self.profile, self.max_ops)
+            if len(program):
                 return program
+
+
+def _hypothesis_decoder(profile: KernelProfile, max_ops: int):
+    box: list[Program] = []
+
+    @settings(database=None, suppress_health_check=list(HealthCheck), deadline=None)
+    @given(programs(profile, max_ops=max_ops))
+    def capture(program):
+        box.append(program)
+
+    def decode(data: bytes) -> Program | None:
+        box.clear()
+        capture.hypothesis.fuzz_one_input(data)
+        return box[-1] if box else None
+    return decode
