@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from targets.cache import cache_root, publish
-from targets.kernels import MODULES
+from targets.kernels import CHANNEL_MODULES, MODULES
 
 AGENT_SOURCE = Path(__file__).with_name("agent") / "agent.c"
 BUSYBOX = Path("/bin/busybox")     # Debian's busybox-static
 CC = ["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread"]
 APPLETS = ("sh", "mount", "insmod")   # what /init uses; the agent itself needs none
 MODULE_DIR = "lib/modules"            # flat: <name>.ko, loaded by path (no modprobe, no depmod)
+AGENT_PORT = "/dev/vport0p1"          # the virtio-serial port targets/vm.py gives QEMU (nr=1)
+LOAD_ORDER = CHANNEL_MODULES + MODULES
 
 
 def init_script(modules: list[str]) -> bytes:
@@ -36,7 +38,7 @@ def init_script(modules: list[str]) -> bytes:
              "mount -t sysfs sysfs /sys",
              "mount -t devtmpfs devtmpfs /dev"]
     lines += [f"insmod /{MODULE_DIR}/{name}.ko" for name in modules]
-    lines += ["exec /agent serve /dev/ttyS1"]
+    lines += [f"exec /agent serve {AGENT_PORT}"]
     return "".join(line + "\n" for line in lines).encode()
 
 
@@ -66,12 +68,12 @@ def build_agent(source: Path = AGENT_SOURCE, cache: Path | None = None) -> Path:
 
 def entries(agent: bytes, busybox: bytes, modules: dict[str, bytes] | None = None,
             files: dict[str, bytes] | None = None) -> list[Entry]:
-    """modules: name -> .ko contents, loaded by /init in kernels.MODULES order (then by name).
+    """modules: name -> .ko contents, loaded by /init in LOAD_ORDER (then by name).
     files: more files, guest path (relative to /) -> contents, executable and not loaded or run
     by /init: the agent loads modules among them (`C load`) and runs programs (`C run`) on request
     (the bug zoo's module, --load-module modules, C reproducers)."""
     modules, files = modules or {}, files or {}
-    order = [m for m in MODULES if m in modules] + sorted(set(modules) - set(MODULES))
+    order = [m for m in LOAD_ORDER if m in modules] + sorted(set(modules) - set(LOAD_ORDER))
     paths = [f"{MODULE_DIR}/{name}.ko" for name in order] + list(files)
     dirs = {"bin", "dev", "mnt", "proc", "sys", "tmp"}
     for path in paths:
@@ -109,12 +111,14 @@ def newc_archive(items: list[Entry]) -> bytes:
 
 
 def kernel_modules(modules_dir: Path) -> dict[str, bytes]:
-    """The kernels.MODULES of a kernel cache entry (KernelImage.modules_dir)."""
+    """The modules of a kernel cache entry (KernelImage.modules_dir): kernels.MODULES, and the
+    CHANNEL_MODULES its kernel does not have built in."""
     missing = [name for name in MODULES if not (modules_dir / f"{name}.ko").is_file()]
     if missing:
         raise FileNotFoundError(f"{modules_dir}: no {', '.join(m + '.ko' for m in missing)}; delete "
                                 f"{modules_dir.parent} to fetch the kernel again")
-    return {name: (modules_dir / f"{name}.ko").read_bytes() for name in MODULES}
+    return {name: (modules_dir / f"{name}.ko").read_bytes() for name in LOAD_ORDER
+            if (modules_dir / f"{name}.ko").is_file()}
 
 
 def image_file_path(path: str) -> str:

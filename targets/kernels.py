@@ -31,8 +31,13 @@ log = logging.getLogger("procfuzz.kernels")
 
 KERNELS_DIR = Path(__file__).with_name("kernels")
 PINS_FILE = KERNELS_DIR / "pins.toml"
-MODULES = ("dummy", "veth")
-MANIFEST_FORMAT = 1
+MODULES = ("dummy", "veth")          # the device kinds of the link ops
+# The agent's channel is a virtio-serial port.  Kernels that build its drivers as modules (6.1
+# cloud) ship these, which /init loads in this (dependency) order; where they are built in (6.12
+# cloud) the package has none of them.
+CHANNEL_MODULES = ("virtio", "virtio_ring", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
+                   "virtio_pci", "virtio_console")
+MANIFEST_FORMAT = 2                  # what extract() keeps; part of a cache entry's name
 
 # linux-image-<series><sep><abi><suffix>: "6.1" ".0-" "50" "-cloud-amd64-unsigned", or
 # "6.12" "." "117" "+deb12-cloud-amd64-unsigned". Same prefix and suffix = same series and flavour.
@@ -202,7 +207,8 @@ def load_profile(kernel: str | None = None) -> KernelProfile:
 # ---- cache entries --------------------------------------------------------------------------
 
 def _entry(root: Path, package: str, version: str) -> Path:
-    return root / f"{package}_{version}"
+    # Named by what extract() keeps too: an entry of an older format stays valid for older code.
+    return root / f"{package}_{version}_f{MANIFEST_FORMAT}"
 
 
 def _load(root: Path, package: str, version: str, pin: KernelPin) -> KernelImage | None:
@@ -255,11 +261,18 @@ def extract(tree: Path, out: Path) -> str:
     (out / "modules").mkdir()
     for name in MODULES:
         (out / "modules" / f"{name}.ko").write_bytes(_module(mod_root, name))
+    for name in CHANNEL_MODULES:
+        if _module_files(mod_root, name):
+            (out / "modules" / f"{name}.ko").write_bytes(_module(mod_root, name))
     return release
 
 
+def _module_files(mod_root: Path, name: str) -> list[Path]:
+    return sorted(mod_root.rglob(f"{name}.ko")) + sorted(mod_root.rglob(f"{name}.ko.xz"))
+
+
 def _module(mod_root: Path, name: str) -> bytes:
-    found = sorted(mod_root.rglob(f"{name}.ko")) + sorted(mod_root.rglob(f"{name}.ko.xz"))
+    found = _module_files(mod_root, name)
     if not found:
         raise KernelError(f"module {name} not found under {mod_root}")
     data = found[0].read_bytes()

@@ -20,8 +20,9 @@ BZIMAGE = b"\0" * 0x202 + b"HdrS" + b"\0" * 100
 class FakeApt:
     """apt as a dict package -> versions (preferred first); downloads build a tiny real .deb."""
 
-    def __init__(self, packages: dict[str, list[str]], broken=()):
+    def __init__(self, packages: dict[str, list[str]], broken=(), channel_built_in=False):
         self.packages, self.broken, self.downloads = packages, set(broken), []
+        self.channel_built_in = channel_built_in
 
     def versions(self, package):
         return list(self.packages.get(package, []))
@@ -33,10 +34,12 @@ class FakeApt:
         self.downloads.append((package, version))
         if (package, version) in self.broken:
             raise KernelError(f"apt-get download {package}={version} failed: 404")
-        return fake_deb(directory, package, version)
+        return fake_deb(directory, package, version, channel_built_in=self.channel_built_in)
 
 
-def fake_deb(directory: Path, package: str, version: str, xz_modules=False) -> Path:
+def fake_deb(directory: Path, package: str, version: str, xz_modules=False, channel_built_in=False) -> Path:
+    """A kernel package: image, config, map, the link ops' modules and, unless its kernel has them
+    built in (6.12 cloud), the virtio-serial channel's modules (6.1 cloud)."""
     release = package.removeprefix("linux-image-").removesuffix("-unsigned")
     tree = directory / "pkg"
     (tree / "DEBIAN").mkdir(parents=True)
@@ -48,12 +51,15 @@ def fake_deb(directory: Path, package: str, version: str, xz_modules=False) -> P
     (tree / f"boot/System.map-{release}").write_text("ffffffff81000000 T _text\n")
     net = tree / f"lib/modules/{release}/kernel/drivers/net"
     net.mkdir(parents=True)
-    for name in kernels.MODULES:
+    virtio = tree / f"lib/modules/{release}/kernel/drivers/virtio"
+    virtio.mkdir()
+    for name in kernels.MODULES + (() if channel_built_in else kernels.CHANNEL_MODULES):
         module = b"\x7fELF" + name.encode()
+        where = net if name in kernels.MODULES else virtio
         if xz_modules:
-            (net / f"{name}.ko.xz").write_bytes(lzma.compress(module, format=lzma.FORMAT_XZ))
+            (where / f"{name}.ko.xz").write_bytes(lzma.compress(module, format=lzma.FORMAT_XZ))
         else:
-            (net / f"{name}.ko").write_bytes(module)
+            (where / f"{name}.ko").write_bytes(module)
     deb = directory / f"{package}_{version}_amd64.deb"
     subprocess.run(["dpkg-deb", "--build", "-Zgzip", str(tree), str(deb)], check=True, capture_output=True)
     return deb
@@ -102,8 +108,9 @@ def test_resolve_fetches_extracts_and_caches(tmp_path):
     assert image.vmlinuz.read_bytes() == BZIMAGE
     assert (image.modules_dir / "veth.ko").read_bytes() == b"\x7fELFveth"
     manifest = json.loads((image.directory / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"vmlinuz", "config", "System.map", "modules/dummy.ko", "modules/veth.ko"}
-    assert image.directory == tmp_path / "kernels" / f"{CLOUD_61.format(50)}_6.1.176-1"
+    channel = {f"modules/{name}.ko" for name in kernels.CHANNEL_MODULES}
+    assert set(manifest["files"]) == {"vmlinuz", "config", "System.map", "modules/dummy.ko", "modules/veth.ko"} | channel
+    assert image.directory == tmp_path / "kernels" / f"{CLOUD_61.format(50)}_6.1.176-1_f{kernels.MANIFEST_FORMAT}"
     # Cached: a second resolve asks apt nothing.
     assert resolve("6.1-cloud", apt=FakeApt({}), cache=tmp_path) == image
 
@@ -193,7 +200,7 @@ def test_initramfs_is_reproducible_and_complete(tmp_path):
     assert stat.S_ISLNK(by_name["bin/sh"]["mode"]) and by_name["bin/sh"]["body"] == b"busybox"
     assert by_name["dev/console"]["rdev"] == (5, 1) and stat.S_ISCHR(by_name["dev/console"]["mode"])
     init = by_name["init"]["body"].decode()
-    assert init.startswith("#!/bin/sh\n") and init.rstrip().endswith("exec /agent serve /dev/ttyS1")
+    assert init.startswith("#!/bin/sh\n") and init.rstrip().endswith("exec /agent serve /dev/vport0p1")
     for word in ("proc", "sysfs", "devtmpfs"):
         assert f"mount -t {word}" in init
 
@@ -266,3 +273,18 @@ def test_capture_profile_and_load_it_back(tmp_path, monkeypatch):
         assert loaded.tgid == profile["tgid"] and "self" not in loaded.root
     with pytest.raises(KernelError, match="profile_capture"):
         kernels.load_profile("6.12-cloud")
+
+
+def test_init_loads_the_channel_modules_first_unless_the_kernel_has_them_built_in(tmp_path):
+    agent, busybox = tmp_path / "agent", tmp_path / "busybox"
+    agent.write_bytes(b"\x7fELF agent")
+    busybox.write_bytes(b"\x7fELF busybox")
+    for built_in in (False, True):
+        apt = FakeApt({CLOUD_61.format(50): ["6.1.176-1"]}, channel_built_in=built_in)
+        image = resolve("6.1-cloud", apt=apt, cache=tmp_path / f"cache-{built_in}")
+        archive = initramfs.build_initramfs(agent, busybox, cache=tmp_path / f"image-{built_in}",
+                                            modules_dir=image.modules_dir)
+        init = {e["name"]: e for e in read_newc(gzip.decompress(archive.read_bytes()))}["init"]["body"].decode()
+        loaded = [line.rpartition("/")[2].removesuffix(".ko") for line in init.splitlines()
+                  if line.startswith("insmod ")]
+        assert loaded == ([] if built_in else list(kernels.CHANNEL_MODULES)) + list(kernels.MODULES)

@@ -2352,9 +2352,11 @@ static int open_device(const char *dev, struct link *l)
 		return 0;
 	}
 	int fd;
-	while ((fd = open(dev, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0) {
-		fprintf(stderr, "agent: %s: %s; retrying\n", dev, strerror(errno));
-		sleep(1);
+	/* A port's node may appear a moment after its driver's probe: poll briefly, say it once. */
+	for (int tries = 0; (fd = open(dev, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0; tries++) {
+		if (tries == 100)
+			fprintf(stderr, "agent: %s: %s; still retrying\n", dev, strerror(errno));
+		usleep(10000);
 	}
 	struct termios tio;
 	if (isatty(fd) && tcgetattr(fd, &tio) == 0) {
