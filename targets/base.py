@@ -18,6 +18,8 @@ class Target(Protocol):
 
     def run(self, program: Program) -> Trace: ...
 
+    def cpu_seconds(self) -> float: ...      # host CPU its guests used so far (0: none of its own)
+
     def restart(self) -> None: ...           # a fresh kernel: the leak oracle confirms a leak in one
 
     def close(self) -> None: ...

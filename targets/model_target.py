@@ -36,6 +36,9 @@ class ModelTarget:
                              extra={"traceback": traceback.format_exc()})
         return Trace(tuple(results), kernel="model")
 
+    def cpu_seconds(self) -> float:
+        return 0.0              # the model runs in the caller's process
+
     def restart(self) -> None:
         pass                    # every run starts from a fresh model anyway
 

@@ -113,6 +113,7 @@ class QemuTarget:
         self.boot_failures = 0              # failed boot attempts, retried or not
         self._console_seen = 0              # console offset up to which reports were looked for
         self.boot_seconds: list[float] = []
+        self._cpu_of_stopped = 0.0
 
     @property
     def label(self) -> str:
@@ -162,7 +163,12 @@ class QemuTarget:
     def close(self) -> None:
         if self.vm:
             self.vm.stop()
+            self._cpu_of_stopped += self.vm.cpu_seconds()
             self.vm = None
+
+    def cpu_seconds(self) -> float:
+        """Host CPU seconds of every guest this target ran, the running one included."""
+        return self._cpu_of_stopped + (self.vm.cpu_seconds() if self.vm else 0.0)
 
     def __enter__(self) -> "QemuTarget":
         if not self.vm:

@@ -150,6 +150,9 @@ class LeakyTarget:
         results = tuple(r.split(" | ")[0].rstrip("*") for r in expected.results)
         return Trace(results, kernel="fake=1", extra={"slab": {"pid_namespace": self.pid_namespaces, "dentry": 7}})
 
+    def cpu_seconds(self):
+        return 0.0
+
     def restart(self):
         self.restarts += 1
 

@@ -146,6 +146,9 @@ class ScriptedVm:
     def stop(self):
         self.stopped = True
 
+    def cpu_seconds(self):
+        return 0.0
+
 
 class ScriptedTarget(QemuTarget):
     def __init__(self, tmp_path):
@@ -153,6 +156,7 @@ class ScriptedTarget(QemuTarget):
         self.watchdog_base, self.watchdog_per_op = 0.5, 0.0
         self.image = type("Image", (), {"label": "test=1"})()
         self.zoo_bug, self._zoo_at_boot, self.modules = None, None, ()
+        self._cpu_of_stopped = 0.0
 
     def start(self):
         self.vm = ScriptedVm(self.tmp_path)

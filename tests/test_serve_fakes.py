@@ -46,6 +46,9 @@ class FakeKernel:
         # A kernel answers one way where the model allows several: the first, a prefix as itself.
         return dataclasses.replace(trace, results=tuple(alternatives(r)[0].removesuffix("*") for r in trace.results))
 
+    def cpu_seconds(self):
+        return 0.0
+
     def restart(self):
         pass
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -27,7 +28,7 @@ from fuzz.record import store
 from fuzz.record.finding import Finding
 from fuzz.record.known import KnownIssues
 from fuzz.record.programs import save_program
-from fuzz.record.summary import Stats
+from fuzz.record.summary import Breakdown, Stats
 
 from .startup import StartCorpus, StartSource, load_start
 
@@ -68,13 +69,16 @@ def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], N
     # seen_features starts with those of the corpus programs the start-up replay skips
     loop = _Loop(config, target, model or ModelTarget(config.profile), config.known.explainer(config.kernel_label),
                  source.seen_features)
+    clock = loop.clock
     last_report = time.monotonic()
     while not should_stop() and time.monotonic() < config.deadline:
         if config.max_programs is not None and loop.stats.programs >= config.max_programs:
             break
-        program = source.next()
+        with clock("generate"):
+            program = source.next()
         if loop.run(program):
-            save_program(config.corpus, program)
+            with clock("record"):
+                save_program(config.corpus, program)
             source.corpus.append(program)
         if time.monotonic() - last_report > 1.0:
             report(loop.snapshot())
@@ -93,34 +97,47 @@ class _Loop:
         self.leaks = LeakOracle()
         self.seen_features = seen_features
         self.stats = Stats()
+        self.clock = PhaseClock(self.stats.time)
 
     def run(self, program: Program) -> bool:
         """Returns whether the program reached new model behaviour (it joins the corpus)."""
         config, target, stats = self.config, self.target, self.stats
         # The leak oracle's baseline is the previous measured program; its re-runs measure too.
         target.measure_leaks = bool(config.leak_every) and stats.programs % config.leak_every == 0
-        expected = self.model.run(program)
-        actual = run_on_kernel(target, program) if expected.outcome == "ok" else expected
+        clock = self.clock
+        with clock("model"):
+            expected = self.model.run(program)
+        with clock("transport") as kernel_wall:
+            actual = run_on_kernel(target, program) if expected.outcome == "ok" else expected
+        clock.split_kernel(actual, kernel_wall(), target.measure_leaks)
         stats.programs += 1
         stats.ops += len(program)
         stats.guest_us += actual.guest_us
-        comparison = compare_all(program, expected, actual, self.explained)
+        with clock("compare"):
+            comparison = compare_all(program, expected, actual, self.explained)
         if comparison.primary is not None:
-            reruns = confirm(program, expected, comparison.primary, target, config.reruns, self.explained)
-            self._record(Finding(program, expected, actual, comparison.primary, config.kernel_label,
-                                 actual.extra.get("console", ""), reruns, comparison.others))
+            with clock("reruns"):
+                reruns = confirm(program, expected, comparison.primary, target, config.reruns, self.explained)
+            with clock("record"):
+                self._record(Finding(program, expected, actual, comparison.primary, config.kernel_label,
+                                     actual.extra.get("console", ""), reruns, comparison.others))
             self.leaks.reset()               # the re-runs (or a VM restart) moved the counts
             return False
-        if leak := self.leaks.check(actual.extra.get("slab"), lambda: target.run(program).extra.get("slab")):
-            divergence = Divergence.of_leak(leak)
-            if self.explained(program, expected, divergence):
-                divergence = replace(divergence, role=KNOWN)
-            shown = confirm_in_fresh_vm(program, leak, target)
-            self._record(Finding(program, expected, actual, divergence, config.kernel_label, "",
-                                 (shown, CONFIRM_ROUNDS)))
+        with clock("leak"):
+            leak = self.leaks.check(actual.extra.get("slab"), lambda: target.run(program).extra.get("slab"))
+            if leak:
+                divergence = Divergence.of_leak(leak)
+                if self.explained(program, expected, divergence):
+                    divergence = replace(divergence, role=KNOWN)
+                shown = confirm_in_fresh_vm(program, leak, target)
+        if leak:
+            with clock("record"):
+                self._record(Finding(program, expected, actual, divergence, config.kernel_label, "",
+                                     (shown, CONFIRM_ROUNDS)))
             self.leaks.reset()
             return False
-        fresh = features(program, expected) - self.seen_features
+        with clock("compare"):
+            fresh = features(program, expected) - self.seen_features
         self.seen_features |= fresh
         stats.features = len(self.seen_features)
         stats.corpus_added += bool(fresh)
@@ -130,6 +147,7 @@ class _Loop:
         """The counters, with the target's and the leak oracle's brought up to date."""
         self.stats.restarts, self.stats.host_faults = self.target.restarts, self.target.host_faults
         self.stats.leak_suspects = self.leaks.suspects
+        self.stats.time.qemu_cpu = self.target.cpu_seconds()
         return self.stats
 
     def _record(self, finding: Finding) -> None:
@@ -140,6 +158,37 @@ class _Loop:
             self.stats.unconfirmed += 1          # kept for triage, never counted as new
         else:
             self.stats.findings[finding.divergence.cls] += 1
+
+
+class PhaseClock:
+    """Wall and CPU seconds of the loop, per phase (fuzz/record/summary.py PHASES): what
+    `procfuzz bench throughput` prints, to see where a program's time goes."""
+
+    def __init__(self, breakdown: Breakdown):
+        self.breakdown = breakdown
+
+    @contextmanager
+    def __call__(self, phase: str):
+        wall, cpu = time.monotonic(), time.thread_time()
+        elapsed = [0.0]
+        try:
+            yield lambda: elapsed[0]         # the phase's wall seconds, once it has ended
+        finally:
+            elapsed[0] = time.monotonic() - wall
+            self.breakdown.wall[phase] += elapsed[0]
+            self.breakdown.cpu[phase] += time.thread_time() - cpu
+
+    def split_kernel(self, trace, wall: float, measured_leaks: bool) -> None:
+        """A kernel run was booked as transport: move the guest's own parts to theirs (the
+        agent's clocks), and the slab settling of a leak-measured run to leak."""
+        ops = trace.guest_us / 1e6
+        sandbox = max(trace.extra.get("total_us", 0) / 1e6 - ops, 0.0)
+        outside = max(wall - ops - sandbox, 0.0)
+        self.breakdown.wall["transport"] -= wall - (0.0 if measured_leaks else outside)
+        self.breakdown.wall["guest ops"] += ops
+        self.breakdown.wall["guest sandbox"] += sandbox
+        if measured_leaks:
+            self.breakdown.wall["leak"] += outside
 
 
 CONTROL = Program(())       # the empty program: only the agent's sandbox set-up and teardown

@@ -15,6 +15,35 @@ SUMMARY = "summary.json"
 MAX_JSON_BYTES = 1 << 20          # a summary larger than this is not ours
 
 
+# Where a worker's wall time goes, program by program (fuzz/campaign/worker.py): the guest's
+# three parts come from the agent's own clocks (trace extra: ops_us, total_us, wall_us).
+PHASES = ("generate", "model", "guest ops", "guest sandbox", "transport", "compare", "reruns",
+          "leak", "record")
+
+
+@dataclass
+class Breakdown:
+    wall: Counter = field(default_factory=Counter)       # phase -> wall seconds
+    cpu: Counter = field(default_factory=Counter)        # phase -> CPU seconds of the worker process
+    qemu_cpu: float = 0.0                                # CPU seconds of the worker's QEMU processes
+
+    def merge(self, other: "Breakdown"):
+        self.wall.update(other.wall)
+        self.cpu.update(other.cpu)
+        self.qemu_cpu += other.qemu_cpu
+
+    def to_json(self) -> dict:
+        return {"wall_seconds": {phase: round(self.wall[phase], 3) for phase in PHASES},
+                "cpu_seconds": {phase: round(self.cpu[phase], 3) for phase in PHASES},
+                "qemu_cpu_seconds": round(self.qemu_cpu, 3)}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "Breakdown":
+        return cls(Counter({str(k): float(v) for k, v in doc["wall_seconds"].items()}),
+                   Counter({str(k): float(v) for k, v in doc["cpu_seconds"].items()}),
+                   float(doc["qemu_cpu_seconds"]))
+
+
 @dataclass
 class Stats:
     programs: int = 0
@@ -30,6 +59,7 @@ class Stats:
     guest_us: int = 0
     errors: list = field(default_factory=list)              # worker-level failures (tool bugs)
     stopped: list = field(default_factory=list)             # workers that could not boot their kernel, with why
+    time: Breakdown = field(default_factory=Breakdown)
 
     def merge(self, other: "Stats"):
         self.programs += other.programs
@@ -45,6 +75,7 @@ class Stats:
         self.guest_us += other.guest_us
         self.errors += other.errors
         self.stopped += other.stopped
+        self.time.merge(other.time)
 
     def to_json(self) -> dict:
         return {"programs": self.programs, "ops": self.ops, "findings": dict(self.findings),
@@ -52,7 +83,7 @@ class Stats:
                 "leak_suspects": self.leak_suspects, "corpus_added": self.corpus_added,
                 "model_features": self.features, "vm_restarts": self.restarts,
                 "host_faults": self.host_faults, "guest_seconds": round(self.guest_us / 1e6, 3), "errors": self.errors,
-                "stopped_workers": self.stopped}
+                "stopped_workers": self.stopped, "breakdown": self.time.to_json()}
 
     @classmethod
     def from_json(cls, doc: dict) -> "Stats":
@@ -66,7 +97,8 @@ class Stats:
                    restarts=int(doc["vm_restarts"]), host_faults=int(doc.get("host_faults", 0)),
                    guest_us=round(float(doc["guest_seconds"]) * 1e6),
                    errors=[str(error) for error in _json_list(doc["errors"])],
-                   stopped=[str(why) for why in _json_list(doc.get("stopped_workers", []))])
+                   stopped=[str(why) for why in _json_list(doc.get("stopped_workers", []))],
+                   time=Breakdown.from_json(doc["breakdown"]) if "breakdown" in doc else Breakdown())
 
 
 def _json_list(value) -> list:
