@@ -49,6 +49,11 @@ def grown(baseline: dict[str, int], counts: dict[str, int]) -> list[str]:
     return sorted(c for c, n in counts.items() if c in baseline and n - baseline[c] > tolerance(c))
 
 
+def _growing_at_every_run(runs: list[dict[str, int]]) -> bool:
+    return any(all(b.get(cache, -1) > a.get(cache, -1) >= 0 for a, b in zip(runs, runs[1:]))
+               for cache in runs[0])
+
+
 def leaking(runs: list[dict[str, int]]) -> dict[str, list[int]]:
     """Of the counts after consecutive runs of one program, the caches that grew at every run,
     and by more than their tolerance from the first to the last: cache -> the counts.  Every
@@ -196,8 +201,10 @@ class LeakOracle:
                 self.baseline = None     # the VM may have restarted: counts start over
                 return None
             runs.append(again)
+            if not _growing_at_every_run(runs):
+                break                    # no cache can be leaking: the other re-runs would not change that
         self.baseline = runs[-1]
-        return Leak.of(leaking(runs))
+        return Leak.of(leaking(runs)) if len(runs) == 1 + self.reruns else None
 
     def reset(self) -> None:
         """Something else ran the program or restarted the VM: the next counts are the baseline."""
