@@ -5,7 +5,7 @@
 
 For each bug of the zoo (targets/zoo): fresh VMs with the bug injected (WorkerConfig.zoo_bug) and
 a normal campaign (run_campaign: the seed corpus corpus/seeds + corpus/regressions replayed
-first, then programs from the Hypothesis strategy and mutations), fixed seed, stopped at the
+first, then programs of the generator and mutations), fixed seed, stopped at the
 first new finding of one of the bug's classes.  A seed that catches a bug is weak evidence (it
 was written by hand, often for that very shape), so a second campaign per bug runs without the
 seed corpus: generated and mutated programs only (skip it with --seeded-only).  A finding of

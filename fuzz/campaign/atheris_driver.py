@@ -1,7 +1,8 @@
 """Coverage guidance with atheris over the instrumented reference model.
 
 libFuzzer mutates byte strings; Hypothesis decodes each one into a program through the same
-strategy the campaign uses (`fuzz_one_input`), and the model runs it.  The model's code is
+generator the campaign uses (fuzz/generate/strategy.py, its choices drawn by Hypothesis from
+the bytes with `fuzz_one_input`), and the model runs it.  The model's code is
 instrumented, so inputs that reach new model behaviour are what libFuzzer keeps: it writes them
 to a raw-input directory, and `grow_corpus` decodes those into program files of the corpus.
 
