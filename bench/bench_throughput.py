@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fuzz.errors import ToolError  # noqa: E402
 from fuzz.record.summary import PHASES, read_summary  # noqa: E402
 
 
@@ -41,9 +42,14 @@ def campaign(tree: Path, args, out: Path) -> dict:
         command += ["--kernel", args.kernel]
     # Its own tree first on the path: an installed procfuzz must not stand in for the revision.
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    subprocess.run(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                   check=False, timeout=3600)
-    return read_summary(out)
+    done = subprocess.run(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, check=False, timeout=3600)
+    summary = read_summary(out)
+    if summary.get("errors") or not summary.get("programs"):
+        # A campaign that failed measures nothing: say why rather than print a zero.
+        why = (summary.get("errors") or [done.stderr.strip()[-2000:]])[0]
+        raise ToolError(f"the campaign of {tree} ran no program or failed: {why}")
+    return summary
 
 
 def figures(summary: dict) -> dict:
