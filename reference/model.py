@@ -186,6 +186,7 @@ class Kernel:
         self.processes: list[Process] = []
         self.fd_rw: set[str] = set()               # fd handles opened O_RDWR
         self.sysctl_constants_known = True         # until a write the model does not follow
+        self.unhashed: set[Node] = set()           # held /proc/<pid>/net dentries a later walk invalidated
         init = self._fork(None, self.sandbox_ns, comm="p1", netns=NetNamespace.create(profile))
         self.seen_netns = {init.leader.netns}   # else its end goes unnoticed if p1 leaves it first
         self.sandbox_ns.child_reaper = init
@@ -580,10 +581,22 @@ class Kernel:
         if kind == "sysctl":
             return self.proc_sys_lookup(parent, name, reader)
         if kind == "pid_net":
+            self.proc_net_d_revalidate(parent.mount, path)
             return self.proc_tgid_net_lookup(parent, name)
         if kind == "snmp6":
+            self.proc_net_d_revalidate(parent.mount, path)
             return self.snmp6_lookup(parent, name)
         raise Unmodelled()
+
+    def proc_net_d_revalidate(self, mount: Mount, path: str):
+        """Entries below /proc/<pid>/net answer d_revalidate with 0 (fs/proc/generic.c
+        proc_net_d_revalidate, set by pde_force_lookup): a walk that meets the cached dentry of
+        one, which only a held fd or cwd keeps (always_delete_dentry), d_invalidate()s it
+        (fs/namei.c lookup_fast) and looks the name up afresh; the held one is unhashed from then
+        on, and d_path says " (deleted)"."""
+        for node in self._held_nodes():
+            if node.mount is mount and node.path == path:
+                self.unhashed.add(node)
 
     # -- /proc/<pid>/net (fs/proc/proc_net.c) --
 
@@ -925,6 +938,8 @@ class Kernel:
             return node.path
         if node is UNKNOWN or node.mount.state == "detached":
             raise Unmodelled()             # d_path of a lazily unmounted tree
+        if node in self.unhashed:
+            return node.path + " (deleted)"      # proc_net_d_revalidate: a later walk unhashed it
         if node.kind in ("pid_dir", "tid_dir") and node.task is None:
             # proc_flush_pid d_invalidate()d the base dentry: d_path reports it unlinked.
             return node.path + " (deleted)"

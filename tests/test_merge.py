@@ -16,7 +16,10 @@ from fuzz.scale.merge import merge
 from fuzz.campaign.shards import Shard
 from fuzz.record.programs import load_directory
 from test_engine import ZOMBIE, BuggyTarget
+from reference.state_check import with_state_check
 from test_model import PROFILE
+
+FOUND = with_state_check(ZOMBIE).id      # the finding's program: ZOMBIE run with its state check
 
 SEED = 7
 
@@ -95,7 +98,7 @@ def test_merge_is_the_union_with_summed_counters(tmp_path, shards):
     out = tmp_path / "merged"
     summary = merge(out, shards)
     assert finding_keys(out) == finding_keys(shards[0]) | finding_keys(shards[1])
-    assert ZOMBIE.id in {d.name for d in store.list_findings(out)}
+    assert FOUND in {d.name for d in store.list_findings(out)}
     corpus = {p.id for _, p in load_directory(out / "corpus")[0]}
     assert corpus == {p.id for s in shards for _, p in load_directory(s / "corpus")[0]}
     assert summary["corpus_programs"] == len(corpus) and summary["distinct_findings"] == len(finding_keys(out))
@@ -149,10 +152,10 @@ def test_same_program_on_two_kernels_keeps_both(tmp_path, seeds):
     out = tmp_path / "merged"
     merge(out, [old, new])
     merge(out, [new, old])
-    kernels = {store.load(d).kernel for d in store.list_findings(out) if d.name.startswith(ZOMBIE.id)}
+    kernels = {store.load(d).kernel for d in store.list_findings(out) if d.name.startswith(FOUND)}
     assert kernels == {"kernel-a=1", "kernel-b=2"}
-    assert sorted(d.name for d in store.list_findings(out) if d.name.startswith(ZOMBIE.id)) == \
-        [ZOMBIE.id, f"{ZOMBIE.id}@kernel-b=2"]
+    assert sorted(d.name for d in store.list_findings(out) if d.name.startswith(FOUND)) == \
+        [FOUND, f"{FOUND}@kernel-b=2"]
     assert json.loads((out / "summary.json").read_text())["kernels"] == ["kernel-a=1", "kernel-b=2"]
 
 

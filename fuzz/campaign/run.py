@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -41,6 +41,13 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
+def parse_state_check(text: str) -> int:
+    """`--state-check every|N|off`: check every Nth program (every: 1), or never (off: 0)."""
+    value = {"every": "1", "off": "0"}.get(text.strip(), text.strip())
+    if not value.isdigit():
+        raise ToolError(f"bad --state-check {text!r}: use every, off or a number N (every Nth program)")
+    return int(value)
+
 
 @dataclass
 class RunOptions:
@@ -59,6 +66,7 @@ class RunOptions:
     seed_dirs: tuple = SEED_DIRS
     replay: ReplayLimits = ReplayLimits()    # the working corpus replayed at start, at most
     distill: bool = True                     # distill the working corpus when the campaign ends
+    state_check: int = WorkerConfig.state_check   # the end-of-program state check every Nth program; 0: never
 
 
 @dataclass(frozen=True)
@@ -91,8 +99,7 @@ def run(options: RunOptions, on_update: Callable[[Stats], None], stop,
     working_corpus = Path(options.corpus) if options.corpus else out / "corpus"
     out.mkdir(parents=True, exist_ok=True)
     working_corpus.mkdir(parents=True, exist_ok=True)
-    kernel = KernelSpec(options.kernel.pin, options.kernel.zoo, options.kernel.modules,
-                        options.guest_cpus or guest_cpus_for(options.workers, os.cpu_count()))
+    kernel = replace(options.kernel, cpus=options.guest_cpus or guest_cpus_for(options.workers, os.cpu_count()))
     label = kernel.label
     profile = profile_for(kernel.pin)
     known = load_known_issues(options.known or KNOWN_ISSUES)
@@ -102,7 +109,7 @@ def run(options: RunOptions, on_update: Callable[[Stats], None], stop,
     deadline = started + options.budget
     configs = [WorkerConfig(stream, seed, profile, label, out, working_corpus, deadline, options.max_ops,
                             options.max_programs, known=known, seed_dirs=options.seed_dirs,
-                            leak_every=options.leak_every)
+                            leak_every=options.leak_every, state_check=options.state_check)
                for stream in shard.streams(options.workers)]
     outcome = follow_campaign(configs, kernel, on_update, stop, open_target, start, kill_now)
     elapsed = time.monotonic() - started

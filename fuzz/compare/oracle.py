@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from reference.program import OBSERVING_KINDS, Program
+from reference.state_check import split_state_check
 from reference.trace import Trace, alternatives, result_matches
 
 from .classes import FindingClass as C
@@ -24,6 +25,7 @@ from .leaks import Leak
 from .observe import OBJECT_REMOVALS, last_removal, observed
 
 GONE = ("ENOENT", "ESRCH", "dead")
+STATE_CHECK = "state check"      # the detail of a divergence of an op of the program's state check
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ class Divergence:
     def summary(self) -> str:
         if self.index is None:
             return f"{self.cls}: {self.detail}"
-        return f"{self.cls} at op {self.index} `{self.op}`: expected {self.expected}, got {self.actual}"
+        where = f"op {self.index} of the state check" if self.detail == STATE_CHECK else f"op {self.index}"
+        return f"{self.cls} at {where} `{self.op}`: expected {self.expected}, got {self.actual}"
 
 
 KNOWN, CONSEQUENCE = "known", "consequence"
@@ -97,12 +100,13 @@ def compare_all(program: Program, expected: Trace, actual: Trace,
         known = whole.cls in (C.CRASH, C.HANG) and explained(program, expected, whole)
         return Comparison((replace(whole, role=KNOWN) if known else whole,))
     found, taint = [], _Taint()
+    check_from = split_state_check(program)
     for index, (want, got) in enumerate(zip(expected.results, actual.results)):
         op = program.ops[index]
         if result_matches(want, got):
             continue
         divergence = Divergence(classify(program, index, want, got, expected.results), index, op.to_text(),
-                                want, got)
+                                want, got, STATE_CHECK if index >= check_from else "")
         if taint.reaches(op):
             found.append(replace(divergence, role=CONSEQUENCE))
         elif explained(program, expected, divergence):

@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from reference.program import HIDEPID_VALUES, LINK_KINDS, OP_SPECS, SUBSET_VALUES, Op, Program
+from reference.state_check import split_state_check
 from reference.trace import Trace
 from targets.initramfs import AGENT_SOURCE
 
@@ -255,6 +256,15 @@ def export_c(program: Program, expected: Trace, *, kernel: str, summary: str,
             + _agent_code(names) + program_table + PERFORM.format(cases="\n".join(cases)) + main)
 
 
+def _program_lines(program: Program) -> list[str]:
+    """The program's text, with the ops of its state check (reference/state_check.py) marked."""
+    lines = ["    " + op.to_text() for op in program.ops]
+    check = split_state_check(program)
+    if check < len(program):
+        lines.insert(check, "    # the state check: what the program touched, looked at again")
+    return lines
+
+
 def _header_comment(program: Program, kernel: str, summary: str, run_as_agent: bool, leak_runs: int) -> str:
     lines = [
         f"procfuzz reproducer for program {program.id} ({len(program)} ops).",
@@ -263,7 +273,7 @@ def _header_comment(program: Program, kernel: str, summary: str, run_as_agent: b
         f"Found on: {kernel}",
         "",
         "The program (procfuzz's text form; p1 is the init of a fresh pid namespace):",
-        *("    " + op.to_text() for op in program.ops),
+        *_program_lines(program),
         "",
         "Build: gcc -static -O2 -Wall -o repro repro.c",
         *(["Run as root: ./repro   It prints each op whose result differs from the reference model's,",

@@ -17,6 +17,11 @@ The search, repeated until nothing changes (the result is then 1-minimal for eve
 3. argument simplification, one op or one handle at a time: options back to their defaults,
    path components dropped, a handle replaced by an older one of the same kind (fewer handles,
    fewer mounts), and finally the handles renamed to be dense (p1 p2 p3 ..., m1 m2 ...).
+
+A program that ends with its state check (reference/state_check.py) is shrunk without it: every
+candidate runs with the check derived again from it, so a finding of a check op minimises to a
+program whose own check still shows it (such a divergence needs every op before the check: the
+divergent op is then not kept as such), and the result ends with its check.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from reference.program import OP_SPECS, Op, Program, ProgramError, make_op, substitute, validate
+from reference.state_check import split_state_check, with_state_check
 from reference.trace import Trace
 from targets.base import Target
 
@@ -53,14 +59,16 @@ class Minimized:
 class _Reproducer:
     """Answers "does this candidate reproduce?" with the kernel runs it costs, cached."""
 
-    def __init__(self, goal: Goal, run_kernel: Callable[[Program], Trace], model: Target, retries: int):
-        self.goal, self.model = goal, model
+    def __init__(self, goal: Goal, run_kernel: Callable[[Program], Trace], model: Target, retries: int,
+                 checked: bool = False):
+        self.goal, self.model, self.checked = goal, model, checked
         self.run_kernel = self._counted(run_kernel)
         self.retries = max(1, retries)
         self.keeps_last = goal.leak is None           # the divergent op; a leak has none
         self.verdicts: dict[str, int | None] = {}   # program id -> index of the last op needed
         self.kernel_runs = 0
         self.last_seen = ""                           # a signature seen instead, for messages
+        self.in_check = False                         # the last verdict came from a check op
 
     def _counted(self, run_kernel: Callable[[Program], Trace]) -> Callable[[Program], Trace]:
         def run(program: Program) -> Trace:
@@ -76,14 +84,17 @@ class _Reproducer:
             return None
         if program.id in self.verdicts:
             return self.verdicts[program.id]
-        expected = self.model.run(program)
+        run = with_state_check(program) if self.checked else program
+        expected = self.model.run(run)
         verdict = None
         if expected.outcome == "ok":
             for _ in range(self.retries):
-                verdict, seen = attempt(self.goal, program, expected, self.run_kernel)
+                verdict, seen = attempt(self.goal, run, expected, self.run_kernel)
                 if verdict is not None:
                     break
                 self.last_seen = seen or self.last_seen
+        self.in_check = verdict is not None and verdict >= len(ops)
+        verdict = min(verdict, len(ops) - 1) if verdict is not None else None
         self.verdicts[program.id] = verdict
         return verdict
 
@@ -92,12 +103,14 @@ def minimize(program: Program, goal: Goal, run_kernel: Callable[[Program], Trace
              retries: int = DEFAULT_RETRIES) -> Minimized:
     """Raises NotReproduced when `program` itself does not reproduce within `retries` runs."""
     started = time.monotonic()
-    tester = _Reproducer(goal, run_kernel, model, retries)
-    index = tester.divergent_index(program.ops)
+    base = split_state_check(program)
+    tester = _Reproducer(goal, run_kernel, model, retries, checked=base < len(program))
+    index = tester.divergent_index(program.ops[:base])
     if index is None:
         seen = f" (runs showed: {tester.last_seen})" if tester.last_seen else ""
         raise NotReproduced(f"the program does not reproduce `{goal.signature}` in {tester.retries} "
                             f"kernel run(s){seen}", tester.kernel_runs)
+    tester.keeps_last = tester.keeps_last and not tester.in_check
     ops, steps = program.ops[:index + 1], 0
     while True:
         reduced, taken = _ddmin(ops, tester)
@@ -106,7 +119,8 @@ def minimize(program: Program, goal: Goal, run_kernel: Callable[[Program], Trace
         if reduced == ops:
             break
         ops = reduced
-    return Minimized(Program(ops), tester.kernel_runs, time.monotonic() - started, steps)
+    result = with_state_check(Program(ops)) if tester.checked else Program(ops)
+    return Minimized(result, tester.kernel_runs, time.monotonic() - started, steps)
 
 
 # ---- ddmin over ops -----------------------------------------------------------------------------
