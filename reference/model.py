@@ -34,6 +34,14 @@ HIDEPID_NO_ACCESS, HIDEPID_INVISIBLE = 1, 2
 OPENABLE_PID_FILES = frozenset({"status", "stat", "statm", "comm", "cmdline"})
 # Per-pid files whose open pins the task's mm (proc_mem_open) and whose reads use that mm only.
 MM_PINNED_AT_OPEN = frozenset({"auxv", "environ", "mem"})
+# Per-pid files whose open pins the task's user namespace (proc_id_map_open,
+# proc_setgroups_open) and whose reads show that namespace only, also after the task is gone.
+# Programs never leave init_user_ns: its maps are the identity over every id
+# (kernel/user_namespace.c uid_m_show: "%10u %10u %10u\n"), and setgroups is allowed.
+INIT_USER_NS_FILES = {"uid_map": b"         0          0 4294967295\n",
+                      "gid_map": b"         0          0 4294967295\n",
+                      "projid_map": b"         0          0 4294967295\n",
+                      "setgroups": b"allow\n"}
 # ops after which a network namespace may have lost its last task
 NETNS_LEAVING_KINDS = frozenset({"exit", "exec", "unshare_net", "setns_net"})
 PATH_KINDS = frozenset({"lookup", "readdir", "readlink", "open", "chdir", "getdents"})
@@ -1153,6 +1161,8 @@ class Kernel:
             return read_result(b"")
         if node.kind != "pid_entry":
             raise Unmodelled()
+        if node.name in INIT_USER_NS_FILES:
+            return read_result(INIT_USER_NS_FILES[node.name])
         task = node.task
         if task is None and node.name in MM_PINNED_AT_OPEN:
             # auxv_read, environ_read, mem_rw read the mm that proc_mem_open pinned at open, not
