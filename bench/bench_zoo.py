@@ -1,6 +1,6 @@
 """Bug zoo: time and programs to the first finding of each injected bug, then a control campaign.
 
-    procfuzz bench zoo [--budget-per-bug 5m] [--control-budget B] [--kernel K] [--bugs a,b]
+    procfuzz bench zoo [--budget-per-bug 5m] [--control-budget B] [--kernel K] [--bugs a,b] [--kernel-coverage]
                        [--seed S] [--workers 1|2] [--seeded-only] [--json FILE] [--out DIR]
 
 For each bug of the zoo (targets/zoo): fresh VMs with the bug injected (WorkerConfig.zoo_bug) and
@@ -26,6 +26,7 @@ import json
 import multiprocessing
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -38,8 +39,10 @@ from corpus import KNOWN_ISSUES, SEED_DIRS  # noqa: E402
 from fuzz.campaign.parallel import run_campaign  # noqa: E402
 from fuzz.campaign.run import parse_duration  # noqa: E402
 from fuzz.campaign.worker import WorkerConfig  # noqa: E402
+from fuzz.compare.oracle import STATE_CHECK  # noqa: E402
 from fuzz.errors import ToolError  # noqa: E402
 from fuzz.execute.kernels import KernelSpec  # noqa: E402
+from targets.coverage import FEEDBACK  # noqa: E402
 from fuzz.record import store  # noqa: E402
 from fuzz.record.summary import Stats  # noqa: E402
 
@@ -120,13 +123,15 @@ def first_finding(out: Path, classes: tuple[str, ...]) -> Path | None:
 
 def run_pass(result: PassResult, *, kernel: str | None, label: str, profile, out: Path, budget: float,
              seed: int, workers: int, known, stop_all, expected: tuple[str, ...],
-             leak_every: int, origins: dict[str, str]) -> PassResult:
+             leak_every: int, origins: dict[str, str], state_check: int = WorkerConfig.state_check,
+             coverage: bool = False) -> PassResult:
     """One campaign into ``out``; stops early at the first new finding of an ``expected`` class."""
     corpus = out / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     configs = [WorkerConfig(i, seed, profile, label, out, corpus, started + budget, known=known,
-                            seed_dirs=SEED_DIRS if result.seeded else (), leak_every=leak_every)
+                            seed_dirs=SEED_DIRS if result.seeded else (), leak_every=leak_every,
+                            state_check=state_check)
                for i in range(workers)]
     stop = multiprocessing.get_context("spawn").Event()
 
@@ -142,7 +147,7 @@ def run_pass(result: PassResult, *, kernel: str | None, label: str, profile, out
         if result.detected or stats.errors or stop_all.is_set():
             stop.set()
 
-    stats = run_campaign(configs, KernelSpec(kernel, result.bug), on_update, stop)
+    stats = run_campaign(configs, KernelSpec(kernel, result.bug, coverage=FEEDBACK if coverage else None), on_update, stop)
     result.total_seconds = round(time.monotonic() - started, 1)
     result.total_programs = stats.programs
     result.findings = dict(stats.findings)
@@ -185,6 +190,99 @@ def render(results: list[PassResult], control: PassResult | None) -> None:
     Console(width=None if sys.stdout.isatty() else 150).print(table)
 
 
+# The state check's comparison (--state-check-compare): the bugs a stale or wrong dentry makes,
+# generated programs only, each bug with several seeds and with the check off and on.
+CHECK_BUGS = ("stale_pid", "stale_tid", "stale_sysctl", "sysctl_wrong_netns", "hidepid_wrong_mount")
+CHECK_SETTINGS = {"off": 0, "every": 1}
+FOUND_WITHIN = 60.0
+
+
+def compare_state_check(args, common: dict, bugs: list[str], budget: float, out: Path, stop_all) -> dict:
+    """Every (bug, seed, check setting) campaign not already in ``args.json`` (so a long
+    comparison can be resumed, or run one column at a time), then the table of both columns."""
+    path = Path(args.json) if args.json else None
+    previous = json.loads(path.read_text()) if path and path.is_file() else {}
+    runs = [r for r in previous.get("runs", []) if r["budget_s"] == budget]
+    done = {(r["bug"], r["seed"], r["check"]) for r in runs}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for bug in bugs:
+        for check in args.checks.split(","):
+            for seed in seeds:
+                if (bug, seed, check) in done or stop_all.is_set():
+                    continue
+                result = run_pass(PassResult(bug, False), out=out / bug / f"check-{check}-seed-{seed}",
+                                  budget=budget, expected=EXPECTED_CLASSES[bug], leak_every=args.leak_every,
+                                  state_check=CHECK_SETTINGS[check], **{**common, "seed": seed})
+                by_check = bool(result.finding) and store.load(Path(result.finding)).divergence.detail == STATE_CHECK
+                runs.append({"bug": bug, "seed": seed, "check": check, "budget_s": budget, "by_check": by_check,
+                             **asdict(result)})
+                print(f"{bug:20} check {check:5} seed {seed}: "
+                      + (f"found after {result.seconds} s" if result.detected else f"NOT found in {budget:.0f} s")
+                      + f", {result.total_programs} programs", flush=True)
+                if path:      # after each campaign: an interrupted comparison keeps what it measured
+                    atomic_write(path, json.dumps({**previous, "runs": runs}, indent=1, sort_keys=True))
+    return check_table(runs, bugs, args.checks.split(","), budget, common["label"], args.workers)
+
+
+def check_table(runs: list[dict], bugs: list[str], checks: list[str], budget: float, label: str,
+                workers: int) -> dict:
+    """bench/render.py's table: per bug and check setting, the median seconds to the first finding
+    (a campaign that found nothing counts as never), the campaigns that found it within 60 s and
+    the programs run a second; a last row counts the bugs whose median is within 60 s."""
+    medians = {(bug, check): _median([r for r in runs if r["bug"] == bug and r["check"] == check])
+               for bug in bugs for check in checks}
+    columns, rows = ["bug"], []
+    for check in checks:
+        columns += [f"check {check}: median s", f"check {check}: found in 60 s", f"check {check}: programs/s"]
+    for bug in bugs:
+        row = [bug]
+        for check in checks:
+            mine = [r for r in runs if r["bug"] == bug and r["check"] == check]
+            rate = sum(r["total_programs"] for r in mine) / max(sum(r["total_seconds"] for r in mine), 1e-9)
+            row += [_seconds(medians[bug, check], budget),
+                    f"{sum(r['detected'] and r['seconds'] <= FOUND_WITHIN for r in mine)} of {len(mine)}",
+                    round(rate, 1)]
+        rows.append(row)
+    rows.append(["bugs with a median within 60 s"] + [
+        cell for check in checks
+        for cell in (f"{sum(medians[bug, check] <= FOUND_WITHIN for bug in bugs)} of {len(bugs)}", None, None)])
+    # the slower half of the bugs, by their median without the check
+    slower = sorted(bugs, key=lambda bug: medians[bug, checks[0]])[len(bugs) // 2:]
+    halves = ", ".join(f"check {check} {_seconds(statistics.median(medians[bug, check] for bug in slower), budget)} s"
+                       for check in checks)
+    by_check = ", ".join(f"{bug} {n} of {sum(r['bug'] == bug and r['detected'] and r['check'] != 'off' for r in runs)}"
+                         for bug in bugs if (n := sum(r.get("by_check", False) for r in runs if r["bug"] == bug)))
+    return {
+        "title": "Bug zoo with and without the state check: generated programs only",
+        "command": f"procfuzz bench zoo --state-check-compare --budget-per-bug {budget:.0f}s "
+                   f"--workers {workers} --bugs {','.join(bugs)} --checks {','.join(checks)} --json FILE",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "kernel": label,
+        "machine": f"{os.cpu_count()} cores shared with other engineers' QEMU guests (load average "
+                   f"{os.getloadavg()[0]:.1f} at the end), QEMU TCG",
+        "columns": columns, "rows": rows, "runs": runs,
+        "notes": [f"Each cell: campaigns of one bug with seeds {sorted({r['seed'] for r in runs})}, no seed corpus "
+                  f"(generated and mutated programs only), {budget:.0f} s each, {workers} worker(s), stopped at the "
+                  "first new finding of the bug's class; seconds from the campaign's start, VM boot included; a "
+                  "campaign that found nothing counts as never. programs/s: all programs of the cell's campaigns "
+                  "over their time (boot included, so short campaigns show less).",
+                  "check every: the end-of-program state check (reference/state_check.py) after every program; "
+                  "check off: none.",
+                  f"The slower half of the bugs without the check ({', '.join(slower)}): the median of their "
+                  f"medians is {halves}.",
+                  f"First findings made by an op of the state check: {by_check or 'none'}; the others by a generated "
+                  "op (the check's ops also change which programs join the corpus)."],
+    }
+
+
+def _median(runs: list[dict]) -> float:
+    return statistics.median(r["seconds"] if r["detected"] else float("inf") for r in runs) if runs else float("inf")
+
+
+def _seconds(value: float, budget: float):
+    return round(value, 1) if value != float("inf") else f"> {budget:.0f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="procfuzz bench zoo", description=__doc__.splitlines()[0])
     parser.add_argument("--budget-per-bug", default="5m", help="budget of each campaign (e.g. 90s, 5m)")
@@ -199,7 +297,14 @@ def main(argv: list[str] | None = None) -> int:
                              "a leak of one object per program needs a gap of several programs)")
     parser.add_argument("--seeded-only", action="store_true",
                         help="skip the second campaign per bug without the seed corpus")
+    parser.add_argument("--kernel-coverage", action="store_true",
+                        help="the campaigns with kernel coverage feedback (run --kernel-coverage)")
     parser.add_argument("--no-control", action="store_true", help="skip the control campaign")
+    parser.add_argument("--state-check-compare", action="store_true",
+                        help="instead: generated programs only, each bug with every --seeds and --checks "
+                             "(default bugs: those of a stale or wrong dentry); resumes from --json FILE")
+    parser.add_argument("--seeds", default="1,2,3", help="with --state-check-compare: the seeds of each cell")
+    parser.add_argument("--checks", default="off,every", help="with --state-check-compare: off, every or both")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--out", default=None, help="findings of every campaign (default: a new temporary directory)")
     args = parser.parse_args(argv)
@@ -225,8 +330,19 @@ def main(argv: list[str] | None = None) -> int:
         stop_all.set()
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     common = dict(kernel=args.kernel, label=label, profile=profile, seed=args.seed, workers=args.workers,
-                  known=known, stop_all=stop_all, origins=origins)
+                  known=known, stop_all=stop_all, origins=origins, coverage=args.kernel_coverage)
     started = datetime.datetime.now(datetime.timezone.utc)
+    if args.state_check_compare:
+        bugs = bugs if args.bugs != parser.get_default("bugs") else list(CHECK_BUGS)
+        try:
+            report = compare_state_check(args, common, bugs, budget, out, stop_all)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if args.json:
+            atomic_write(Path(args.json), json.dumps(report, indent=1, sort_keys=True))
+        print(json.dumps({"columns": report["columns"], "rows": report["rows"]}, indent=1))
+        return 0
     print(f"bench zoo on {label}: {len(bugs)} bug(s), {budget:.0f} s per campaign, seed {args.seed}, "
           f"{args.workers} worker(s), findings under {out}", flush=True)
     results: list[PassResult] = []
@@ -259,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         "kernel": label, "seed": args.seed, "workers": args.workers, "budget_per_bug_s": budget,
         "control_budget_s": control_budget, "started": started.isoformat(timespec="seconds"),
         "host": {"cpus": os.cpu_count(), "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "leak_every": args.leak_every, "expected_classes": {b: EXPECTED_CLASSES[b] for b in bugs},
+        "leak_every": args.leak_every, "kernel_coverage": args.kernel_coverage,
+        "expected_classes": {b: EXPECTED_CLASSES[b] for b in bugs},
         "bugs": [asdict(r) for r in results], "control": asdict(control) if control else None,
         "out": str(out), "done": done, "interrupted": stop_all.is_set(),
     }

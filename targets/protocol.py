@@ -134,13 +134,18 @@ def parse_slab(line: str) -> dict[str, int]:
     words = line.split(" ")
     if words[0] != "S" or len(words) - 1 > MAX_SLAB_ENTRIES:
         raise ProtocolError(f"bad slab line {line[:100]!r}")
-    counts: dict[str, int] = {}
-    for word in words[1:]:
+    return _name_values(words[1:], SLAB_NAME, "slab")
+
+
+def _name_values(words: list[str], name_re: re.Pattern, what: str) -> dict[str, int]:
+    """``name=n`` words, each name once, decimal values of at most 18 digits."""
+    values: dict[str, int] = {}
+    for word in words:
         name, eq, value = word.partition("=")
-        if not eq or not SLAB_NAME.fullmatch(name) or not SLAB_VALUE.fullmatch(value) or name in counts:
-            raise ProtocolError(f"bad slab entry {word[:100]!r}")
-        counts[name] = int(value)
-    return counts
+        if not eq or not name_re.fullmatch(name) or not SLAB_VALUE.fullmatch(value) or name in values:
+            raise ProtocolError(f"bad {what} entry {word[:100]!r}")
+        values[name] = int(value)
+    return values
 
 
 def parse_results(payload: bytes, n_ops: int) -> tuple[int, int, tuple[str, ...], dict[str, int]]:
@@ -161,3 +166,28 @@ def parse_results(payload: bytes, n_ops: int) -> tuple[int, int, tuple[str, ...]
         if not line or not line.isprintable():
             raise ProtocolError(f"bad result line {line[:100]!r}")
     return int(head[1]), int(head[2]), results, slab
+
+
+# ---- kernel coverage (targets/coverage): the "K" line ending an R payload when the probe is on --
+
+KCOV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,80}(?:\.[a-z]+\.[0-9]+){0,3}")
+MAX_KCOV_ENTRIES = 2048
+MAX_KCOV_LINE = 64 * 1024
+
+
+def split_kcov(payload: bytes) -> tuple[bytes, bytes]:
+    """An R payload of a coverage-enabled agent -> (the payload without its last line, that line)."""
+    body, newline, last = payload.rstrip(b"\n").rpartition(b"\n")
+    if not newline:
+        raise ProtocolError("no coverage line after the results")
+    return body + b"\n", last
+
+
+def parse_kcov(line: bytes) -> dict[str, int]:
+    """``K name=hits ...`` (at most 2048 distinct functions, possibly none) -> {name: hits}."""
+    if len(line) > MAX_KCOV_LINE:
+        raise ProtocolError(f"coverage line of {len(line)} bytes")
+    words = text(line, "coverage line").split(" ")
+    if words[0] != "K" or len(words) - 1 > MAX_KCOV_ENTRIES:
+        raise ProtocolError(f"bad coverage line {line[:100]!r}")
+    return _name_values(words[1:], KCOV_NAME, "coverage")

@@ -26,7 +26,8 @@ from reference.trace import Trace
 from targets.console import find_report
 from targets.initramfs import AGENT_SOURCE, guest_image
 from targets.kernels import KernelImage, resolve
-from targets.protocol import ChannelClosed, ChannelTimeout, ProtocolError, parse_hello, parse_results, text
+from targets.protocol import (ChannelClosed, ChannelTimeout, ProtocolError, parse_hello, parse_kcov,
+                              parse_results, split_kcov, text)
 from targets.vm import Vm, VmError, choose_accel, exit_text
 
 BOOT_TIMEOUT = 120.0        # TCG boots in ~5 s; generous for a loaded 2-core machine
@@ -37,6 +38,8 @@ EXIT_GRACE = 10.0           # after the channel closes, time for QEMU to finish 
 
 
 ZOO_MODULE = "/lib/modules/zoo.ko"
+KCOV_MODULE = "/lib/modules/procfuzz_kcov.ko"
+KCOV_LOAD_TIMEOUT = 60.0
 EXTRA_MODULES = "lib/modules/extra"
 
 
@@ -81,15 +84,20 @@ class FileRun:
 
 class QemuTarget:
     measure_leaks = False       # send L frames: slab counts after each program (leak oracle)
+    coverage: str | None = None         # the coverage probe's parameters when loaded (see __init__)
+    coverage_missing: tuple[str, ...] = ()   # listed functions the probe did not find
 
     def __init__(self, kernel: str | KernelImage | None = None, *, accel: str | None = None,
                  watchdog_base: float = WATCHDOG_BASE, watchdog_per_op: float = WATCHDOG_PER_OP,
                  agent_source=AGENT_SOURCE, zoo: str | bool | None = None,
                  modules: Sequence[ModuleSpec] = (), files: Mapping[str, bytes] | None = None,
-                 cpus: int = 2, boot_attempts: int = BOOT_ATTEMPTS):
+                 cpus: int = 2, boot_attempts: int = BOOT_ATTEMPTS, coverage: bool | str = False):
         """zoo: a bug-zoo bug name to inject after every boot, or True to only carry the zoo's
         module (targets/zoo) for load_zoo(); modules: loaded after every boot, in order; files:
-        guest path -> contents, executables for run_file()."""
+        guest path -> contents, executables for run_file(); coverage: load the kernel coverage
+        probe (targets/coverage) after every boot and put each program's function hit counts
+        in trace.extra["kcov"] (True, or the probe module's parameters, e.g. "mode=kprobe settle=0":
+        targets/coverage/procfuzz_kcov.c)."""
         self.image = kernel if isinstance(kernel, KernelImage) else resolve(kernel)
         image_files = dict(files or {})
         if zoo:
@@ -99,6 +107,13 @@ class QemuTarget:
         if len(set(names)) != len(names):
             raise ValueError(f"two modules with the same file name: {names}")
         image_files.update({spec.guest_path.lstrip("/"): spec.path.read_bytes() for spec in modules})
+        self.coverage = "" if coverage is True else coverage or None
+        if self.coverage and not re.fullmatch(r"[a-z_]{1,20}=[a-z0-9]{1,20}( [a-z_]{1,20}=[a-z0-9]{1,20}){0,3}",
+                                              self.coverage):
+            raise ValueError(f"coverage probe parameters {coverage!r}: name=value words")
+        if self.coverage is not None:
+            from targets.coverage.build import build_probe
+            image_files[KCOV_MODULE.lstrip("/")] = build_probe(self.image).read_bytes()
         self.modules = tuple(modules)
         self.cpus = cpus                    # guest vCPUs: TCG runs one host thread per vCPU
         self.zoo_bug: str | None = None     # injected bug, injected again after every restart
@@ -142,7 +157,24 @@ class QemuTarget:
                 self.close()
                 raise ModuleLoadError(f"loading {name} into {self.label}: {frame.payload[:200].decode('ascii', 'replace')}")
         self.zoo_bug = bug
+        if self.coverage is not None:
+            self._enable_coverage(vm)
         self._console_seen = vm.console_size()
+
+    def _enable_coverage(self, vm: Vm) -> None:
+        """Loads the probe (kprobe mode arms each probe on its own: seconds under TCG), then
+        `C kcov`: the agent opens its counters; from now on every R payload ends with the
+        program's "K" line."""
+        vm.channel.send("C", f"load {KCOV_MODULE} {self.coverage}".strip().encode())
+        frame = vm.channel.recv(time.monotonic() + KCOV_LOAD_TIMEOUT)
+        if frame.kind == "R" and frame.payload == b"ok":
+            vm.channel.send("C", b"kcov")
+            frame = vm.channel.recv(time.monotonic() + self.watchdog_base)
+        words = frame.payload.decode("ascii", "replace").split("\n")
+        if frame.kind != "R" or words[0] != "ok":
+            self.close()
+            raise ModuleLoadError(f"coverage probe on {self.label}: {frame.payload[:200].decode('ascii', 'replace')}")
+        self.coverage_missing = tuple(word for word in words[1:] if word)
 
     def _boot(self) -> Vm:
         """A booted Vm. A failed boot is tried again (the host may have been short of memory or
@@ -272,9 +304,13 @@ class QemuTarget:
             parse_hello(frame.payload)
             return Trace((), kernel=self.label)
         if kind in ("P", "L") and frame.kind == "R":
-            ops_us, total_us, results, slab = parse_results(frame.payload, n_ops)
-            return Trace(results, kernel=self.label, guest_us=ops_us,
-                         extra={"total_us": total_us, "wall_us": int(seconds * 1e6), "slab": slab})
+            payload, coverage = (split_kcov(frame.payload) if self.coverage is not None
+                                 else (frame.payload, None))
+            ops_us, total_us, results, slab = parse_results(payload, n_ops)
+            extra = {"total_us": total_us, "wall_us": int(seconds * 1e6), "slab": slab}
+            if coverage is not None:
+                extra["kcov"] = parse_kcov(coverage)
+            return Trace(results, kernel=self.label, guest_us=ops_us, extra=extra)
         if kind == "C" and frame.kind == "R":      # load: "ok" or an errno name; run: status + output
             return Trace((frame.payload.decode("utf-8", "replace"),), kernel=self.label)
         raise ProtocolError(f"unexpected {frame.kind!r} frame in reply to {kind!r}")

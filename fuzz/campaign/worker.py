@@ -16,6 +16,7 @@ from typing import Callable
 
 from reference.profile import KernelProfile
 from reference.program import Program
+from reference.state_check import with_state_check
 from targets.base import Target
 from targets.model_target import ModelTarget
 
@@ -23,7 +24,7 @@ from fuzz.compare.classes import TOOL_CLASSES
 from fuzz.compare.leaks import CONFIRM_ROUNDS, LeakOracle, confirm_leak
 from fuzz.compare.oracle import KNOWN, Divergence, Explained, compare_all
 from fuzz.execute.kernels import run_on_kernel
-from fuzz.generate.coverage import features
+from fuzz.generate.coverage import features, kernel_features
 from fuzz.record import store
 from fuzz.record.finding import Finding
 from fuzz.record.known import KnownIssues
@@ -48,6 +49,7 @@ class WorkerConfig:
     reruns: int = 1                 # re-runs of a divergent program, to tell flaky from reliable
     seed_dirs: tuple = ()           # read-only program directories replayed first (corpus/seeds)
     leak_every: int = 10            # slab counts (L frames, ~3x the cost) for every Nth program; 0: never
+    state_check: int = 1            # the end-of-program state check (reference/state_check.py) for every Nth program; 0: never
 
 
 def starting_programs(config: WorkerConfig) -> StartCorpus:
@@ -102,6 +104,8 @@ class _Loop:
     def run(self, program: Program) -> bool:
         """Returns whether the program reached new model behaviour (it joins the corpus)."""
         config, target, stats = self.config, self.target, self.stats
+        if config.state_check and stats.programs % config.state_check == 0:
+            program = with_state_check(program)
         # The leak oracle's baseline is the previous measured program; its re-runs measure too.
         target.measure_leaks = bool(config.leak_every) and stats.programs % config.leak_every == 0
         clock = self.clock
@@ -138,6 +142,7 @@ class _Loop:
             return False
         with clock("compare"):
             fresh = features(program, expected) - self.seen_features
+            fresh |= kernel_features(actual) - self.seen_features     # none unless run --kernel-coverage
         self.seen_features |= fresh
         stats.features = len(self.seen_features)
         stats.corpus_added += bool(fresh)

@@ -16,6 +16,7 @@ from fuzz.execute.kernels import TargetOpener, model_for, open_qemu
 from fuzz.triage.minimize import DEFAULT_RETRIES
 
 from . import commands as c
+from . import kcov
 
 
 def main(argv: list[str] | None = None, *, open_target: TargetOpener = open_qemu,
@@ -65,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="procfuzz", description=__doc__.splitlines()[0])
     commands = _Commands(parser.add_subparsers())
     for add in (_case_commands, _run_command, _output_commands, _tool_commands, _follow_up_commands,
-                _service_commands):
+                _service_commands, _coverage_command):
         add(commands)
     return parser
 
@@ -107,6 +108,9 @@ def _run_command(t: _Commands) -> None:
     p.add_argument("--leak-every", type=int, default=10,
                    help="measure slab counts after every Nth program for the leak oracle (0: never)")
     p.add_argument("--known", default=None, help="known-issues file (default corpus/known-issues.toml)")
+    p.add_argument("--state-check", default="every", metavar="every|N|off",
+                   help="after the program, look again at everything it touched (docs/oracle.md): after "
+                        "every program (default), every Nth, or never")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run shard I of N (0-based: I is 0..N-1) of a campaign: its own random streams, "
                         "output in OUT/shard-I-of-N/; give every shard the same --seed and --workers")
@@ -117,6 +121,9 @@ def _run_command(t: _Commands) -> None:
                    help="stop replaying the working corpus S seconds after the first program")
     p.add_argument("--no-distill", action="store_true",
                    help="keep every program of the working corpus (default: distill it when the campaign ends)")
+    p.add_argument("--kernel-coverage", action="store_true",
+                   help="load the kernel coverage probe: a program that reaches new kernel proc code "
+                        "(a function, or a new hit-count class of one) joins the corpus too")
     p.add_argument("--max-programs", type=int, default=None,
                    help="stop each worker after this many programs (with --seed: a reproducible campaign)")
     p.add_argument("--runtime", choices=("local", "docker", "kubernetes"), default="local",
@@ -206,3 +213,14 @@ def _service_commands(t: _Commands) -> None:
     p.add_argument("url", help="the service, e.g. http://fuzz.example:8080")
     p.add_argument("dir", help="a run output or any directory holding findings/ directories")
     p.add_argument("--token-file", default=None, help="file holding the service's write token")
+
+
+def _coverage_command(t: _Commands) -> None:
+    p = t.command("coverage", kcov.cmd_coverage, "run a corpus on a kernel with the coverage probe: the "
+                  "probed proc/sysctl functions it reaches, per file and function, and those it never does")
+    p.add_argument("corpus", nargs="?", default=None, metavar="CORPUS_DIR",
+                   help="programs to run (default: corpus/seeds and corpus/regressions)")
+    t.kernel_option(p)
+    p.add_argument("--report", default=None,
+                   help="where kcov-<kernel>.html and .json go (default: report/ next to CORPUS_DIR, "
+                        "i.e. a run's triage report directory)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import corpus
@@ -33,9 +34,11 @@ def _load_case(path: str) -> tuple[Program, Path | None]:
 
 
 def _spec(args) -> KernelSpec:
-    """The kernel of --kernel, --zoo and --load-module."""
-    return KernelSpec.from_options(getattr(args, "kernel", None), getattr(args, "zoo", None),
+    """The kernel of --kernel, --zoo, --load-module and --kernel-coverage."""
+    spec = KernelSpec.from_options(getattr(args, "kernel", None), getattr(args, "zoo", None),
                                    getattr(args, "load_module", None) or ())
+    from targets.coverage import FEEDBACK
+    return replace(spec, coverage=FEEDBACK if getattr(args, "kernel_coverage", False) else None)
 
 
 def _known(args):
@@ -145,7 +148,7 @@ def cmd_replay(args) -> int:
 # ---- campaigns -----------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from fuzz.campaign.run import RunOptions, new_stop_event, run, stop_on_signals
+    from fuzz.campaign.run import RunOptions, new_stop_event, parse_state_check, run, stop_on_signals
     from fuzz.campaign.startup import ReplayLimits
     from fuzz.campaign.status import StatusDisplay
     from fuzz.record.programs import is_disk_full
@@ -158,7 +161,7 @@ def cmd_run(args) -> int:
                              args.max_ops, args.max_programs, args.leak_every,
                              Path(args.known) if args.known else None, args.guest_cpus,
                              replay=ReplayLimits(args.replay_programs, args.replay_seconds),
-                             distill=not args.no_distill)
+                             distill=not args.no_distill, state_check=parse_state_check(args.state_check))
         try:
             with StatusDisplay(options.kernel.label, args.workers, options.budget) as display:
                 result = run(options, display.update, stop, args.open_target, lambda: signals.kill)
@@ -199,7 +202,8 @@ def _run_on_runtime(args) -> int:
     if args.workers < 1:
         raise ToolError("--workers must be at least 1")
     seed = args.seed if args.seed is not None else int(time.time())
-    extra = ("--max-ops", str(args.max_ops), "--leak-every", str(args.leak_every))
+    extra = ("--max-ops", str(args.max_ops), "--leak-every", str(args.leak_every), "--state-check", args.state_check) \
+        + (("--kernel-coverage",) if args.kernel_coverage else ())     # the image has the probe prebuilt
     jobs = [Job(shard, seed, int(parse_duration(args.budget)), args.kernel, 1, args.max_programs, extra)
             for shard in WHOLE.split(args.workers)]
     options = {"image": args.image, "namespace": args.namespace, "claim": args.claim}

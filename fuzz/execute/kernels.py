@@ -23,11 +23,13 @@ from fuzz.errors import ToolError
 @dataclass(frozen=True)
 class KernelSpec:
     """What to boot: a kernel pin name (None: the default pin), an injected zoo bug, modules
-    (targets.qemu.ModuleSpec) loaded after every boot, and the guest's vCPUs."""
+    (targets.qemu.ModuleSpec) loaded after every boot, and the guest's vCPUs; coverage: with
+    the kernel coverage probe (traces carry extra["kcov"]; it observes only: same label)."""
     pin: str | None = None
     zoo: str | None = None
     modules: tuple = ()
     cpus: int = 2
+    coverage: str | None = None     # the probe's parameters (targets.coverage FEEDBACK, EXACT); None: off
 
     @classmethod
     def from_options(cls, pin: str | None, zoo: str | None = None, module_texts=(), cpus: int = 2) -> "KernelSpec":
@@ -61,11 +63,12 @@ def open_qemu(spec: KernelSpec) -> Iterator[Target]:
     from targets.kernels import KernelError
     from targets.qemu import ModuleLoadError, QemuTarget
     from targets.vm import VmError
+    from targets.coverage.lists import ListError
     from targets.zoo.build import ZooBuildError
     try:
-        target = QemuTarget(spec.pin, zoo=spec.zoo, modules=spec.modules, cpus=spec.cpus)
+        target = QemuTarget(spec.pin, zoo=spec.zoo, modules=spec.modules, cpus=spec.cpus, coverage=spec.coverage)
         target.start()
-    except (KernelError, ModuleLoadError, ZooBuildError, VmError, ValueError) as err:
+    except (KernelError, ListError, ModuleLoadError, ZooBuildError, VmError, ValueError) as err:
         raise ToolError(str(err)) from None
     try:
         yield target

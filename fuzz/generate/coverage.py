@@ -38,3 +38,25 @@ def features(program: Program, trace: Trace) -> set[tuple]:
         found.add(("after", previous, op.kind, result_shape(result)))
         previous = op.kind
     return found
+
+
+# ---- kernel coverage (targets/coverage): what the kernel's proc code ran ---------------------
+
+# AFL's hit-count classes: a function called 1, 2, 3, 4-7, 8-15, 16-31, 32-127 or 128+ times.
+_BUCKETS = (1, 2, 3, 4, 8, 16, 32, 128)
+
+
+def hit_bucket(hits: int) -> int:
+    """The lower bound of the AFL class of a (positive) hit count."""
+    return max(bound for bound in _BUCKETS if bound <= hits)
+
+
+def kernel_features(trace: Trace) -> set[tuple]:
+    """("kernel", function) for every probed function the program reached, and ("kernel",
+    function, class of its hit count); none from a trace without coverage (probe off)."""
+    found = set()
+    for name, hits in trace.extra.get("kcov", {}).items():
+        if hits > 0:
+            found.add(("kernel", name))
+            found.add(("kernel", name, hit_bucket(hits)))
+    return found

@@ -2149,6 +2149,57 @@ static void slab_counts(struct text *out)
 	text_str(out, "\n");
 }
 
+/* ---- kernel coverage (targets/coverage): the probe module's counters, reset before a
+ * program and read after its teardown; the R payload then ends with a line "K name=hits ...".
+ * Only after `C kcov` (the host loaded the probe): without it nothing changes. */
+enum { KCOV_CAP = 64 * 1024 };
+#define KCOV_DIR "/sys/kernel/debug/procfuzz_kcov"
+static int kcov_fd = -1;
+
+/* `kcov`: mounts debugfs, opens the counters; answers "ok" then the names the probe could not
+ * resolve on this kernel, one a line, or the errno name. */
+static void kcov_enable(struct link *l)
+{
+	static char reply[KCOV_CAP];
+	mkdir("/sys/kernel/debug", 0755);
+	if (mount("debugfs", "/sys/kernel/debug", "debugfs", 0, NULL) < 0 && errno != EBUSY) {
+		put_errno(reply, errno);
+		send_frame(l, 'R', reply, strlen(reply));
+		return;
+	}
+	if (kcov_fd < 0)
+		kcov_fd = open(KCOV_DIR "/counts", O_RDWR | O_CLOEXEC);
+	if (kcov_fd < 0) {
+		put_errno(reply, errno);
+		send_frame(l, 'R', reply, strlen(reply));
+		return;
+	}
+	memcpy(reply, "ok\n", 3);
+	ssize_t n = read_file(KCOV_DIR "/missing", reply + 3, sizeof reply - 3);
+	send_frame(l, 'R', reply, 3 + (n > 0 ? (size_t)n : 0));
+}
+
+static void kcov_reset(void)
+{
+	if (kcov_fd >= 0 && pwrite(kcov_fd, "0", 1, 0) < 0)
+		fprintf(stderr, "agent: kcov reset: %s\n", strerror(errno));
+}
+
+/* The "K ..." line into out (at most KCOV_CAP bytes), or nothing when coverage is off. */
+static void kcov_line(struct text *out)
+{
+	static char counts[KCOV_CAP - 8];   /* "K ", newline */
+	if (kcov_fd < 0)
+		return;
+	ssize_t n = pread(kcov_fd, counts, sizeof counts, 0);
+	text_str(out, "K");
+	if (n > 0) {
+		text_str(out, " ");
+		text_add(out, counts, (size_t)n);
+	}
+	text_str(out, "\n");
+}
+
 /* The results buffer is static: the controller runs one program at a time. */
 static void run_program(struct link *l, const char *text, size_t len, int measure_slab)
 {
@@ -2160,6 +2211,7 @@ static void run_program(struct link *l, const char *text, size_t len, int measur
 		send_error(l, "program: %s", e.msg);
 		return;
 	}
+	kcov_reset();
 	long long t0 = now_ns();
 	if (start_sandbox(&sb, result) < 0) {
 		teardown(&sb);
@@ -2168,7 +2220,7 @@ static void run_program(struct link *l, const char *text, size_t len, int measur
 	}
 	struct text out = { payload, 0, sizeof payload, 0 };
 	char *lines = payload + 2048 + 64;     /* room for the T and S lines, written last */
-	struct text ops = { lines, 0, sizeof payload - 2048 - 64, 0 };
+	struct text ops = { lines, 0, sizeof payload - 2048 - 64 - KCOV_CAP, 0 };
 	long long t1 = now_ns();
 	for (int i = 0; i < prog.nops; i++) {
 		run_op(&sb, &prog.ops[i], result);
@@ -2182,6 +2234,9 @@ static void run_program(struct link *l, const char *text, size_t len, int measur
 		send_error(l, "teardown: sandbox init %d did not die within 10 s", sb.init);
 		return;
 	}
+	static char kcov_text[KCOV_CAP];
+	struct text kcov = { kcov_text, 0, sizeof kcov_text, 0 };
+	kcov_line(&kcov);       /* waits for the namespaces' teardown: counted in total_us */
 	long long t3 = now_ns();
 	static char slab_line[2048];
 	struct text slab = { slab_line, 0, sizeof slab_line, 0 };
@@ -2192,7 +2247,8 @@ static void run_program(struct link *l, const char *text, size_t len, int measur
 	text_printf(&out, "T %lld %lld\n", elapsed_us(t1, t2), elapsed_us(t0, t3));
 	text_str(&out, slab_line);
 	memmove(payload + out.len, lines, ops.len);
-	send_frame(l, 'R', payload, out.len + ops.len);
+	memcpy(payload + out.len + ops.len, kcov_text, kcov.len);
+	send_frame(l, 'R', payload, out.len + ops.len + kcov.len);
 }
 
 /* Files of the guest image the host may name: modules and executables it put there. */
@@ -2328,6 +2384,10 @@ static void control(struct link *l, const char *what, size_t len)
 	}
 	if (len > 4 && memcmp(what, "run ", 4) == 0) {
 		run_file(l, what + 4, len - 4);
+		return;
+	}
+	if (len == 4 && memcmp(what, "kcov", 4) == 0) {
+		kcov_enable(l);
 		return;
 	}
 	send_error(l, "unknown control '%.*s'", (int)(len > 32 ? 32 : len), what);

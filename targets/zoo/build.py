@@ -81,9 +81,12 @@ def fetch_headers(image: KernelImage, cache: Path | None = None) -> Path:
     return tree
 
 
-def source_key() -> str:
+def source_key(files: dict[str, bytes] | None = None) -> str:
     compiler = _run(["gcc", "--version"]).splitlines()[0]
-    parts = [compiler, " ".join(MAKE_VARS)] + [(ZOO_DIR / name).read_text() for name in SOURCES]
+    if files is None:
+        parts = [compiler, " ".join(MAKE_VARS)] + [(ZOO_DIR / name).read_text() for name in SOURCES]
+    else:
+        parts = [compiler, " ".join(MAKE_VARS)] + [f"{name}\0{data.decode()}" for name, data in sorted(files.items())]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
@@ -91,21 +94,29 @@ def build_zoo(image: KernelImage | str | None = None, cache: Path | None = None)
     """zoo.ko for the kernel (a KernelImage or a pin name); built on first use, then cached."""
     image = image if isinstance(image, KernelImage) else resolve(image)
     final = (cache or cache_root()) / "zoo" / "ko" / image.release / source_key()
-    if (final / "zoo.ko").is_file():
-        return final / "zoo.ko"
+    return build_module(image, "zoo", {name: (ZOO_DIR / name).read_bytes() for name in SOURCES}, final, cache)
+
+
+def build_module(image: KernelImage, name: str, files: dict[str, bytes], final: Path,
+                 cache: Path | None = None) -> Path:
+    """``<name>.ko`` built from ``files`` (file name -> contents, a Kbuild among them) against the
+    image's headers, published in ``final`` (a directory keyed by the caller, see source_key)."""
+    if (final / f"{name}.ko").is_file():
+        return final / f"{name}.ko"
     tree = fetch_headers(image, cache)
-    with publish(final) as out, tempfile.TemporaryDirectory(prefix="pfz-zoo-src-") as src:
-        for name in SOURCES:
-            shutil.copy(ZOO_DIR / name, Path(src) / name)
+    with publish(final) as out, tempfile.TemporaryDirectory(prefix=f"pfz-{name}-src-") as src:
+        for file_name, data in files.items():
+            (Path(src) / file_name).write_bytes(data)
         _run(["make", "-C", str(tree), f"M={src}", *MAKE_VARS, "modules"])
-        shutil.copy(Path(src) / "zoo.ko", out / "zoo.ko")
-    return final / "zoo.ko"
+        shutil.copy(Path(src) / f"{name}.ko", out / f"{name}.ko")
+    return final / f"{name}.ko"
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], build=build_zoo) -> int:
+    """Builds (``build``: build_zoo or another module's builder) for each pin, timed."""
     for name in argv or [None]:
         started = time.monotonic()
-        ko = build_zoo(name)
+        ko = build(name)
         print(f"{name or 'default'}: {ko} ({ko.stat().st_size} bytes, {time.monotonic() - started:.1f} s)")
     return 0
 
