@@ -1,14 +1,16 @@
 """Throughput of the main job, and where a program's time goes.
 
     procfuzz bench throughput [--programs 400] [--workers 2] [--seed 1] [--rounds 1]
-                              [--kernel PIN] [--compare REV] [--save]
+                              [--kernel PIN] [--compare REV] [--state-checks off,every] [--save]
 
 Runs the same seeded campaign (`procfuzz run --seed S --max-programs N --workers W`, a fresh
 output and corpus each time) and prints programs/s, the guest's share of the workers' wall time
 and, per program, each phase of the worker's loop in wall milliseconds and in CPU milliseconds
 of the worker process and of QEMU (summary.json's "breakdown").  With `--compare REV`, the
 campaign of git revision REV (checked out in a temporary worktree) runs too, alternating with
-this checkout's, never concurrently, so that both see the same machine.  Prints figures only;
+this checkout's, never concurrently, so that both see the same machine.  `--state-checks off,every`
+runs this checkout once per `--state-check` setting (each round alternating), so the state check's
+cost shows as programs/s and ops per program.  Prints figures only;
 `--save` writes them to bench/results/ (then `python bench/render.py`).
 """
 
@@ -33,11 +35,11 @@ from fuzz.errors import ToolError  # noqa: E402
 from fuzz.record.summary import PHASES, read_summary  # noqa: E402
 
 
-def campaign(tree: Path, args, out: Path) -> dict:
-    """One run of `procfuzz run` from the checkout ``tree``; its summary.json."""
+def campaign(tree: Path, args, out: Path, extra: tuple = ()) -> dict:
+    """One run of `procfuzz run` from the checkout ``tree`` (with the options ``extra``); its summary.json."""
     command = [sys.executable, "-m", "fuzz.cli", "run", "--seed", str(args.seed), "--workers", str(args.workers),
                "--max-programs", str(args.programs), "--budget", "1h", "--out", str(out),
-               "--corpus", str(out / "corpus"), "--no-distill"]
+               "--corpus", str(out / "corpus"), "--no-distill", *extra]
     if args.kernel:
         command += ["--kernel", args.kernel]
     # Its own tree first on the path: an installed procfuzz must not stand in for the revision.
@@ -57,6 +59,7 @@ def figures(summary: dict) -> dict:
     worker_seconds = float(summary["seconds"]) * int(summary["workers"])
     row = {"programs": int(summary["programs"]),
            "programs/s": round(int(summary["programs"]) / float(summary["seconds"]), 2),
+           "ops/program": round(int(summary["ops"]) / programs, 1),
            "guest share": round(float(summary["guest_seconds"]) / worker_seconds, 3)}
     if breakdown := summary.get("breakdown"):
         for phase in PHASES:
@@ -75,15 +78,19 @@ def checkout(rev: str, into: Path) -> Path:
 def measure(args) -> dict[str, list[dict]]:
     """Rounds of each tree's campaign, alternating: name -> one figures row per round."""
     scratch = Path(tempfile.mkdtemp(prefix="pfz-throughput-"))
-    trees = {"this checkout": ROOT}
+    # name -> (tree, extra options of its `procfuzz run`)
+    runs = {"this checkout": (ROOT, ())}
+    if args.state_checks:
+        runs = {f"this checkout, --state-check {check}": (ROOT, ("--state-check", check))
+                for check in args.state_checks.split(",")}
     try:
         if args.compare:
-            trees = {args.compare: checkout(args.compare, scratch / "rev"), **trees}
-        rows: dict[str, list[dict]] = {name: [] for name in trees}
+            runs = {args.compare: (checkout(args.compare, scratch / "rev"), ()), **runs}
+        rows: dict[str, list[dict]] = {name: [] for name in runs}
         for round_ in range(args.rounds):
-            for name, tree in trees.items():
-                out = scratch / f"run-{round_}-{len(rows[name])}-{name.replace(' ', '-')}"
-                rows[name].append(figures(campaign(tree, args, out)))
+            for name, (tree, extra) in runs.items():
+                out = scratch / f"run-{round_}-{len(rows[name])}-{name.replace(' ', '-').replace(',', '')}"
+                rows[name].append(figures(campaign(tree, args, out, extra)))
                 shutil.rmtree(out, ignore_errors=True)
                 print(f"round {round_ + 1} {name}: {rows[name][-1]['programs/s']} programs/s, "
                       f"guest share {rows[name][-1]['guest share']:.0%}", flush=True)
@@ -108,6 +115,7 @@ def result_document(rows: dict[str, list[dict]], args) -> dict:
     names = list(medians)
     table = [[key] + [medians[name].get(key, "") for name in names] for key in keys]
     compare = f" --compare {args.compare}" if args.compare else ""
+    compare += f" --state-checks {args.state_checks}" if args.state_checks else ""
     return {"title": "Throughput of the main job and where a program's time goes",
             "command": f"procfuzz bench throughput --programs {args.programs} --workers {args.workers} "
                        f"--seed {args.seed} --rounds {args.rounds}{compare}",
@@ -129,6 +137,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--kernel", default=None)
     parser.add_argument("--compare", metavar="REV", help="also run git revision REV, alternating")
+    parser.add_argument("--state-checks", default=None, metavar="off,every",
+                        help="run this checkout once per --state-check setting (e.g. off,every)")
     parser.add_argument("--save", action="store_true", help="write the result to bench/results/")
     args = parser.parse_args()
     doc = result_document(measure(args), args)
@@ -136,7 +146,8 @@ def main() -> None:
     for row in doc["rows"]:
         print("  ".join(str(v).ljust(24) for v in row))
     if args.save:
-        path = ROOT / "bench" / "results" / f"throughput-{doc['date']}.json"
+        kind = "-state-check" if args.state_checks else ""
+        path = ROOT / "bench" / "results" / f"throughput{kind}-{doc['date']}.json"
         path.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"saved {path}")
 
