@@ -42,6 +42,9 @@ INIT_USER_NS_FILES = {"uid_map": b"         0          0 4294967295\n",
                       "gid_map": b"         0          0 4294967295\n",
                       "projid_map": b"         0          0 4294967295\n",
                       "setgroups": b"allow\n"}
+# Per-pid files whose open pins the task's mount namespace and root (mounts_open_common,
+# fs/proc_namespace.c): every read lists that namespace's mounts, also after the task is gone.
+MNT_NS_PINNED_AT_OPEN = frozenset({"mounts", "mountinfo", "mountstats"})
 # ops after which a network namespace may have lost its last task
 NETNS_LEAVING_KINDS = frozenset({"exit", "exec", "unshare_net", "setns_net"})
 PATH_KINDS = frozenset({"lookup", "readdir", "readlink", "open", "chdir", "getdents"})
@@ -954,6 +957,12 @@ class Kernel:
         if node.kind != "sysctl" and node.ctl is not None and node.ctl.netns is not None and node.ctl.netns.dying:
             # /proc/<pid>/net entries of a namespace cleanup_net removes, asynchronously
             return node.path + ALTERNATIVE_SEPARATOR + node.path + " (deleted)"
+        if node.kind == "sysctl" and node.ctl.registration is None and node.ctl.netns is not None \
+                and node.ctl.netns.dying:
+            # /proc/sys/net and net/<proto> of a namespace resolve to its own set's directories
+            # (sysctl_follow_link, xlate_dir); cleanup_net drops them with its last table
+            # (drop_sysctl_table -> proc_sys_invalidate_dcache), asynchronously
+            return node.path + ALTERNATIVE_SEPARATOR + node.path + " (deleted)"
         if node.kind == "sysctl" and node.ctl.registration is not None:
             # unregistering a table prunes the dentries of its inodes (proc_sys_prune_dcache)
             state = sysctl.grab(node.ctl.registration)
@@ -1163,6 +1172,8 @@ class Kernel:
             raise Unmodelled()
         if node.name in INIT_USER_NS_FILES:
             return read_result(INIT_USER_NS_FILES[node.name])
+        if node.name in MNT_NS_PINNED_AT_OPEN:
+            return "ok:*"                   # the mount list itself is not modelled
         task = node.task
         if task is None and node.name in MM_PINNED_AT_OPEN:
             # auxv_read, environ_read, mem_rw read the mm that proc_mem_open pinned at open, not
