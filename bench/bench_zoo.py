@@ -42,12 +42,12 @@ from fuzz.campaign.worker import WorkerConfig  # noqa: E402
 from fuzz.compare.oracle import STATE_CHECK  # noqa: E402
 from fuzz.errors import ToolError  # noqa: E402
 from fuzz.execute.kernels import KernelSpec  # noqa: E402
-from targets.coverage import FEEDBACK  # noqa: E402
 from fuzz.record import store  # noqa: E402
-from fuzz.record.summary import Stats  # noqa: E402
-
 from fuzz.record.known import load_known_issues  # noqa: E402
 from fuzz.record.programs import atomic_write, load_directory  # noqa: E402
+from fuzz.record.summary import Stats  # noqa: E402
+from reference.state_check import with_state_check  # noqa: E402
+from targets.coverage import FEEDBACK  # noqa: E402
 
 # The classes of divergence each bug's mechanism causes (targets/zoo/README.md); a finding of
 # another class does not count.  tests/test_zoo.py checks that this lists exactly the bugs of
@@ -105,9 +105,9 @@ class PassResult:
 
 
 def seed_origins() -> dict[str, str]:
-    """program id -> "seed <file name>" for the seed corpus."""
-    return {program.id: f"seed {path.name}" for directory in SEED_DIRS
-            for path, program in load_directory(directory)[0]}
+    """program id -> "seed <file name>" for the seed corpus, run with its state check or without."""
+    return {run.id: f"seed {path.name}" for directory in SEED_DIRS
+            for path, program in load_directory(directory)[0] for run in (program, with_state_check(program))}
 
 
 def first_finding(out: Path, classes: tuple[str, ...]) -> Path | None:
