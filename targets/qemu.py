@@ -287,6 +287,10 @@ class QemuTarget:
             trace = self._reply(frame, kind, n_ops, seconds)
         except ProtocolError as err:
             return self._failed("error", f"protocol error: {err}", report_from), 0.0
+        if frame.kind == "E" and frame.payload.startswith(UNKILLABLE_SANDBOX):
+            # SIGKILL did not end the sandbox: a task is stuck in the kernel (e.g. waiting on a
+            # lock nobody releases), a hang, and the guest is unfit for the next program.
+            return self._failed("hang", "a sandbox task did not die after SIGKILL", report_from), 0.0
         # A WARNING (or a report the guest survived) must not pass unnoticed: the kernel is
         # tainted from here on, so the program gets the blame and the VM a restart.
         seen = vm.console_size()
@@ -335,6 +339,10 @@ class QemuTarget:
             self.host_faults += 1
         self.restart()
         return Trace((), outcome, title, self.label, extra=extra)
+
+
+# The agent's error when the sandbox's init outlives SIGKILL (targets/agent/agent.c, teardown).
+UNKILLABLE_SANDBOX = b"teardown: sandbox init"
 
 
 def _lost_title(code: int | None) -> str:

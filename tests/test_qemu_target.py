@@ -377,3 +377,10 @@ def test_module_spec_rejects_bad_arguments(text, problem):
     from targets.qemu import ModuleSpec
     with pytest.raises(ValueError, match=problem):
         ModuleSpec.parse(text)
+
+
+def test_a_sandbox_that_outlives_sigkill_is_a_hang_and_a_restart(tmp_path):
+    target, first = scripted(tmp_path, guest_frame(b"E", b"teardown: sandbox init 125 did not die within 10 s"))
+    trace = target.run(parse_text("m1 = mount_proc p1\n"))
+    assert (trace.outcome, trace.title) == ("hang", "a sandbox task did not die after SIGKILL")
+    assert first.stopped and target.restarts == 1 and target.vm is not first
