@@ -629,6 +629,10 @@ class Kernel:
 
     def snmp6_lookup(self, parent: Node, name: str) -> Node:
         """One file per device with an inet6_dev (snmp6_register_dev / snmp6_unregister_dev)."""
+        if parent.mount.pidonly:
+            # dev_snmp6 is a proc_dir_entry directory: proc_lookup answers ENOENT on subset=pid,
+            # although /proc/<pid>/net itself (proc_tgid_net_lookup) does not check it
+            raise Errno("ENOENT")
         netns = parent.ctl.netns
         if netns.dying:
             raise Unmodelled()
@@ -991,6 +995,8 @@ class Kernel:
                 raise Errno("EINVAL")       # proc_tgid_net_readdir: no namespace to list
             return "ok:" + ",".join(sorted(self.profile.pid_net))
         if kind == "snmp6":
+            if node.mount.pidonly:
+                return "ok:"                # proc_readdir: subset=pid lists no proc_dir_entry
             netns = node.ctl.netns
             if netns.dying or any(d.uncertain for d in netns.devices.values()):
                 raise Unmodelled()
