@@ -6,6 +6,7 @@ from dataclasses import replace
 from fuzz.campaign.startup import StartCorpus
 from fuzz.campaign.worker import WorkerConfig, run_worker
 from fuzz.generate.coverage import hit_bucket, kernel_features
+from fuzz.record.summary import Stats
 from reference.trace import Trace
 from targets.model_target import ModelTarget
 from test_engine import ZOMBIE
@@ -36,14 +37,19 @@ class CoveredKernel(ModelTarget):
         return replace(super().run(program), extra={"kcov": {"proc_pid_lookup": 2 ** self.calls}})
 
 
-def _corpus_added(tmp_path, target) -> int:
+def _stats(tmp_path, target):
     config = WorkerConfig(0, 1, PROFILE, "k", tmp_path / "out", tmp_path / "corpus", float("inf"), max_programs=2)
-    return run_worker(config, target, lambda s: None, lambda: False, start=StartCorpus((ZOMBIE, ZOMBIE), ())).corpus_added
+    return run_worker(config, target, lambda s: None, lambda: False, start=StartCorpus((ZOMBIE, ZOMBIE), ()))
 
 
 def test_new_kernel_coverage_keeps_a_program_the_model_has_seen(tmp_path):
-    assert _corpus_added(tmp_path / "model", ModelTarget(PROFILE)) == 1
-    assert _corpus_added(tmp_path / "kernel", CoveredKernel(PROFILE)) == 2     # 2 then 4 calls: new class
+    assert _stats(tmp_path / "model", ModelTarget(PROFILE)).corpus_added == 1
+    covered = _stats(tmp_path / "kernel", CoveredKernel(PROFILE))
+    assert covered.corpus_added == 2                   # 2 then 4 calls: a new hit-count class
+    assert covered.kernel_functions == 1               # one function, however many classes
+    assert Stats.from_json(covered.to_json()).kernel_functions == 1
+    old_summary = {key: value for key, value in covered.to_json().items() if key != "kernel_functions"}
+    assert Stats.from_json(old_summary).kernel_functions == 0
 
 
 def test_workers_of_a_kubernetes_campaign_get_kernel_coverage(capsys):

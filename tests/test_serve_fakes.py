@@ -31,7 +31,8 @@ STALE = parse_text("m1 = mount_proc p1\np2 = spawn p1\nexit p2\nreap p1 p2\nlook
 
 
 class FakeKernel:
-    """A started fake target: buggy with a zoo bug injected, correct without."""
+    """A started fake target: buggy with a zoo bug injected, correct without; with the coverage
+    probe asked for, each op kind a program uses "reaches" a kernel function of its own."""
     restarts = host_faults = 0
     measure_leaks = False
 
@@ -39,12 +40,15 @@ class FakeKernel:
         self.label = f"fake {spec.pin or 'default'}" + (f" +zoo:{spec.zoo}" if spec.zoo else "")
         profile = profile_for(spec.pin)          # what the campaign's model expects of this kernel
         self._target = BuggyTarget(profile) if spec.zoo else ModelTarget(profile)
+        self.coverage = spec.coverage
 
     def run(self, program):
         time.sleep(0.01)                # a guest is not instantaneous: keep the stats' rates sane
         trace = self._target.run(program)
+        extra = {**trace.extra, "kcov": {f"proc_{op.kind}": 1 for op in program.ops}} if self.coverage else trace.extra
         # A kernel answers one way where the model allows several: the first, a prefix as itself.
-        return dataclasses.replace(trace, results=tuple(alternatives(r)[0].removesuffix("*") for r in trace.results))
+        return dataclasses.replace(trace, results=tuple(alternatives(r)[0].removesuffix("*") for r in trace.results),
+                                   extra=extra)
 
     def cpu_seconds(self):
         return 0.0

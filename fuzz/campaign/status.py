@@ -58,6 +58,7 @@ class StatusDisplay:
             ("guest share", f"{stats.guest_us / 1e6 / elapsed / max(self.workers, 1):.0%} of wall time"),
             ("corpus added", str(stats.corpus_added)),
             ("model coverage", f"{stats.features} features"),
+            *([("kernel coverage", f"{stats.kernel_functions} functions")] if stats.kernel_functions else []),
             ("findings", ", ".join(f"{k}: {v}" for k, v in sorted(stats.findings.items())) or "none"),
             ("duplicates", str(stats.duplicates)),
             ("leaks", f"{stats.leak_suspects} suspects, {stats.unconfirmed} unconfirmed"),

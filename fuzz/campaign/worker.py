@@ -145,6 +145,7 @@ class _Loop:
             fresh |= kernel_features(actual) - self.seen_features     # none unless run --kernel-coverage
         self.seen_features |= fresh
         stats.features = len(self.seen_features)
+        stats.kernel_functions += sum(1 for feature in fresh if feature[0] == "kernel" and len(feature) == 2)
         stats.corpus_added += bool(fresh)
         return bool(fresh)
 

@@ -22,6 +22,7 @@ alone reads it::
     zoo = "stale_pid"               # optional: a bug-zoo bug injected (a canary)
     workers = 1
     leak_every = 10
+    kernel_coverage = false         # true: with the kernel coverage probe (run --kernel-coverage)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from fuzz.campaign.run import parse_duration
 from fuzz.errors import ToolError
 from fuzz.execute.kernels import KernelSpec
 from fuzz.triage.minimize import DEFAULT_RETRIES
+from targets.coverage import FEEDBACK
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,11 @@ class KernelConfig:
     zoo: str | None = None
     workers: int = 1
     leak_every: int = 10
+    kernel_coverage: bool = False
 
     @property
     def spec(self) -> KernelSpec:
-        return KernelSpec(self.pin, self.zoo)
+        return KernelSpec(self.pin, self.zoo, coverage=FEEDBACK if self.kernel_coverage else None)
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,11 @@ def _kernel(entry: dict) -> KernelConfig:
     name = _text(entry.get("name")) or ((pin or "default") + (f"+{zoo}" if zoo else ""))
     if not name.replace("-", "").replace("+", "").replace("_", "").replace(".", "").isalnum():
         raise ValueError(f"kernel name {name!r}: letters, digits and -+_. only (it names a directory)")
+    coverage = entry.get("kernel_coverage", False)
+    if not isinstance(coverage, bool):
+        raise ValueError(f"kernel_coverage must be true or false, not {coverage!r}")
     return KernelConfig(name, pin, zoo, _int(entry.get("workers", 1), "workers"),
-                        _int(entry.get("leak_every", 10), "leak_every", minimum=0))
+                        _int(entry.get("leak_every", 10), "leak_every", minimum=0), coverage)
 
 
 def _int(value, what: str, minimum: int = 1) -> int:

@@ -54,6 +54,10 @@ MIGRATIONS: tuple[str, ...] = (
         directory TEXT NOT NULL DEFAULT '');
     CREATE INDEX findings_bug ON findings (bug_id);
     """,
+    # 2: kernel coverage over time.
+    """
+    ALTER TABLE stat_points ADD COLUMN kernel_functions INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 _IDENTITY = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgresql": "BIGSERIAL PRIMARY KEY"}

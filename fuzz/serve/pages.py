@@ -82,9 +82,11 @@ def dashboard(status: dict, points: list[dict], bugs: list[dict], follow_ups: li
     counters = (f'<div class="counters" id="totals">{bug_counters}<div class="counter">findings'
                 f'<b data-live="findings/all">{status["findings"]}</b></div>'
                 f'<div class="counter">guests<b>{status["guests"]["in_use"]} / {status["guests"]["capacity"]}</b></div></div>')
-    charts = "".join(line_chart(title, series_of(points, metric)) for title, metric in (
-        ("programs/s", "programs_per_second"), ("model features", "features"), ("corpus programs", "corpus"),
-        ("findings", "findings"), ("VM restarts", "restarts")))
+    metrics = [("programs/s", "programs_per_second"), ("model features", "features"), ("corpus programs", "corpus"),
+               ("findings", "findings"), ("VM restarts", "restarts")]
+    if any(point.get("kernel_functions") for point in points):      # some kernel runs with kernel_coverage
+        metrics.insert(2, ("kernel functions reached", "kernel_functions"))
+    charts = "".join(line_chart(title, series_of(points, metric)) for title, metric in metrics)
     body = (f'<p>Since {_when(status["since"])}; database: {escape(status["database"])}; counters updated '
             f'<span id="updated">now</span>.</p>{counters}<h2>Kernels</h2>{_kernel_table(status["kernels"])}'
             f'<h2>Over time</h2><div class="charts">{charts}</div>'

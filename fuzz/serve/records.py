@@ -27,6 +27,7 @@ class StatPoint:
     corpus: int
     restarts: int
     findings: int
+    kernel_functions: int = 0       # probed kernel functions reached (kernels with kernel_coverage)
 
 
 # ---- kernels and campaigns ------------------------------------------------------------------------
@@ -79,12 +80,14 @@ def campaigns(db: Database, limit: int = 50) -> list[dict]:
 def add_stat_point(db: Database, point: StatPoint) -> None:
     """The bucket's latest counters (a later update in the same bucket replaces them)."""
     with db.transaction() as cur:
-        cur.execute("""INSERT INTO stat_points VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        cur.execute("""INSERT INTO stat_points (campaign_id, minute, programs, programs_per_second, features,
+                       corpus, restarts, findings, kernel_functions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                        ON CONFLICT (campaign_id, minute) DO UPDATE SET programs = excluded.programs,
                        programs_per_second = excluded.programs_per_second, features = excluded.features,
-                       corpus = excluded.corpus, restarts = excluded.restarts, findings = excluded.findings""",
+                       corpus = excluded.corpus, restarts = excluded.restarts, findings = excluded.findings,
+                       kernel_functions = excluded.kernel_functions""",
                     (point.campaign_id, point.minute, point.programs, point.programs_per_second,
-                     point.features, point.corpus, point.restarts, point.findings))
+                     point.features, point.corpus, point.restarts, point.findings, point.kernel_functions))
 
 
 def stat_points(db: Database, since: int = 0) -> list[dict]:

@@ -38,12 +38,13 @@ class StatTracker:
             self._live.get("programs_per_second", 0.0)
         self._live = {"campaign_id": self.campaign_id, "programs": stats.programs,
                       "programs_per_second": round(rate, 2), "features": stats.features,
+                      "kernel_functions": stats.kernel_functions,
                       "corpus": _count(self.out / "corpus"), "restarts": stats.restarts,
                       "findings": len(store.list_findings(self.out)), "updated": int(now)}
         if final or now - self._written >= min(WRITE_SECONDS, self.bucket_seconds) or bucket != self._written_bucket:
             records.add_stat_point(self.db, records.StatPoint(
                 self.campaign_id, bucket, stats.programs, self._live["programs_per_second"], stats.features,
-                self._live["corpus"], stats.restarts, self._live["findings"]))
+                self._live["corpus"], stats.restarts, self._live["findings"], stats.kernel_functions))
             self._written = now
             self._written_bucket = bucket
         return self._live
