@@ -24,7 +24,7 @@ def test_the_documented_configuration_parses(tmp_path):
     path.write_text(toml_blocks((ROOT / "docs" / "serve.md").read_text())[0])
     config = load_config(path)
     assert config.kernels == (KernelConfig("6.1-zoo", "6.1-cloud", "stale_pid", 1, 10),
-                              KernelConfig("6.1", "6.1-cloud", None, 1, 10))
+                              KernelConfig("6.1", "6.1-cloud", None, 1, 10, kernel_coverage=True))
     assert (config.guests, config.budget, config.runs, config.follow_up_pins) == (2, 1800, 5, ("6.12-cloud",))
     module_example = "\n".join(line[4:] for line in config_module.__doc__.splitlines() if line.startswith("    "))
     path.write_text(module_example)
