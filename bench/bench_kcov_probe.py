@@ -47,12 +47,12 @@ def corpus_programs() -> list:
             for path in sorted((ROOT / folder).glob("*.prog"))]
 
 
-def measure(kernel: str | None, rounds: int) -> dict:
+def measure(kernel: str | None, rounds: int, modes: dict = MODES) -> dict:
     """Each program runs on every mode's VM in a row (the modes' order turning from program to
     program), so load that comes and goes on the machine hits every mode alike."""
     programs = corpus_programs()
-    targets = {mode: QemuTarget(kernel, coverage=parameters) for mode, parameters in MODES.items()}
-    figures = {mode: {"wall_s": 0.0, "guest_us": [], "hits": [], "failures": 0} for mode in MODES}
+    targets = {mode: QemuTarget(kernel, coverage=parameters) for mode, parameters in modes.items()}
+    figures = {mode: {"wall_s": 0.0, "guest_us": [], "hits": [], "failures": 0} for mode in modes}
     try:
         for target in targets.values():
             target.start()
@@ -60,7 +60,7 @@ def measure(kernel: str | None, rounds: int) -> dict:
         for _ in range(rounds):
             for program in programs:
                 turn += 1
-                order = list(MODES)
+                order = list(modes)
                 for mode in order[turn % len(order):] + order[:turn % len(order)]:
                     started = time.monotonic()
                     trace = targets[mode].run(program)
@@ -89,9 +89,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", default=None)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--modes", default=None, metavar="A,B",
+                        help="only the modes whose names start with these (e.g. 'off,ftrace settle=0 async'); "
+                             "off is always measured")
     parser.add_argument("--json", action="store_true", help="write the figures to bench/results/")
     args = parser.parse_args()
-    result = measure(args.kernel, args.rounds)
+    prefixes = [text.strip() for text in args.modes.split(",")] if args.modes else None
+    modes = {mode: parameters for mode, parameters in MODES.items()
+             if prefixes is None or mode == "off" or any(mode.startswith(p) for p in prefixes if p)}
+    result = measure(args.kernel, args.rounds, modes)
     rows = []
     for mode, f in result["modes"].items():
         rows.append([mode, round(f["programs/s"], 2), round(f["guest ms/program"], 1),
@@ -102,7 +108,8 @@ def main() -> int:
         today = datetime.date.today().isoformat()
         version = result["label"].split("=", 1)[1].split("-")[0]
         doc = {"title": "Kernel coverage probe: cost per mode", "command":
-               f"python bench/bench_kcov_probe.py --kernel {args.kernel or 'default'} --rounds {args.rounds} --json",
+               f"python bench/bench_kcov_probe.py --kernel {args.kernel or 'default'} --rounds {args.rounds}"
+               + (f" --modes '{args.modes}'" if args.modes else "") + " --json",
                "date": today, "kernel": f"{version} ({result['label']})",
                "machine": "2 cores shared with other engineers' QEMU guests, QEMU TCG",
                "columns": ["probe", "programs/s", "guest ms/program", "guest time vs off (median of pairs)", "hits/program",
