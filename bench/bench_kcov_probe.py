@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import sys
 import time
@@ -111,7 +112,7 @@ def main() -> int:
                f"python bench/bench_kcov_probe.py --kernel {args.kernel or 'default'} --rounds {args.rounds}"
                + (f" --modes '{args.modes}'" if args.modes else "") + " --json",
                "date": today, "kernel": f"{version} ({result['label']})",
-               "machine": "2 cores shared with other engineers' QEMU guests, QEMU TCG",
+               "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end, QEMU TCG",
                "columns": ["probe", "programs/s", "guest ms/program", "guest time vs off (median of pairs)", "hits/program",
                            "failed runs"],
                "rows": rows,
