@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fuzz.campaign.parallel import guest_cpus_for  # noqa: E402
 from fuzz.campaign.run import RunOptions, new_stop_event, parse_duration, run  # noqa: E402
 from fuzz.errors import ToolError  # noqa: E402
 from fuzz.execute.kernels import KernelSpec, open_qemu  # noqa: E402
@@ -61,8 +62,10 @@ def side_by_side(args, scratch: Path) -> dict[str, tuple[dict, Curve, Path]]:
     def campaign(name: str, coverage: bool) -> None:
         curve = Curve(args.every)
         out = scratch / ("coverage" if coverage else "plain")
+        # The two campaigns share the host as the main job's two workers do: one vCPU a guest.
         options = RunOptions(kernel=replace(spec, coverage=FEEDBACK if coverage else None), budget=parse_duration(args.budget),
-                             workers=1, out=out, seed=args.seed, distill=False)
+                             workers=1, out=out, seed=args.seed, distill=False,
+                             guest_cpus=guest_cpus_for(len(SIDES), os.cpu_count()))
         try:
             result = run(options, curve, new_stop_event())
         except ToolError as err:
@@ -138,7 +141,7 @@ def save(args, rows, columns, curves, only, load_before) -> None:
            "machine": f"{os.cpu_count()} cores, QEMU TCG, load average {load_before:.1f} before the run",
            "columns": columns, "rows": rows,
            "notes": ["Both campaigns ran at the same time, one worker each, the same seed, no seed-corpus "
-                     "distillation; the guests share the machine's cores equally.",
+                     "distillation; one vCPU a guest, as the main job's two workers have.",
                      "features: what each campaign's corpus feedback counts (model features; with "
                      "--kernel-coverage also ('kernel', function) and its hit-count class)."]
                     + [f"curve {name} (s, programs, features, corpus added): "
