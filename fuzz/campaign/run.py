@@ -68,6 +68,11 @@ class RunOptions:
     distill: bool = True                     # distill the working corpus when the campaign ends
     state_check: int = WorkerConfig.state_check   # the end-of-program state check every Nth program; 0: never
 
+    @property
+    def out_dir(self) -> Path:
+        """Where this run writes: OUT, or OUT/shard-I-of-N/ for one shard."""
+        return Path(self.out) / self.shard.dirname if self.shard else Path(self.out)
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -95,7 +100,7 @@ def run(options: RunOptions, on_update: Callable[[Stats], None], stop,
     if options.workers < 1:
         raise ToolError("--workers must be at least 1")
     shard = options.shard or WHOLE
-    out = Path(options.out) / shard.dirname if options.shard else Path(options.out)
+    out = options.out_dir
     working_corpus = Path(options.corpus) if options.corpus else out / "corpus"
     out.mkdir(parents=True, exist_ok=True)
     working_corpus.mkdir(parents=True, exist_ok=True)

@@ -126,6 +126,12 @@ def _run_command(t: _Commands) -> None:
                         "(a function, or a new hit-count class of one) joins the corpus too")
     p.add_argument("--max-programs", type=int, default=None,
                    help="stop each worker after this many programs (with --seed: a reproducible campaign)")
+    p.add_argument("--report-to", default=None, metavar="URL",
+                   help="also report to a procfuzz serve as the campaign goes: counters every few seconds, "
+                        "each finding as it is recorded (OUT is written all the same)")
+    p.add_argument("--token-file", default=None, help="with --report-to: file holding the service's write token")
+    p.add_argument("--worker-name", default=None,
+                   help="with --report-to: this campaign's name on the service (default: host name and shard)")
     p.add_argument("--runtime", choices=("local", "docker", "kubernetes"), default="local",
                    help="where workers run: here (default), one docker container per worker, or one pod "
                         "per worker of a Kubernetes Indexed Job")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -162,17 +163,40 @@ def cmd_run(args) -> int:
                              Path(args.known) if args.known else None, args.guest_cpus,
                              replay=ReplayLimits(args.replay_programs, args.replay_seconds),
                              distill=not args.no_distill, state_check=parse_state_check(args.state_check))
+        reporter = _reporter(args, options)
         try:
-            with StatusDisplay(options.kernel.label, args.workers, options.budget) as display:
-                result = run(options, display.update, stop, args.open_target, lambda: signals.kill)
+            with StatusDisplay(options.kernel.label, args.workers, options.budget) as display, \
+                    reporter or contextlib.nullcontext():
+                on_update = display.update if reporter is None else _both(display.update, reporter.update)
+                result = run(options, on_update, stop, args.open_target, lambda: signals.kill)
         except OSError as err:
             if not is_disk_full(err):
                 raise
             raise ToolError(f"no space left on device under {args.out}: {err.strerror}") from None
         print(json.dumps(result.summary, indent=1, sort_keys=True))
+        if reporter is not None:
+            _say(reporter.describe())
     if result.failure:
         raise ToolError(result.failure)
     return result.exit_code
+
+
+def _reporter(args, options):
+    """The Reporter of --report-to (None without it)."""
+    if not args.report_to:
+        return None
+    import socket
+    from fuzz.scale.report_to import Reporter
+    from fuzz.serve.service import read_token
+    name = args.worker_name or socket.gethostname() + (f"-{options.shard.dirname}" if options.shard else "")
+    return Reporter(args.report_to, options.out_dir, name, options.kernel.label, read_token(args.token_file))
+
+
+def _both(*callbacks):
+    def call(value):
+        for callback in callbacks:
+            callback(value)
+    return call
 
 
 def _shard(text: str | None):
@@ -199,6 +223,9 @@ def _run_on_runtime(args) -> int:
     if args.zoo:
         raise ToolError("--zoo builds a module against the kernel's headers, which the worker image "
                         "does not carry: run zoo campaigns with the local runtime")
+    if args.report_to:
+        raise ToolError("--report-to is for the local runtime so far: containers would need the token as a "
+                        "secret; run `procfuzz push URL OUT` after a docker or kubernetes campaign")
     if args.workers < 1:
         raise ToolError("--workers must be at least 1")
     seed = args.seed if args.seed is not None else int(time.time())

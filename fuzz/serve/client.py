@@ -1,5 +1,6 @@
-"""`procfuzz push URL DIR`: the finding directories below DIR, packed (fuzz/serve/upload.py),
-posted to a service's ``/api/import``."""
+"""Talking to a `procfuzz serve`: `procfuzz push URL DIR` (the finding directories below DIR,
+packed by fuzz/serve/upload.py, posted to ``/api/import``) and the posts of a campaign that
+reports as it goes (fuzz/scale/report_to.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,31 @@ from fuzz.errors import ToolError
 from .upload import pack
 
 
+class ServiceError(ToolError):
+    """The service refused a request (``status``: its HTTP status) or could not be reached
+    (``status`` None)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def post(url: str, path: str, data: bytes, content_type: str, token: str | None = None,
+         timeout: float = 300.0) -> dict:
+    """The service's JSON answer to a POST of ``data`` to ``path``; ServiceError if it refused."""
+    endpoint = url.rstrip("/") + path
+    request = urllib.request.Request(endpoint, data=data, method="POST", headers={"Content-Type": content_type})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        raise ServiceError(f"{endpoint}: {err.code} {_reason(err)}", err.code) from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise ServiceError(f"{endpoint}: {getattr(err, 'reason', err)}") from None
+
+
 def push(url: str, directory: Path, token: str | None = None, timeout: float = 300.0) -> dict:
     """The service's answer (findings added, bugs, follow-ups queued); ToolError with its reason
     if it refused the upload or could not be reached."""
@@ -20,18 +46,7 @@ def push(url: str, directory: Path, token: str | None = None, timeout: float = 3
         data = pack(directory)
     except ValueError as err:
         raise ToolError(str(err)) from None
-    endpoint = url.rstrip("/") + "/api/import"
-    request = urllib.request.Request(endpoint, data=data, method="POST",
-                                     headers={"Content-Type": "application/gzip"})
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return json.loads(answer.read())
-    except urllib.error.HTTPError as err:
-        raise ToolError(f"{endpoint}: {err.code} {_reason(err)}") from None
-    except (urllib.error.URLError, OSError) as err:
-        raise ToolError(f"{endpoint}: {getattr(err, 'reason', err)}") from None
+    return post(url, "/api/import", data, "application/gzip", token, timeout)
 
 
 def _reason(err: urllib.error.HTTPError) -> str:

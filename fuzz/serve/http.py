@@ -27,6 +27,7 @@ from fuzz.record import store
 from . import pages, records
 from .manager import Manager
 from .upload import Limits, UploadError
+from .workers import MAX_REPORT_BYTES, ReportError
 
 log = logging.getLogger("procfuzz.serve.http")
 CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'"
@@ -68,9 +69,11 @@ GET_ROUTES: list[tuple[re.Pattern, str]] = [(re.compile(pattern), name) for patt
     (r"/api/status", "api_status"), (r"/api/kernels", "api_kernels"), (r"/api/campaigns", "api_campaigns"),
     (r"/api/stats", "api_stats"), (r"/api/follow-ups", "api_follow_ups"), (r"/api/bugs", "api_bugs"),
     (r"/api/bugs/(\d+)", "api_bug"), (r"/api/bugs/(\d+)/reproducer\.c", "api_bug_reproducer"),
-    (r"/api/findings/(\d+)", "api_finding"), (r"/api/findings/(\d+)/([a-z.]+)", "api_artifact"))]
+    (r"/api/findings/(\d+)", "api_finding"), (r"/api/findings/(\d+)/([a-z.]+)", "api_artifact"),
+    (r"/api/workers", "api_workers"))]
 POST_ROUTES: list[tuple[re.Pattern, str]] = [(re.compile(pattern), name) for pattern, name in (
-    (r"/api/campaigns/([A-Za-z0-9._+-]+)/(start|stop)", "post_campaign"), (r"/api/import", "post_import"))]
+    (r"/api/campaigns/([A-Za-z0-9._+-]+)/(start|stop)", "post_campaign"), (r"/api/import", "post_import"),
+    (r"/api/workers/([^/]+)/stats", "post_worker_stats"))]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -159,6 +162,9 @@ class Handler(BaseHTTPRequestHandler):
     def api_campaigns(self):
         self._json(200, records.campaigns(self.server.manager.db, int(self.query.get("limit", 50))))
 
+    def api_workers(self):
+        self._json(200, self.server.manager.remote.rows())
+
     def api_stats(self):
         self._json(200, records.stat_points(self.server.manager.db, _since(self.query, 24 * 3600)))
 
@@ -221,13 +227,23 @@ class Handler(BaseHTTPRequestHandler):
 
     def post_import(self):
         self._authorised()
+        data = self._body(self.server.limits.upload_bytes)
+        self._json(200, self.server.manager.import_upload(data, self.server.limits))
+
+    def post_worker_stats(self, name):
+        self._authorised()
+        try:
+            self._json(200, self.server.manager.remote.report(name, self._body(MAX_REPORT_BYTES)))
+        except ReportError as err:
+            raise HttpError(400, str(err)) from None
+
+    def _body(self, limit: int) -> bytes:
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
-            raise HttpError(411, "an upload needs a Content-Length")
-        if int(length) > self.server.limits.upload_bytes:
-            raise HttpError(413, f"upload of {length} bytes exceeds the limit of {self.server.limits.upload_bytes}")
-        data = self.rfile.read(int(length))
-        self._json(200, self.server.manager.import_upload(data, self.server.limits))
+            raise HttpError(411, "a request body needs a Content-Length")
+        if int(length) > limit:
+            raise HttpError(413, f"a body of {length} bytes exceeds the limit of {limit}")
+        return self.rfile.read(int(length))
 
     # ---- lookups ----------------------------------------------------------------------------------
 

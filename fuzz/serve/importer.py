@@ -7,6 +7,7 @@ start-up; ``reconcile`` drops the rows whose directory is gone."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -50,6 +51,18 @@ def import_findings(db: Database, sources: dict[Path, str], known: KnownIssues, 
                 queued.append(bug_id)
     added = frozenset(fresh & {str(d) for bug in bugs for d in bug.directories})
     return Imported(added, len(bugs), tuple(queued))
+
+
+def drop_repeated_findings(db: Database, upload: Path) -> int:
+    """Remove from an unpacked upload the findings the database has already (the same program
+    id on the same kernel label, from an earlier upload or campaign): a worker that sends a
+    finding again after an outage, or pushes a directory it reported live, adds nothing.
+    Returns how many."""
+    seen = records.finding_keys(db)
+    repeated = [d for d in finding_dirs([upload], lambda text: None) if (d.name, store.kernel_of(d)) in seen]
+    for directory in repeated:
+        shutil.rmtree(directory)
+    return len(repeated)
 
 
 def reconcile(db: Database) -> int:

@@ -35,9 +35,10 @@ from .config import KernelConfig, ServeConfig
 from .db import DB_FILE, Database, DatabaseError
 from .followups import follow_up_finding, stoppable
 from .guests import GuestPool, Lease
-from .importer import Imported, import_findings, reconcile
+from .importer import Imported, drop_repeated_findings, import_findings, reconcile
 from .stats import StatTracker
 from .upload import Limits, unpack
+from .workers import RemoteWorkers
 
 log = logging.getLogger("procfuzz.serve")
 LOCK_FILE = "serve.lock"
@@ -89,6 +90,7 @@ class Manager:
         self.pool = GuestPool(config.guests)
         self.stopping = threading.Event()
         self.live: dict[str, dict] = {}                 # kernel name -> the running campaign's counters
+        self.remote = RemoteWorkers()                    # campaigns elsewhere that report here
         self._stops: dict[str, object] = {}             # kernel name -> its campaign's stop event
         self._wake = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -251,10 +253,11 @@ class Manager:
         if refused, then nothing changed)."""
         with self._import_lock:             # the scanner must not import it first: the answer counts it
             directory, new = unpack(data, self.state / "imports", limits)
+            repeated = drop_repeated_findings(self.db, directory) if new else 0
             imported = self.import_now()
         # Only this upload's findings: the campaigns' latest ones may have come in with them.
         added = [d for d in imported.findings if Path(d).is_relative_to(directory.resolve())]
-        return {"upload": directory.name, "new_upload": new, "findings_added": len(added),
+        return {"upload": directory.name, "new_upload": new, "findings_added": len(added), "repeated": repeated,
                 "bugs": imported.bugs, "queued_for_follow_up": list(imported.queued)}
 
     def _scan_loop(self) -> None:

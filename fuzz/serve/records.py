@@ -138,6 +138,12 @@ def triage_status(bug: Bug) -> str:
     return status
 
 
+def finding_keys(db: Database) -> set[tuple[str, str]]:
+    """(program id, kernel label) of every finding: the same finding, whatever upload it came in."""
+    with db.transaction() as cur:
+        return {(row["program_id"], row["kernel"]) for row in cur.all("SELECT program_id, kernel FROM findings")}
+
+
 def known_directories(db: Database) -> set[str]:
     with db.transaction() as cur:
         return {row["directory"] for row in cur.all("SELECT directory FROM findings")}

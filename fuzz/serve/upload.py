@@ -127,13 +127,19 @@ def pack(top: Path) -> bytes:
     found = finding_dirs([top], warn=lambda text: None)
     if not found:
         raise ValueError(f"{top}: no finding directories (…/findings/<program id>/)")
+    return pack_findings(found, top)
+
+
+def pack_findings(directories: list[Path], top: Path) -> bytes:
+    """A gzipped tarball of these finding directories (below ``top``, named relative to it)."""
+    top = Path(top).resolve()
     buffer = io.BytesIO()
     # The same findings pack to the same bytes (no time in the gzip header, no owner), so that
     # pushing a directory twice is one upload.
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed, \
             tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for directory in found:
-            for path in sorted(directory.rglob("*")):
+        for directory in directories:
+            for path in sorted(Path(directory).resolve().rglob("*")):
                 if path.is_file() and not path.is_symlink():
                     tar.add(path, arcname=str(path.relative_to(top)), recursive=False, filter=_anonymous)
     return buffer.getvalue()

@@ -1,0 +1,134 @@
+"""`procfuzz run --report-to`: a campaign reports its counters and findings to a service as it
+goes; a service that is away takes everything when it is back, and a finding once however
+often it is sent; a refused token stops the reporting, not the campaign; a malformed report
+changes nothing.  The service runs in-process on loopback, the campaign on fake kernels."""
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fuzz.campaign.run import RunOptions, new_stop_event, run
+from fuzz.execute.kernels import KernelSpec, model_for
+from fuzz.record import store
+from fuzz.scale.report_to import LEDGER, Reporter
+from fuzz.serve.client import push
+from fuzz.serve.config import ServeConfig
+from fuzz.serve.http import Service
+from fuzz.serve.manager import Manager
+from test_serve_fakes import _free_port, fake_kernel
+
+TOKEN = "t0ken-for-the-report-tests-0123"
+
+
+class Running:
+    """A service (no campaigns of its own) listening on ``port``, stopped and started at will
+    with the same state directory."""
+
+    def __init__(self, state: Path, port: int, token: str | None = TOKEN):
+        self.state, self.port, self.token = state, port, token
+        self.manager = self.server = None
+
+    def start(self) -> "Running":
+        self.manager = Manager(ServeConfig(follow_up=False), self.state, fake_kernel, model_for)
+        self.server = Service(("127.0.0.1", self.port), self.manager, self.token)
+        self.server.serve_in_thread()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.manager.stop()
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as answer:
+            return json.loads(answer.read())
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def service(tmp_path):
+    running = Running(tmp_path / "state", _free_port()).start()
+    yield running
+    running.stop()
+
+
+def campaign(out: Path, reporter: Reporter | None, programs: int = 40):
+    """A seeded campaign on the zoo's stale_pid (faked: a planted stale bug), one worker."""
+    options = RunOptions(KernelSpec("6.1-cloud", "stale_pid"), 600, 1, out, seed=5, max_programs=programs,
+                         distill=False)
+    on_update = reporter.update if reporter else (lambda stats: None)
+    return run(options, on_update, new_stop_event(), fake_kernel)
+
+
+def counted(service) -> int:
+    """Findings the service's bugs count."""
+    return sum(bug["count"] for bug in service.get("/api/bugs"))
+
+
+def test_counters_and_findings_reach_the_service_once(service, tmp_path):
+    out = tmp_path / "out"
+    with Reporter(service.url, out, "worker-a", "6.1+zoo", TOKEN, every=0.2) as reporter:
+        result = campaign(out, reporter)
+    findings = store.list_findings(out)
+    assert findings and reporter.pending() == [] and reporter.sent == len(findings)
+    assert sorted((out / LEDGER).read_text().split()) == sorted(d.name for d in findings)
+    [worker] = service.get("/api/workers")
+    assert (worker["name"], worker["kernel"], worker["programs"]) == ("worker-a", "6.1+zoo", result.stats.programs)
+    assert not worker["stale"]
+    assert counted(service) == len(findings)
+    # The whole directory pushed again after the night: every finding is a repeat, none counts twice.
+    answer = push(service.url, out, TOKEN)
+    assert (answer["findings_added"], answer["repeated"]) == (0, len(findings))
+    assert counted(service) == len(findings)
+
+
+def test_a_service_that_was_away_gets_everything_when_it_is_back(tmp_path):
+    away = Running(tmp_path / "state", _free_port())
+    out = tmp_path / "out"
+    reporter = Reporter(away.url, out, "worker-b", "6.1+zoo", TOKEN, every=0.2)
+    with reporter:
+        campaign(out, reporter)
+    findings = store.list_findings(out)
+    assert findings and len(reporter.pending()) == len(findings) and reporter.error and not reporter.refused
+    away.start()
+    try:
+        assert reporter.flush() and reporter.pending() == []
+        assert counted(away) == len(findings)
+        assert [w["name"] for w in away.get("/api/workers")] == ["worker-b"]
+        # A restarted worker on the same OUT sends nothing again.
+        again = Reporter(away.url, out, "worker-b", "6.1+zoo", TOKEN)
+        assert again.pending() == [] and again.flush() and again.sent == 0
+    finally:
+        away.stop()
+
+
+def test_a_refused_token_stops_the_reporting_not_the_campaign(service, tmp_path):
+    out = tmp_path / "out"
+    with Reporter(service.url, out, "worker-c", "6.1+zoo", "not-the-token-at-all", every=0.2) as reporter:
+        result = campaign(out, reporter)
+    assert result.stats.programs == 40 and store.list_findings(out)
+    assert reporter.refused and "401" in reporter.error and reporter.sent == 0
+    assert service.get("/api/workers") == [] and counted(service) == 0
+    assert "refused" in reporter.describe() and "procfuzz push" in reporter.describe()
+
+
+@pytest.mark.parametrize("name, body", [
+    ("worker-d", b"not json"),
+    ("worker-d", b'{"kernel": "k"}'),
+    ("worker-d", b'{"kernel": "k", "stats": {"programs": "many"}}'),
+    ("worker-d", json.dumps({"kernel": "k" * 300, "stats": {}}).encode()),
+    ("bad%20name", b'{"kernel": "k", "stats": {}}'),
+])
+def test_a_malformed_report_is_a_4xx_and_changes_nothing(service, name, body):
+    request = urllib.request.Request(f"{service.url}/api/workers/{name}/stats", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert 400 <= refused.value.code < 500
+    assert service.get("/api/workers") == []
