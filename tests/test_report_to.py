@@ -4,6 +4,8 @@ often it is sent; a refused token stops the reporting, not the campaign; a malfo
 changes nothing.  The service runs in-process on loopback, the campaign on fake kernels."""
 
 import json
+import os
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,6 +23,7 @@ from fuzz.serve.manager import Manager
 from test_serve_fakes import _free_port, fake_kernel
 
 TOKEN = "t0ken-for-the-report-tests-0123"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Running:
@@ -132,3 +135,15 @@ def test_a_malformed_report_is_a_4xx_and_changes_nothing(service, name, body):
         urllib.request.urlopen(request, timeout=30)
     assert 400 <= refused.value.code < 500
     assert service.get("/api/workers") == []
+
+
+@pytest.mark.parametrize("token, exit_code", [(TOKEN, 1), ("a-wrong-token-0123456789", 2)])
+def test_the_nightly_triage_pushes_into_the_service(service, tmp_path, token, exit_code):
+    campaign(tmp_path / "in" / "6.1-cloud" / "shard-0-of-1", None)
+    found = len(store.list_findings(tmp_path / "in" / "6.1-cloud" / "shard-0-of-1"))
+    env = {**os.environ, "PROCFUZZ_URL": service.url, "PROCFUZZ_TOKEN": token}
+    triage = subprocess.run(["bash", str(ROOT / "ci" / "nightly-triage.sh"), str(tmp_path / "in"), str(tmp_path / "report")],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert triage.returncode == exit_code, triage.stderr[-2000:]
+    assert (tmp_path / "report" / "report.md").is_file()            # the reports, pushed or not
+    assert counted(service) == (found if exit_code == 1 else 0)
