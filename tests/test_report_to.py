@@ -13,14 +13,22 @@ from pathlib import Path
 import pytest
 
 from fuzz.campaign.run import RunOptions, new_stop_event, run
+from fuzz.campaign.startup import StartCorpus
+from fuzz.campaign.worker import WorkerConfig, run_worker
 from fuzz.execute.kernels import KernelSpec, model_for
 from fuzz.record import store
-from fuzz.scale.report_to import LEDGER, Reporter
+from fuzz.record.programs import load_directory, save_program
+from fuzz.scale.report_to import LEDGER, Reporter, kernel_set
 from fuzz.serve.client import push
 from fuzz.serve.config import ServeConfig
 from fuzz.serve.http import Service
 from fuzz.serve.manager import Manager
-from test_serve_fakes import _free_port, fake_kernel
+from reference.program import parse_text
+from targets.model_target import ModelTarget
+from test_model import PROFILE
+from test_serve_fakes import STALE, _free_port, fake_kernel
+
+STALE_TEXT = STALE.to_text()
 
 TOKEN = "t0ken-for-the-report-tests-0123"
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,3 +155,70 @@ def test_the_nightly_triage_pushes_into_the_service(service, tmp_path, token, ex
     assert triage.returncode == exit_code, triage.stderr[-2000:]
     assert (tmp_path / "report" / "report.md").is_file()            # the reports, pushed or not
     assert counted(service) == (found if exit_code == 1 else 0)
+
+
+# ---- the corpus hub ----------------------------------------------------------------------------
+
+SHARED = parse_text("m1 = mount_proc p1\nlookup p1 {m1}/uptime\nreaddir p1 {m1}/self/task\n")
+
+
+def post_json(service, path: str, doc) -> int:
+    request = urllib.request.Request(f"{service.url}{path}", data=json.dumps(doc).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_the_hub_keeps_each_program_once_in_order_and_refuses_bad_posts(service):
+    assert post_json(service, "/api/corpus/k1", {"programs": [SHARED.to_text(), STALE_TEXT]}) == 200
+    assert post_json(service, "/api/corpus/k1", {"programs": [STALE_TEXT]}) == 200          # a repeat
+    page = service.get("/api/corpus/k1?since=0")
+    assert [parse_text(text).id for text in page["programs"]] == [SHARED.id, parse_text(STALE_TEXT).id]
+    assert page["next"] == 2 and service.get("/api/corpus/k1?since=2") == {"programs": [], "next": 2}
+    for bad in ({"programs": ["m1 = no_such_op p1\n"]}, {"programs": "text"}, {"programs": ["x"] * 101},
+                {"program": []}):
+        assert post_json(service, "/api/corpus/k1", bad) == 400
+    assert post_json(service, "/api/corpus/bad%20set", {"programs": [STALE_TEXT]}) == 400
+    assert service.get("/api/corpus/k1?since=0")["next"] == 2 and service.get("/api/corpus/k2")["next"] == 0
+
+
+def test_campaigns_of_one_kernel_share_their_corpus_through_the_hub(service, tmp_path):
+    a = Reporter(service.url, tmp_path / "a", "a", "6.1 label", TOKEN, corpus=tmp_path / "a" / "corpus")
+    b = Reporter(service.url, tmp_path / "b", "b", "6.1 label", TOKEN, corpus=tmp_path / "b" / "corpus")
+    other = Reporter(service.url, tmp_path / "c", "c", "6.12 label", TOKEN, corpus=tmp_path / "c" / "corpus")
+    save_program(tmp_path / "a" / "corpus", SHARED)
+    (tmp_path / "b" / "corpus").mkdir(parents=True)
+    (tmp_path / "c" / "corpus").mkdir(parents=True)
+    assert a.flush() and b.flush() and other.flush() and a.flush()
+    assert [p.id for _, p in load_directory(tmp_path / "b" / "corpus")[0]] == [SHARED.id]
+    assert load_directory(tmp_path / "c" / "corpus")[0] == []                     # another kernel's set
+    assert service.get(f"/api/corpus/{kernel_set('6.1 label')}")["next"] == 1     # not posted back by b
+
+
+class Recording(ModelTarget):
+    """The model as a kernel that remembers what it ran; at its third program another worker's
+    program appears in the working corpus."""
+
+    def __init__(self, corpus: Path):
+        super().__init__(PROFILE)
+        self.corpus, self.ran = corpus, []
+
+    def run(self, program):
+        self.ran.append(program.id)
+        if len(self.ran) == 3:
+            save_program(self.corpus, SHARED)
+        return super().run(program)
+
+
+@pytest.mark.parametrize("exchange_every, runs", [(0.001, 1), (0.0, 0)])
+def test_a_worker_runs_the_programs_other_workers_add_to_the_corpus(tmp_path, exchange_every, runs):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    target = Recording(corpus)
+    config = WorkerConfig(0, 1, PROFILE, "k", tmp_path / "out", corpus, float("inf"), max_programs=30,
+                          state_check=0, exchange_every=exchange_every)
+    run_worker(config, target, lambda stats: None, lambda: False, start=StartCorpus((), ()))
+    assert target.ran.count(SHARED.id) == runs          # without the exchange: never

@@ -67,11 +67,16 @@ class RunOptions:
     replay: ReplayLimits = ReplayLimits()    # the working corpus replayed at start, at most
     distill: bool = True                     # distill the working corpus when the campaign ends
     state_check: int = WorkerConfig.state_check   # the end-of-program state check every Nth program; 0: never
+    exchange_every: float = 0.0              # seconds between the workers' looks for programs other workers added
 
     @property
     def out_dir(self) -> Path:
         """Where this run writes: OUT, or OUT/shard-I-of-N/ for one shard."""
         return Path(self.out) / self.shard.dirname if self.shard else Path(self.out)
+
+    @property
+    def working_corpus(self) -> Path:
+        return Path(self.corpus) if self.corpus else self.out_dir / "corpus"
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ def run(options: RunOptions, on_update: Callable[[Stats], None], stop,
         raise ToolError("--workers must be at least 1")
     shard = options.shard or WHOLE
     out = options.out_dir
-    working_corpus = Path(options.corpus) if options.corpus else out / "corpus"
+    working_corpus = options.working_corpus
     out.mkdir(parents=True, exist_ok=True)
     working_corpus.mkdir(parents=True, exist_ok=True)
     kernel = replace(options.kernel, cpus=options.guest_cpus or guest_cpus_for(options.workers, os.cpu_count()))
@@ -114,7 +119,8 @@ def run(options: RunOptions, on_update: Callable[[Stats], None], stop,
     deadline = started + options.budget
     configs = [WorkerConfig(stream, seed, profile, label, out, working_corpus, deadline, options.max_ops,
                             options.max_programs, known=known, seed_dirs=options.seed_dirs,
-                            leak_every=options.leak_every, state_check=options.state_check)
+                            leak_every=options.leak_every, state_check=options.state_check,
+                            exchange_every=options.exchange_every)
                for stream in shard.streams(options.workers)]
     outcome = follow_campaign(configs, kernel, on_update, stop, open_target, start, kill_now)
     elapsed = time.monotonic() - started

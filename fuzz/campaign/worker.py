@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from reference.profile import KernelProfile
-from reference.program import Program
+from reference.program import Program, ProgramError
 from reference.state_check import with_state_check
 from targets.base import Target
 from targets.model_target import ModelTarget
@@ -28,7 +28,7 @@ from fuzz.generate.coverage import features, kernel_features
 from fuzz.record import store
 from fuzz.record.finding import Finding
 from fuzz.record.known import KnownIssues
-from fuzz.record.programs import save_program
+from fuzz.record.programs import load_program, program_files, save_program
 from fuzz.record.summary import Breakdown, Stats
 
 from .startup import StartCorpus, StartSource, load_start
@@ -50,6 +50,7 @@ class WorkerConfig:
     seed_dirs: tuple = ()           # read-only program directories replayed first (corpus/seeds)
     leak_every: int = 10            # slab counts (L frames, ~3x the cost) for every Nth program; 0: never
     state_check: int = 1            # the end-of-program state check (reference/state_check.py) for every Nth program; 0: never
+    exchange_every: float = 0.0     # seconds between looks for other workers' programs in the corpus; 0: never
 
 
 def starting_programs(config: WorkerConfig) -> StartCorpus:
@@ -72,21 +73,51 @@ def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], N
     loop = _Loop(config, target, model or ModelTarget(config.profile), config.known.explainer(config.kernel_label),
                  source.seen_features)
     clock = loop.clock
+    others = CorpusWatcher(config.corpus, config.exchange_every) if config.exchange_every else None
     last_report = time.monotonic()
     while not should_stop() and time.monotonic() < config.deadline:
         if config.max_programs is not None and loop.stats.programs >= config.max_programs:
             break
         with clock("generate"):
+            if others is not None:
+                source.take(others.new_programs())
             program = source.next()
         if loop.run(program):
             with clock("record"):
-                save_program(config.corpus, program)
+                saved = save_program(config.corpus, program)
+            if others is not None:
+                others.known.add(saved.name)
             source.corpus.append(program)
         if time.monotonic() - last_report > 1.0:
             report(loop.snapshot())
             last_report = time.monotonic()
     report(loop.snapshot())
     return loop.stats
+
+
+class CorpusWatcher:
+    """Programs that appear in the working corpus after the worker started: other workers' of
+    the campaign, or other campaigns' through a service's hub (run --report-to).  A look every
+    ``every`` seconds, at most ``batch`` programs a look; an unreadable file is skipped once."""
+
+    def __init__(self, directory: Path, every: float, batch: int = 64):
+        self.directory, self.every, self.batch = Path(directory), every, batch
+        self.known = {path.name for path in program_files(self.directory)}
+        self._next = time.monotonic() + every
+
+    def new_programs(self) -> list[Program]:
+        if time.monotonic() < self._next:
+            return []
+        self._next = time.monotonic() + self.every
+        fresh = [path for path in program_files(self.directory) if path.name not in self.known][:self.batch]
+        programs = []
+        for path in fresh:
+            self.known.add(path.name)
+            try:
+                programs.append(load_program(path))
+            except ProgramError:
+                pass                         # not a program (writers write atomically): never run
+        return programs
 
 
 class _Loop:

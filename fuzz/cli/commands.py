@@ -162,7 +162,8 @@ def cmd_run(args) -> int:
                              args.max_ops, args.max_programs, args.leak_every,
                              Path(args.known) if args.known else None, args.guest_cpus,
                              replay=ReplayLimits(args.replay_programs, args.replay_seconds),
-                             distill=not args.no_distill, state_check=parse_state_check(args.state_check))
+                             distill=not args.no_distill, state_check=parse_state_check(args.state_check),
+                             exchange_every=EXCHANGE_SECONDS if args.report_to else 0.0)
         reporter = _reporter(args, options)
         try:
             with StatusDisplay(options.kernel.label, args.workers, options.budget) as display, \
@@ -181,6 +182,9 @@ def cmd_run(args) -> int:
     return result.exit_code
 
 
+EXCHANGE_SECONDS = 30.0     # with --report-to: how often workers look for programs from the hub
+
+
 def _reporter(args, options):
     """The Reporter of --report-to (None without it)."""
     if not args.report_to:
@@ -189,7 +193,8 @@ def _reporter(args, options):
     from fuzz.scale.report_to import Reporter
     from fuzz.serve.service import read_token
     name = args.worker_name or socket.gethostname() + (f"-{options.shard.dirname}" if options.shard else "")
-    return Reporter(args.report_to, options.out_dir, name, options.kernel.label, read_token(args.token_file))
+    return Reporter(args.report_to, options.out_dir, name, options.kernel.label, read_token(args.token_file),
+                    corpus=options.working_corpus)
 
 
 def _both(*callbacks):

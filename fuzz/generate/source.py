@@ -22,6 +22,7 @@ class ProgramSource:
         self.rng, self.profile, self.max_ops = rng, profile, max_ops
         self.queue = list(seeds)
         self.corpus = list(seeds)
+        self.incoming: list[Program] = []      # other workers' corpus programs: each run once, then parents
         self._choices = RandomChoices(rng)
         self._decode = None
 
@@ -32,9 +33,16 @@ class ProgramSource:
             self._decode = _hypothesis_decoder(self.profile, self.max_ops)
         return self._decode(data)
 
+    def take(self, programs: list[Program]) -> None:
+        """Programs another worker added to the corpus: run next, then parents of mutations."""
+        self.incoming.extend(programs)
+        self.corpus.extend(programs)
+
     def next(self) -> Program:
         if self.queue:
             return self.queue.pop(0)
+        if self.incoming:
+            return self.incoming.pop(0)
         if self.corpus and self.rng.random() < 0.4:
             mutant = mutate(self.rng.choice(self.corpus), self.rng.choice(self.corpus), self.rng)
             if mutant is not None:

@@ -26,17 +26,26 @@ class ServiceError(ToolError):
 def post(url: str, path: str, data: bytes, content_type: str, token: str | None = None,
          timeout: float = 300.0) -> dict:
     """The service's JSON answer to a POST of ``data`` to ``path``; ServiceError if it refused."""
-    endpoint = url.rstrip("/") + path
-    request = urllib.request.Request(endpoint, data=data, method="POST", headers={"Content-Type": content_type})
+    request = urllib.request.Request(url.rstrip("/") + path, data=data, method="POST",
+                                     headers={"Content-Type": content_type})
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    return _call(request, timeout)
+
+
+def get(url: str, path: str, timeout: float = 60.0):
+    """The service's JSON answer to a GET of ``path``; ServiceError if it refused."""
+    return _call(urllib.request.Request(url.rstrip("/") + path), timeout)
+
+
+def _call(request: urllib.request.Request, timeout: float):
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             return json.loads(answer.read())
     except urllib.error.HTTPError as err:
-        raise ServiceError(f"{endpoint}: {err.code} {_reason(err)}", err.code) from None
+        raise ServiceError(f"{request.full_url}: {err.code} {_reason(err)}", err.code) from None
     except (urllib.error.URLError, OSError, ValueError) as err:
-        raise ServiceError(f"{endpoint}: {getattr(err, 'reason', err)}") from None
+        raise ServiceError(f"{request.full_url}: {getattr(err, 'reason', err)}") from None
 
 
 def push(url: str, directory: Path, token: str | None = None, timeout: float = 300.0) -> dict:

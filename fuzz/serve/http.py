@@ -27,6 +27,7 @@ from fuzz.record import store
 from . import pages, records
 from .manager import Manager
 from .upload import Limits, UploadError
+from .hub import MAX_POST_BYTES, HubError
 from .workers import MAX_REPORT_BYTES, ReportError
 
 log = logging.getLogger("procfuzz.serve.http")
@@ -70,10 +71,10 @@ GET_ROUTES: list[tuple[re.Pattern, str]] = [(re.compile(pattern), name) for patt
     (r"/api/stats", "api_stats"), (r"/api/follow-ups", "api_follow_ups"), (r"/api/bugs", "api_bugs"),
     (r"/api/bugs/(\d+)", "api_bug"), (r"/api/bugs/(\d+)/reproducer\.c", "api_bug_reproducer"),
     (r"/api/findings/(\d+)", "api_finding"), (r"/api/findings/(\d+)/([a-z.]+)", "api_artifact"),
-    (r"/api/workers", "api_workers"))]
+    (r"/api/workers", "api_workers"), (r"/api/corpus/([^/]+)", "api_corpus"))]
 POST_ROUTES: list[tuple[re.Pattern, str]] = [(re.compile(pattern), name) for pattern, name in (
     (r"/api/campaigns/([A-Za-z0-9._+-]+)/(start|stop)", "post_campaign"), (r"/api/import", "post_import"),
-    (r"/api/workers/([^/]+)/stats", "post_worker_stats"))]
+    (r"/api/workers/([^/]+)/stats", "post_worker_stats"), (r"/api/corpus/([^/]+)", "post_corpus"))]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -165,6 +166,12 @@ class Handler(BaseHTTPRequestHandler):
     def api_workers(self):
         self._json(200, self.server.manager.remote.rows())
 
+    def api_corpus(self, name):
+        try:
+            self._json(200, self.server.manager.hub.since(name, int(self.query.get("since", 0))))
+        except HubError as err:
+            raise HttpError(400, str(err)) from None
+
     def api_stats(self):
         self._json(200, records.stat_points(self.server.manager.db, _since(self.query, 24 * 3600)))
 
@@ -235,6 +242,13 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self._json(200, self.server.manager.remote.report(name, self._body(MAX_REPORT_BYTES)))
         except ReportError as err:
+            raise HttpError(400, str(err)) from None
+
+    def post_corpus(self, name):
+        self._authorised()
+        try:
+            self._json(200, self.server.manager.hub.add(name, self._body(MAX_POST_BYTES)))
+        except HubError as err:
             raise HttpError(400, str(err)) from None
 
     def _body(self, limit: int) -> bytes:

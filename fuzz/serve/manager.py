@@ -38,6 +38,7 @@ from .guests import GuestPool, Lease
 from .importer import Imported, drop_repeated_findings, import_findings, reconcile
 from .stats import StatTracker
 from .upload import Limits, unpack
+from .hub import CorpusHub
 from .workers import RemoteWorkers
 
 log = logging.getLogger("procfuzz.serve")
@@ -91,6 +92,7 @@ class Manager:
         self.stopping = threading.Event()
         self.live: dict[str, dict] = {}                 # kernel name -> the running campaign's counters
         self.remote = RemoteWorkers()                    # campaigns elsewhere that report here
+        self.hub = CorpusHub(self.state / "hub")         # and share their corpus programs through it
         self._stops: dict[str, object] = {}             # kernel name -> its campaign's stop event
         self._wake = threading.Condition()
         self._threads: list[threading.Thread] = []
