@@ -18,7 +18,7 @@ from fuzz.campaign.worker import WorkerConfig, run_worker
 from fuzz.execute.kernels import KernelSpec, model_for
 from fuzz.record import store
 from fuzz.record.programs import load_directory, save_program
-from fuzz.scale.report_to import LEDGER, Reporter, kernel_set
+from fuzz.serve.report_to import LEDGER, Reporter, kernel_set
 from fuzz.serve.client import push
 from fuzz.serve.config import ServeConfig
 from fuzz.serve.http import Service

@@ -16,7 +16,7 @@ from fuzz.execute.kernels import TargetOpener, model_for, open_qemu
 from fuzz.triage.minimize import DEFAULT_RETRIES
 
 from . import commands as c
-from . import kcov
+from . import kcov, service
 
 
 def main(argv: list[str] | None = None, *, open_target: TargetOpener = open_qemu,
@@ -208,14 +208,14 @@ def _follow_up_commands(t: _Commands) -> None:
 
 
 def _service_commands(t: _Commands) -> None:
-    p = t.command("serve", c.cmd_serve, "the fuzzing service: campaigns without pause, a bug database, "
+    p = t.command("serve", service.cmd_serve, "the fuzzing service: campaigns without pause, a bug database, "
                   "follow-ups, a dashboard (docs/serve.md)")
     p.add_argument("--config", default=None, help="procfuzz.toml (default: one worker on the default kernel)")
     p.add_argument("--state", default="procfuzz-state", help="state directory: database, campaigns, uploads")
     p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT of the dashboard and API")
     p.add_argument("--token-file", default=None,
                    help="file holding the token write endpoints need (required beyond loopback)")
-    p = t.command("push", c.cmd_push, "upload the finding directories below DIR to a service's /api/import")
+    p = t.command("push", service.cmd_push, "upload the finding directories below DIR to a service's /api/import")
     p.add_argument("url", help="the service, e.g. http://fuzz.example:8080")
     p.add_argument("dir", help="a run output or any directory holding findings/ directories")
     p.add_argument("--token-file", default=None, help="file holding the service's write token")

@@ -162,9 +162,13 @@ def cmd_run(args) -> int:
                              args.max_ops, args.max_programs, args.leak_every,
                              Path(args.known) if args.known else None, args.guest_cpus,
                              replay=ReplayLimits(args.replay_programs, args.replay_seconds),
-                             distill=not args.no_distill, state_check=parse_state_check(args.state_check),
-                             exchange_every=EXCHANGE_SECONDS if args.report_to else 0.0)
-        reporter = _reporter(args, options)
+                             distill=not args.no_distill, state_check=parse_state_check(args.state_check))
+        reporter = None
+        if args.report_to:
+            from fuzz.serve.report_to import reporting_campaign
+            from fuzz.serve.service import read_token
+            options, reporter = reporting_campaign(args.report_to, options, read_token(args.token_file),
+                                                   args.worker_name)
         try:
             with StatusDisplay(options.kernel.label, args.workers, options.budget) as display, \
                     reporter or contextlib.nullcontext():
@@ -180,21 +184,6 @@ def cmd_run(args) -> int:
     if result.failure:
         raise ToolError(result.failure)
     return result.exit_code
-
-
-EXCHANGE_SECONDS = 30.0     # with --report-to: how often workers look for programs from the hub
-
-
-def _reporter(args, options):
-    """The Reporter of --report-to (None without it)."""
-    if not args.report_to:
-        return None
-    import socket
-    from fuzz.scale.report_to import Reporter
-    from fuzz.serve.service import read_token
-    name = args.worker_name or socket.gethostname() + (f"-{options.shard.dirname}" if options.shard else "")
-    return Reporter(args.report_to, options.out_dir, name, options.kernel.label, read_token(args.token_file),
-                    corpus=options.working_corpus)
 
 
 def _both(*callbacks):
@@ -398,22 +387,4 @@ def cmd_bench(args) -> int:
         raise ToolError(f"no benchmark {args.what!r} ({bench})")
     sys.argv = [str(bench)] + args.rest
     runpy.run_path(str(bench), run_name="__main__")
-    return EXIT_OK
-
-
-# ---- the service ---------------------------------------------------------------------------------
-
-def cmd_serve(args) -> int:
-    from fuzz.serve.service import serve
-    serve(Path(args.config) if args.config else None, Path(args.state), args.listen, args.token_file,
-          args.open_target, args.model_for, _say)
-    return EXIT_OK
-
-
-def cmd_push(args) -> int:
-    from fuzz.serve.client import push
-    from fuzz.serve.service import read_token
-    answer = push(args.url, Path(args.dir), read_token(args.token_file))
-    print(f"{args.url}: upload {answer['upload']}: {answer['findings_added']} findings added, "
-          f"{answer['bugs']} bugs, {len(answer['queued_for_follow_up'])} queued for follow-up")
     return EXIT_OK

@@ -1,6 +1,6 @@
 """Talking to a `procfuzz serve`: `procfuzz push URL DIR` (the finding directories below DIR,
 packed by fuzz/serve/upload.py, posted to ``/api/import``) and the posts of a campaign that
-reports as it goes (fuzz/scale/report_to.py)."""
+reports as it goes (report_to.py)."""
 
 from __future__ import annotations
 

@@ -17,20 +17,24 @@ left after the campaign.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import socket
 import threading
 from pathlib import Path
 
 from reference.program import ProgramError, parse
 
+from fuzz.campaign.run import RunOptions
 from fuzz.record.programs import atomic_write, program_files, save_program
 from fuzz.record.summary import Stats
-from fuzz.serve.client import ServiceError, get, post
-from fuzz.serve.hub import MAX_PROGRAMS_A_POST
-from fuzz.serve.upload import pack_findings
 from fuzz.triage.bugs import finding_dirs
+
+from .client import ServiceError, get, post
+from .hub import MAX_PROGRAMS_A_POST
+from .upload import pack_findings
 
 LEDGER = "reported"
 CORPUS_LEDGER = "reported-corpus"
@@ -38,6 +42,18 @@ CURSOR = "hub-cursor"
 MAX_PAUSE = 60.0
 POST_BYTES = 512 << 10          # a corpus post stays well under the hub's 1 MiB
 PULL_PAGES = 10                 # hub pages taken a flush, at most
+
+
+EXCHANGE_SECONDS = 30.0        # how often a reporting campaign's workers look for the hub's programs
+
+
+def reporting_campaign(url: str, options: RunOptions, token: str | None,
+                       name: str | None = None) -> tuple[RunOptions, "Reporter"]:
+    """The campaign's options with the corpus exchange on, and its Reporter (named after the
+    host and the shard unless ``name`` is given)."""
+    name = name or socket.gethostname() + (f"-{options.shard.dirname}" if options.shard else "")
+    options = dataclasses.replace(options, exchange_every=EXCHANGE_SECONDS)
+    return options, Reporter(url, options.out_dir, name, options.kernel.label, token, corpus=options.working_corpus)
 
 
 def kernel_set(label: str) -> str:
