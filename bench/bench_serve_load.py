@@ -65,7 +65,9 @@ def stale_findings(out: Path, count: int) -> list[Path]:
     model = ModelTarget(load_profile())
     directories = []
     for n in range(count):
-        program = parse_text("m1 = mount_proc p1\n" + "lookup p1 {m1}/self\n" * n +
+        # n in two counts of harmless lookups: every program distinct, all within the op limit
+        program = parse_text("m1 = mount_proc p1\n" + "lookup p1 {m1}/self\n" * (n % 100) +
+                             "lookup p1 {m1}/thread-self\n" * (n // 100) +
                              "p2 = spawn p1\nexit p2\nreap p1 p2\nlookup p1 {m1}/{p2}\n")
         expected = model.run(program)
         actual = dataclasses.replace(expected, results=expected.results[:-1] + ("ok:dir",))
