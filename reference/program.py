@@ -285,7 +285,7 @@ class Program:
     def to_text(self) -> str:
         return "".join(op.to_text() + "\n" for op in self.ops)
 
-    @property
+    @cached_property             # programs are immutable; ids are asked for often (corpus, triage)
     def id(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 

@@ -13,7 +13,8 @@ from fuzz.record import store
 from fuzz.record.known import KnownIssue, KnownIssues
 from fuzz.serve import records
 from fuzz.serve.db import MIGRATIONS, Database, DatabaseError
-from fuzz.serve.importer import import_findings, reconcile
+from fuzz.serve.importer import FindingCache, import_findings, reconcile
+from fuzz.triage.bugs import read_finding
 from fuzz.serve.upload import Limits, UploadError, pack, unpack
 from reference.program import parse_text
 from test_serve_fakes import STALE, postgres_url, record_finding  # noqa: F401 - a fixture
@@ -67,6 +68,26 @@ def test_import_groups_findings_into_bugs_once(db, tmp_path):
     bug = records.bug(db, next(b["id"] for b in bugs if b["representative"] == str(first)))
     assert bug["findings"][0]["source"] == "campaign zoo" and bug["findings"][0]["kernel"].endswith("+zoo:stale_pid")
     assert records.next_follow_up(db)["bug_id"] in imported.queued
+
+
+def test_an_import_with_a_cache_reads_only_the_new_findings_and_files_them_alike(db, tmp_path):
+    reads = []
+    cache = FindingCache(lambda directory, known: reads.append(directory.name) or read_finding(directory, known))
+    run = tmp_path / "run"
+    known = KnownIssues()
+    first = record_finding(run)
+    import_findings(db, {run: "x"}, known, now=1, cache=cache)
+    second = record_finding(run, OTHER)
+    imported = import_findings(db, {run: "x"}, known, now=2, cache=cache)
+    assert reads == [first.name, second.name] and imported.findings == {str(second)}
+    # the same database as one import of both without a cache
+    fresh = Database(tmp_path / "fresh.sqlite3")
+    import_findings(fresh, {run: "x"}, KnownIssues(), now=2)
+    rows = lambda database: sorted((b["bug_key"], b["count"], b["representative"]) for b in records.bugs(database))
+    assert rows(db) == rows(fresh) and records.finding_bug_keys(db) == records.finding_bug_keys(fresh)
+    # classified again when the known issues change
+    import_findings(db, {run: "x"}, KnownIssues(), now=3, refresh=True, cache=cache)
+    assert len(reads) == 4
 
 
 def test_known_issues_are_known_and_not_followed_up(db, tmp_path):

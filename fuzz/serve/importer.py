@@ -17,7 +17,8 @@ from reference.program import ProgramError
 from fuzz.compare.classes import KERNEL_CLASSES
 from fuzz.record import store
 from fuzz.record.known import KnownIssues
-from fuzz.triage.bugs import collect, finding_dirs
+from fuzz.record.finding import Finding
+from fuzz.triage.bugs import FindingReader, collect, finding_dirs, read_finding
 
 from . import records
 from .db import Database
@@ -30,23 +31,58 @@ class Imported:
     queued: tuple[int, ...]        # bugs queued for follow-up
 
 
+class FindingCache:
+    """Findings read and classified once: the files of a finding directory do not change after
+    the store renames it into place (later steps only add artifacts beside them), so an import
+    reads the new findings alone instead of every finding again (a service that imports on each
+    upload would otherwise be quadratic in its findings).  Keyed by the known issues it
+    classified with, and by the identity of each directory's meta file (a directory replaced by
+    another finding of the same name is read again)."""
+
+    def __init__(self, read_uncached: FindingReader = read_finding):
+        self._read = read_uncached
+        self._known: KnownIssues | None = None
+        self._entries: dict[Path, tuple[tuple[int, int], tuple[Finding, int]]] = {}
+
+    def read(self, directory: Path, known: KnownIssues) -> tuple[Finding, int]:
+        if known is not self._known:
+            self._known, self._entries = known, {}
+        try:
+            meta = (directory / store.META).stat()
+        except OSError:
+            return self._read(directory, known)          # says what is missing
+        stamp = (meta.st_ino, meta.st_mtime_ns)
+        entry = self._entries.get(directory)
+        if entry is None or entry[0] != stamp:
+            entry = self._entries[directory] = (stamp, self._read(directory, known))
+        return entry[1]
+
+    def keep_only(self, directories: set[str]) -> None:
+        """Forget the directories gone from disk."""
+        self._entries = {d: entry for d, entry in self._entries.items() if str(d) in directories}
+
+
 def import_findings(db: Database, sources: dict[Path, str], known: KnownIssues, now: int, refresh: bool = False,
-                    warn: Callable[[str], None] = lambda text: None) -> Imported:
+                    warn: Callable[[str], None] = lambda text: None, cache: FindingCache | None = None) -> Imported:
     """Import every finding below ``sources`` (directory -> the source its findings name); with
-    nothing new on disk, nothing is read unless ``refresh`` (follow-up artifacts changed)."""
+    nothing new on disk, nothing is read unless ``refresh`` (follow-up artifacts changed).  With a
+    ``cache`` kept between calls, only the findings it has not read yet are read."""
     roots = [root for root in sources if root.is_dir()]
     on_disk = {str(d) for d in finding_dirs(roots, warn)}
-    fresh = on_disk - records.known_directories(db)
+    assigned = records.finding_bug_keys(db)
+    fresh = on_disk - assigned.keys()
     if not fresh and not refresh:
         return Imported(frozenset(), 0, ())
-    bugs = collect(roots, known, warn)
+    cache = cache or FindingCache()
+    cache.keep_only(on_disk)
+    bugs = collect(roots, known, warn, cache.read)
     facts = {directory: records.FindingFacts(_source(Path(directory), sources), store.kernel_of(Path(directory)),
                                              _recorded(Path(directory)))
              for directory in fresh}
     queued = []
     with db.transaction() as cur:
         for bug in bugs:
-            bug_id = records.save_bug(cur, bug, facts)
+            bug_id = records.save_bug(cur, bug, facts, assigned)
             if bug.is_new and bug.cls in KERNEL_CLASSES and records.enqueue_follow_up(cur, bug_id, now):
                 queued.append(bug_id)
     added = frozenset(fresh & {str(d) for bug in bugs for d in bug.directories})

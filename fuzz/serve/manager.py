@@ -35,7 +35,7 @@ from .config import KernelConfig, ServeConfig
 from .db import DB_FILE, Database, DatabaseError
 from .followups import follow_up_finding, stoppable
 from .guests import GuestPool, Lease
-from .importer import Imported, drop_repeated_findings, import_findings, reconcile
+from .importer import FindingCache, Imported, drop_repeated_findings, import_findings, reconcile
 from .stats import StatTracker
 from .upload import Limits, unpack
 from .hub import CorpusHub
@@ -97,6 +97,7 @@ class Manager:
         self._wake = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._import_lock = threading.RLock()
+        self._findings = FindingCache()                 # read once, kept while the service runs
         self.known = load_known_issues(config.known or corpus.KNOWN_ISSUES)
         self.started = int(time.time())
         self._lock = lock_state(self.state)
@@ -245,7 +246,7 @@ class Manager:
     def import_now(self, refresh: bool = False) -> Imported:
         with self._import_lock:
             imported = import_findings(self.db, self.sources(), self.known, int(time.time()), refresh,
-                                       warn=lambda text: log.warning("%s", text))
+                                       warn=lambda text: log.warning("%s", text), cache=self._findings)
         if imported.queued:
             self.poke()
         return imported

@@ -108,9 +108,10 @@ class FindingFacts:
     recorded: int
 
 
-def save_bug(cur: Cursor, bug: Bug, facts: dict[str, FindingFacts]) -> int:
+def save_bug(cur: Cursor, bug: Bug, facts: dict[str, FindingFacts], assigned: dict[str, str] | None = None) -> int:
     """Insert or refresh a triaged bug and its findings (``facts`` by finding directory);
-    returns the bug's id.  A bug marked fixed stays fixed."""
+    returns the bug's id.  A bug marked fixed stays fixed.  Finding rows already under this
+    bug in ``assigned`` (directory -> bug key, see finding_bug_keys) are left as they are."""
     row = cur.one("""INSERT INTO bugs (bug_key, cls, signatures, status, first_seen, last_seen, count, kernels,
                      note, representative) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                      ON CONFLICT (bug_key) DO UPDATE SET cls = excluded.cls, signatures = excluded.signatures,
@@ -121,7 +122,10 @@ def save_bug(cur: Cursor, bug: Bug, facts: dict[str, FindingFacts]) -> int:
                   (bug.signature, bug.cls, json.dumps(bug.symptoms), triage_status(bug), bug.first_seen,
                    bug.last_seen, bug.count, json.dumps(bug.kernels), bug.note, str(bug.directory)))
     bug_id = int(row["id"])
+    assigned = assigned or {}
     for directory in map(str, bug.directories):
+        if assigned.get(directory) == bug.signature:
+            continue
         fact = facts.get(directory, FindingFacts("", "", 0))
         cur.execute("""INSERT INTO findings (bug_id, program_id, directory, kernel, recorded, source)
                        VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (directory) DO UPDATE SET bug_id = excluded.bug_id""",
@@ -142,6 +146,13 @@ def finding_keys(db: Database) -> set[tuple[str, str]]:
     """(program id, kernel label) of every finding: the same finding, whatever upload it came in."""
     with db.transaction() as cur:
         return {(row["program_id"], row["kernel"]) for row in cur.all("SELECT program_id, kernel FROM findings")}
+
+
+def finding_bug_keys(db: Database) -> dict[str, str]:
+    """Every finding directory and the key of the bug it is filed under."""
+    with db.transaction() as cur:
+        return {row["directory"]: row["bug_key"]
+                for row in cur.all("SELECT f.directory, b.bug_key FROM findings f JOIN bugs b ON b.id = f.bug_id")}
 
 
 def known_directories(db: Database) -> set[str]:

@@ -97,7 +97,7 @@ def finding_dirs(dirs: list[Path], warn: Callable[[str], None] = _stderr) -> lis
     return list(found)
 
 
-def _read(directory: Path, known: KnownIssues) -> tuple[Finding, int]:
+def read_finding(directory: Path, known: KnownIssues) -> tuple[Finding, int]:
     """The finding, classified by today's oracle and known issues, and when it was recorded."""
     return reclassified(store.load(directory), known), store.recorded_at(directory)
 
@@ -133,15 +133,18 @@ def _leaks_joined(groups: dict[str, list]) -> dict[str, list]:
     return joined
 
 
+FindingReader = Callable[[Path, KnownIssues], tuple[Finding, int]]
+
+
 def collect(dirs: list[Path], known: KnownIssues = KnownIssues(),
-            warn: Callable[[str], None] = _stderr) -> list[Bug]:
+            warn: Callable[[str], None] = _stderr, read: FindingReader = read_finding) -> list[Bug]:
     """Bugs from run output directories (a run's ``--out``, a merged directory, a tree of
     shards), new ones first, then the most frequent; an unreadable finding is skipped with a
-    warning."""
+    warning.  ``read`` loads and classifies one finding (a service passes a cached reader)."""
     groups: dict[str, list[tuple[Finding, int, Path]]] = defaultdict(list)
     for directory in finding_dirs([Path(d) for d in dirs], warn):
         try:
-            finding, recorded = _read(directory, known)
+            finding, recorded = read(directory, known)
         except ProgramError as err:
             warn(f"skipped {err}")
             continue
