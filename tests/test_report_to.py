@@ -5,6 +5,7 @@ changes nothing.  The service runs in-process on loopback, the campaign on fake 
 
 import json
 import os
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -93,6 +94,9 @@ def test_counters_and_findings_reach_the_service_once(service, tmp_path):
     assert (worker["name"], worker["kernel"], worker["programs"]) == ("worker-a", "6.1+zoo", result.stats.programs)
     assert not worker["stale"]
     assert counted(service) == len(findings)
+    with urllib.request.urlopen(service.url + "/") as page:       # the dashboard lists it too
+        assert re.search(r"<tr><td>worker-a</td><td>6\.1\+zoo</td><td>%d</td>" % result.stats.programs,
+                         page.read().decode())
     # The whole directory pushed again after the night: every finding is a repeat, none counts twice.
     answer = push(service.url, out, TOKEN)
     assert (answer["findings_added"], answer["repeated"]) == (0, len(findings))

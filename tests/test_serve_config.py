@@ -36,6 +36,13 @@ def test_defaults_without_a_file():
     assert [k.name for k in config.kernels] == ["default"] and config.guests == 1 and config.database is None
 
 
+def test_a_service_without_kernels_only_receives(tmp_path):
+    path = tmp_path / "procfuzz.toml"
+    path.write_text("kernel = []\n[follow_up]\nenabled = false\n")
+    config = load_config(path)
+    assert (config.kernels, config.guests, config.follow_up) == ((), 1, False)
+
+
 @pytest.mark.parametrize("text, words", [
     ("guests = 0", "guests must be an integer >= 1"),
     ("guests = 1\n[[kernel]]\nworkers = 2", "more workers than guests"),

@@ -4,6 +4,7 @@ with both traces, the divergence and what re-runs showed."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from reference.program import Program
 from reference.trace import Trace
@@ -35,12 +36,12 @@ class Finding:
         else confirms by being seen."""
         return self.divergence.leak is None or self.reruns[0] == self.reruns[1]
 
-    @property
+    @cached_property             # a finding is immutable; triage asks for these per grouping
     def signature(self) -> str:
         """Stable across runs, workers and kernels (fuzz/record/signature.py)."""
         return signatures.signature(self.program, self.expected.results, self.divergence)
 
-    @property
+    @cached_property
     def bug_key(self) -> str:
         """What triage groups by (fuzz/record/signature.py bug_key)."""
         return signatures.bug_key(self.program, self.expected.results, self.divergence)

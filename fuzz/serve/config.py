@@ -23,6 +23,9 @@ alone reads it::
     workers = 1
     leak_every = 10
     kernel_coverage = false         # true: with the kernel coverage probe (run --kernel-coverage)
+
+``kernel = []`` (no kernel tables) makes a service that fuzzes nothing itself: it only takes
+what remote workers report (`procfuzz run --report-to`), and follows up if enabled.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def _parse(doc: dict) -> ServeConfig:
     names = [k.name for k in kernels]
     if len(set(names)) != len(names):
         raise ValueError(f"kernel names must differ: {names}")
-    guests = _int(doc.get("guests", max(k.workers for k in kernels)), "guests")
+    guests = _int(doc.get("guests", max((k.workers for k in kernels), default=1)), "guests")
     if any(k.workers > guests for k in kernels):
         raise ValueError(f"a kernel has more workers than guests = {guests}")
     campaign, follow_up = doc.get("campaign", {}), doc.get("follow_up", {})

@@ -39,6 +39,7 @@ ARTIFACTS = {"program": store.program_path, "minimized": store.minimized_path, "
 
 class Service(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256        # the listen backlog: socketserver's 5 resets many workers' posts at once
 
     def __init__(self, address: tuple[str, int], manager: Manager, token: str | None, limits: Limits = Limits()):
         if not is_loopback(address[0]) and not token:
@@ -135,7 +136,7 @@ class Handler(BaseHTTPRequestHandler):
     def dashboard(self):
         m = self.server.manager
         self._html(pages.dashboard(m.status(), records.stat_points(m.db, _since(self.query, 6 * 3600)),
-                                   records.bugs(m.db), records.follow_ups(m.db)))
+                                   records.bugs(m.db), records.follow_ups(m.db), m.remote.rows()))
 
     def bug_list(self):
         filters = {key: value for key, value in self.query.items() if key in ("status", "cls", "kernel", "q") and value}

@@ -18,7 +18,7 @@ from fuzz.compare.classes import KERNEL_CLASSES
 from fuzz.record import store
 from fuzz.record.known import KnownIssues
 from fuzz.record.finding import Finding
-from fuzz.triage.bugs import FindingReader, collect, finding_dirs, read_finding
+from fuzz.triage.bugs import FindingReader, bugs_of, finding_dirs, read_finding
 
 from . import records
 from .db import Database
@@ -68,14 +68,15 @@ def import_findings(db: Database, sources: dict[Path, str], known: KnownIssues, 
     nothing new on disk, nothing is read unless ``refresh`` (follow-up artifacts changed).  With a
     ``cache`` kept between calls, only the findings it has not read yet are read."""
     roots = [root for root in sources if root.is_dir()]
-    on_disk = {str(d) for d in finding_dirs(roots, warn)}
+    directories = finding_dirs(roots, warn)
+    on_disk = {str(d) for d in directories}
     assigned = records.finding_bug_keys(db)
     fresh = on_disk - assigned.keys()
     if not fresh and not refresh:
         return Imported(frozenset(), 0, ())
     cache = cache or FindingCache()
     cache.keep_only(on_disk)
-    bugs = collect(roots, known, warn, cache.read)
+    bugs = bugs_of(directories, known, warn, cache.read)
     facts = {directory: records.FindingFacts(_source(Path(directory), sources), store.kernel_of(Path(directory)),
                                              _recorded(Path(directory)))
              for directory in fresh}

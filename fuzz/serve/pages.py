@@ -34,6 +34,7 @@ pre { background: #f7f7f7; padding: .6em; overflow-x: auto; max-height: 30em; }
 #traces td { overflow-wrap: anywhere; } #traces th:nth-child(1) { width: 2.5em; } #traces th:nth-child(5) { width: 8em; }
 tr.divergent td { background: #ffd7d7; font-weight: bold; }
 tr.differs td { background: #fff4cc; }
+tr.stale td { color: #888; }
 .status-new { color: #b00; font-weight: bold; } .status-fixed { color: #070; }
 """
 
@@ -76,7 +77,8 @@ def page(title: str, body: str, live: bool = False) -> str:
             f'<a href="/api/status">API</a></nav><h1>{escape(title)}</h1>{body}{script}</body></html>')
 
 
-def dashboard(status: dict, points: list[dict], bugs: list[dict], follow_ups: list[dict]) -> str:
+def dashboard(status: dict, points: list[dict], bugs: list[dict], follow_ups: list[dict],
+              workers: list[dict] = ()) -> str:
     bug_counters = "".join(f'<div class="counter">{s} bugs<b data-live="bugs/{s}">{status["bugs"][s]}</b></div>'
                            for s in BUG_STATUSES)
     counters = (f'<div class="counters" id="totals">{bug_counters}<div class="counter">findings'
@@ -89,7 +91,7 @@ def dashboard(status: dict, points: list[dict], bugs: list[dict], follow_ups: li
     charts = "".join(line_chart(title, series_of(points, metric)) for title, metric in metrics)
     body = (f'<p>Since {_when(status["since"])}; database: {escape(status["database"])}; counters updated '
             f'<span id="updated">now</span>.</p>{counters}<h2>Kernels</h2>{_kernel_table(status["kernels"])}'
-            f'<h2>Over time</h2><div class="charts">{charts}</div>'
+            f'<h2>Remote workers</h2>{_worker_table(workers)}<h2>Over time</h2><div class="charts">{charts}</div>'
             f'<h2>Latest bugs</h2>{_bug_table(bugs[:15])}<h2>Follow-ups</h2>{_follow_up_table(follow_ups[:15])}')
     return page("Dashboard", body, live=True)
 
@@ -105,6 +107,20 @@ def _kernel_table(kernels: list[dict]) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("kernel", "label", "workers", "state", "programs", "programs/s",
                                                "features", "corpus", "findings", "VM restarts"))
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _worker_table(workers: list[dict]) -> str:
+    """Campaigns elsewhere that report here (`run --report-to`); a worker silent for a minute is
+    marked stale (stopped, or cut off from the service)."""
+    if not workers:
+        return "<p>None report here (<code>procfuzz run --report-to URL</code>).</p>"
+    fields = ("programs", "features", "kernel_functions", "findings", "restarts", "host_faults")
+    rows = "".join(f'<tr{" class=stale" if w["stale"] else ""}><td>{escape(w["name"])}</td><td>{escape(w["kernel"])}</td>'
+                   + "".join(f"<td>{w[f]}</td>" for f in fields)
+                   + f'<td>{_when(w["updated"])}{" (stale)" if w["stale"] else ""}</td></tr>' for w in workers)
+    head = "".join(f"<th>{h}</th>" for h in ("worker", "kernel", "programs", "features", "kernel functions",
+                                               "findings", "VM restarts", "host faults", "last report"))
+    return f"<table><tr>{head}</tr>{rows}</table>"
 
 
 def _bug_table(bugs: list[dict]) -> str:

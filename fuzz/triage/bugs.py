@@ -89,12 +89,17 @@ def finding_dirs(dirs: list[Path], warn: Callable[[str], None] = _stderr) -> lis
     """Every finding directory in every ``findings/`` at or below ``dirs``, each once."""
     found: dict[Path, None] = {}
     for top in dirs:
+        top = Path(top).resolve()        # below it only linked finding directories need resolving
         for root, subdirs, _ in os.walk(top, onerror=lambda err: warn(f"skipped {err.filename}: {err.strerror}")):
             subdirs.sort()
             if Path(root).name == "findings":
-                found.update((Path(root, d).resolve(), None) for d in subdirs if not d.startswith("."))
+                found.update((_resolved(Path(root, d)), None) for d in subdirs if not d.startswith("."))
                 subdirs.clear()          # a finding directory holds no further runs
     return list(found)
+
+
+def _resolved(path: Path) -> Path:
+    return path.resolve() if path.is_symlink() else path
 
 
 def read_finding(directory: Path, known: KnownIssues) -> tuple[Finding, int]:
@@ -141,8 +146,14 @@ def collect(dirs: list[Path], known: KnownIssues = KnownIssues(),
     """Bugs from run output directories (a run's ``--out``, a merged directory, a tree of
     shards), new ones first, then the most frequent; an unreadable finding is skipped with a
     warning.  ``read`` loads and classifies one finding (a service passes a cached reader)."""
+    return bugs_of(finding_dirs([Path(d) for d in dirs], warn), known, warn, read)
+
+
+def bugs_of(directories: list[Path], known: KnownIssues = KnownIssues(),
+            warn: Callable[[str], None] = _stderr, read: FindingReader = read_finding) -> list[Bug]:
+    """collect's bugs of these finding directories."""
     groups: dict[str, list[tuple[Finding, int, Path]]] = defaultdict(list)
-    for directory in finding_dirs([Path(d) for d in dirs], warn):
+    for directory in directories:
         try:
             finding, recorded = read(directory, known)
         except ProgramError as err:
