@@ -224,5 +224,6 @@ def test_a_worker_runs_the_programs_other_workers_add_to_the_corpus(tmp_path, ex
     target = Recording(corpus)
     config = WorkerConfig(0, 1, PROFILE, "k", tmp_path / "out", corpus, float("inf"), max_programs=30,
                           state_check=0, exchange_every=exchange_every)
-    run_worker(config, target, lambda stats: None, lambda: False, start=StartCorpus((), ()))
+    stats = run_worker(config, target, lambda stats: None, lambda: False, start=StartCorpus((), ()))
     assert target.ran.count(SHARED.id) == runs          # without the exchange: never
+    assert stats.from_others == runs and stats.to_json()["programs_from_others"] == runs

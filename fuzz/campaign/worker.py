@@ -82,6 +82,7 @@ def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], N
             if others is not None:
                 source.take(others.new_programs())
             program = source.next()
+            loop.stats.from_others = source.from_others
         if loop.run(program):
             with clock("record"):
                 saved = save_program(config.corpus, program)

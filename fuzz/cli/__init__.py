@@ -140,6 +140,9 @@ def _run_command(t: _Commands) -> None:
                         "runtime builds from this checkout's ci/Dockerfile)")
     p.add_argument("--dry-run", action="store_true", help="with --runtime kubernetes: print the manifests")
     p.add_argument("--namespace", default="default", help="kubernetes namespace")
+    p.add_argument("--with-service", action="store_true",
+                   help="with --runtime kubernetes: procfuzz serve as a Deployment and Service beside the Job, "
+                        "which the workers report to (the token from the Secret procfuzz-token)")
     p.add_argument("--claim", default="procfuzz-findings",
                    help="kubernetes PersistentVolumeClaim (ReadWriteMany) the pods write findings to")
 

@@ -205,7 +205,7 @@ def _run_on_runtime(args) -> int:
     """`run --runtime docker|kubernetes`: one job (one worker) per shard, merged into --out."""
     from fuzz.campaign.shards import WHOLE
     from fuzz.scale.launch import make_runtime, run_on_runtime
-    from fuzz.scale.runtimes import Job, RuntimeUnavailable
+    from fuzz.scale.runtimes import Job, ReportTo, RuntimeUnavailable
     if args.shard:
         raise ToolError("--shard runs one shard here; --runtime docker|kubernetes starts every shard "
                         "itself, one per --workers")
@@ -213,26 +213,31 @@ def _run_on_runtime(args) -> int:
         raise ToolError("--dry-run prints the Kubernetes manifests: use it with --runtime kubernetes")
     if args.corpus or args.known or args.load_module:
         raise ToolError("--corpus, --known and --load-module name host files, which containers do not "
-                        "see: the image's corpus and known issues are used")
-    if args.zoo:
-        raise ToolError("--zoo builds a module against the kernel's headers, which the worker image "
-                        "does not carry: run zoo campaigns with the local runtime")
-    if args.report_to:
-        raise ToolError("--report-to is for the local runtime so far: containers would need the token as a "
-                        "secret; run `procfuzz push URL OUT` after a docker or kubernetes campaign")
+                        "see: the image's corpus, known issues and prebuilt zoo are used")
+    if args.with_service and args.runtime != "kubernetes":
+        raise ToolError("--with-service adds the service to the Kubernetes manifests: use it with --runtime kubernetes")
     if args.workers < 1:
         raise ToolError("--workers must be at least 1")
     seed = args.seed if args.seed is not None else int(time.time())
     extra = ("--max-ops", str(args.max_ops), "--leak-every", str(args.leak_every), "--state-check", args.state_check) \
-        + (("--kernel-coverage",) if args.kernel_coverage else ())     # the image has the probe prebuilt
+        + (("--kernel-coverage",) if args.kernel_coverage else ()) \
+        + (("--zoo", args.zoo) if args.zoo else ())     # the image has the probe and the zoo prebuilt
     jobs = [Job(shard, seed, int(parse_duration(args.budget)), args.kernel, 1, args.max_programs, extra)
             for shard in WHOLE.split(args.workers)]
-    options = {"image": args.image, "namespace": args.namespace, "claim": args.claim}
+    options = {"image": args.image, "namespace": args.namespace, "claim": args.claim,
+               "with_service": args.with_service}
+    report_to = None
+    if args.report_to:
+        from fuzz.serve.service import read_token
+        report_to = ReportTo(args.report_to, read_token(args.token_file))
     try:
         if args.dry_run:
-            sys.stdout.write(make_runtime(args.runtime, Path(args.out), **options).manifest_yaml(jobs))
+            runtime = make_runtime(args.runtime, Path(args.out), report_to, **options)
+            sys.stdout.write(runtime.manifest_yaml(jobs))
+            if runtime.missing_secret_hint():
+                _say(f"procfuzz: {runtime.missing_secret_hint()}")
             return EXIT_OK
-        code, summary = run_on_runtime(args.runtime, jobs, Path(args.out), _say, **options)
+        code, summary = run_on_runtime(args.runtime, jobs, Path(args.out), _say, report_to, **options)
     except (RuntimeUnavailable, OSError, ValueError) as err:
         raise ToolError(str(err)) from None
     print(json.dumps(summary, indent=1, sort_keys=True))

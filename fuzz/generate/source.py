@@ -23,6 +23,7 @@ class ProgramSource:
         self.queue = list(seeds)
         self.corpus = list(seeds)
         self.incoming: list[Program] = []      # other workers' corpus programs: each run once, then parents
+        self.from_others = 0                   # how many of those were handed out to run
         self._choices = RandomChoices(rng)
         self._decode = None
 
@@ -42,6 +43,7 @@ class ProgramSource:
         if self.queue:
             return self.queue.pop(0)
         if self.incoming:
+            self.from_others += 1
             return self.incoming.pop(0)
         if self.corpus and self.rng.random() < 0.4:
             mutant = mutate(self.rng.choice(self.corpus), self.rng.choice(self.corpus), self.rng)

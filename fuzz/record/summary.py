@@ -53,6 +53,7 @@ class Stats:
     leak_suspects: int = 0                                  # programs the leak oracle re-ran
     unconfirmed: int = 0                                    # leaks that did not confirm in a fresh VM
     corpus_added: int = 0
+    from_others: int = 0                                    # programs run that other workers added (exchange)
     features: int = 0
     kernel_functions: int = 0                               # probed kernel functions reached (run --kernel-coverage)
     restarts: int = 0
@@ -70,6 +71,7 @@ class Stats:
         self.unconfirmed += other.unconfirmed
         self.leak_suspects += other.leak_suspects
         self.corpus_added += other.corpus_added
+        self.from_others += other.from_others
         self.features = max(self.features, other.features)
         # Workers count what they saw: the max is a lower bound of the union, as for features.
         self.kernel_functions = max(self.kernel_functions, other.kernel_functions)
@@ -84,7 +86,7 @@ class Stats:
         return {"programs": self.programs, "ops": self.ops, "findings": dict(self.findings),
                 "duplicates": self.duplicates, "unconfirmed_leaks": self.unconfirmed,
                 "leak_suspects": self.leak_suspects, "corpus_added": self.corpus_added,
-                "model_features": self.features, "kernel_functions": self.kernel_functions,
+                "programs_from_others": self.from_others, "model_features": self.features, "kernel_functions": self.kernel_functions,
                 "vm_restarts": self.restarts,
                 "host_faults": self.host_faults, "guest_seconds": round(self.guest_us / 1e6, 3), "errors": self.errors,
                 "stopped_workers": self.stopped, "breakdown": self.time.to_json()}
@@ -97,7 +99,8 @@ class Stats:
                    findings=Counter({str(cls_): int(n) for cls_, n in doc["findings"].items()}),
                    duplicates=int(doc["duplicates"]), unconfirmed=int(doc.get("unconfirmed_leaks", 0)),
                    leak_suspects=int(doc.get("leak_suspects", 0)),
-                   corpus_added=int(doc["corpus_added"]), features=int(doc["model_features"]),
+                   corpus_added=int(doc["corpus_added"]), from_others=int(doc.get("programs_from_others", 0)),
+                   features=int(doc["model_features"]),
                    kernel_functions=int(doc.get("kernel_functions", 0)),
                    restarts=int(doc["vm_restarts"]), host_faults=int(doc.get("host_faults", 0)),
                    guest_us=round(float(doc["guest_seconds"]) * 1e6),

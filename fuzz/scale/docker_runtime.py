@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 from fuzz.record.programs import atomic_write
 
-from .runtimes import DEFAULT_IMAGE, WORKER_UID, REPO, STOP_GRACE_SECONDS, Job, Runtime, RuntimeUnavailable
+from .runtimes import DEFAULT_IMAGE, WORKER_UID, REPO, STOP_GRACE_SECONDS, Job, ReportTo, Runtime, RuntimeUnavailable, \
+    forget_token_file, private_token_file
 
 DOCKERFILE = REPO / "ci" / "Dockerfile"
+TOKEN_IN_WORKER = "/run/procfuzz/token"
 BASE_IMAGE_SCRIPT = REPO / "ci" / "base-image.sh"
 EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
 
@@ -58,16 +62,28 @@ def build_image(client, tag: str, base_script: Path = BASE_IMAGE_SCRIPT) -> None
         raise RuntimeUnavailable(f"building {tag} failed: {err.msg}\n{log[-3000:]}") from None
 
 
+def on_loopback(url: str) -> bool:
+    """Whether the URL names this host's loopback (a container reaches it on the host's network)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class DockerRuntime(Runtime):
     """Each job is a worker container (ci/Dockerfile); only the job's shard directory is mounted
-    (at /out/shard-I-of-N), so a container can write nothing else of the host."""
+    (at /out/shard-I-of-N), so a container can write nothing else of the host.  Reporting to a
+    service, the token is a read-only file mount; a service on this host's loopback is reached
+    by running the workers on the host's network."""
 
-    def __init__(self, work: Path, image: str | None = None):
-        super().__init__(work)
+    def __init__(self, work: Path, image: str | None = None, report_to: ReportTo | None = None):
+        super().__init__(work, report_to)
         self.image = image or DEFAULT_IMAGE
         self.build = image is None          # our own tag: (re)build it from this checkout
         self.client = None
         self.devices: list[str] = []
+        self.token_file: Path | None = None  # the token, readable by the workers alone, while they run
 
     def prepare(self) -> None:
         import docker
@@ -97,21 +113,34 @@ class DockerRuntime(Runtime):
             os.chown(path, WORKER_UID, WORKER_UID, follow_symlinks=False)
         return {}
 
+    def _reporting(self) -> tuple[list[str], dict, dict]:
+        """The workers' reporting options, extra volumes and container options."""
+        if self.report_to is None:
+            return [], {}, {}
+        volumes = {}
+        if self.report_to.token:             # as root, hand it to the image's user; else the workers run as us
+            self.token_file = private_token_file(self.report_to.token, WORKER_UID if os.getuid() == 0 else None)
+            volumes[str(self.token_file)] = {"bind": TOKEN_IN_WORKER, "mode": "ro"}
+        network = {"network_mode": "host"} if on_loopback(self.report_to.url) else {}
+        return self.report_to.args(TOKEN_IN_WORKER if self.report_to.token else None), volumes, network
+
     def submit(self, jobs: list[Job]) -> list[DockerHandle]:
         import docker
         handles = []
+        reporting, token_volume, network = self._reporting()
         try:
             for job in jobs:
                 directory = (self.work / job.shard.dirname).resolve()
                 user = self._mount(directory)
                 container = self.client.containers.run(
-                    self.image, job.run_args("/out"), detach=True, devices=self.devices,
-                    volumes={str(directory): {"bind": f"/out/{job.shard.dirname}", "mode": "rw"}},
-                    labels={"procfuzz.shard": str(job.shard), "procfuzz.seed": str(job.seed)}, **user)
+                    self.image, job.run_args("/out") + reporting, detach=True, devices=self.devices,
+                    volumes={str(directory): {"bind": f"/out/{job.shard.dirname}", "mode": "rw"}, **token_volume},
+                    labels={"procfuzz.shard": str(job.shard), "procfuzz.seed": str(job.seed)}, **user, **network)
                 handles.append(DockerHandle(job, container))
         except docker.errors.DockerException as err:
             for handle in handles:          # no half-started campaign left running
                 handle.container.remove(force=True, v=True)
+            forget_token_file(self.token_file)
             raise RuntimeUnavailable(f"starting a worker container failed: {err}") from None
         return handles
 
@@ -132,6 +161,7 @@ class DockerRuntime(Runtime):
         for handle in handles:
             atomic_write(self.work / handle.job.shard.dirname / "run.log", handle.container.logs())
             handle.container.remove(v=True)
+        forget_token_file(self.token_file)
         return super().collect(handles, out)
 
 

@@ -11,31 +11,33 @@ from .kubernetes_runtime import KubernetesRuntime
 from .merge import MergeError
 from fuzz.record.summary import read_summary
 
-from .runtimes import Job, LocalRuntime, Runtime, RuntimeUnavailable, combined_exit
+from .runtimes import Job, LocalRuntime, ReportTo, Runtime, RuntimeUnavailable, combined_exit
 
 RUNTIMES = ("local", "docker", "kubernetes")
 
 
-def make_runtime(name: str, work: Path, **options) -> Runtime:
-    """``options``: image (docker, kubernetes); namespace, claim (kubernetes)."""
+def make_runtime(name: str, work: Path, report_to: ReportTo | None = None, **options) -> Runtime:
+    """``options``: image (docker, kubernetes); namespace, claim, with_service (kubernetes)."""
     if name == "local":
-        return LocalRuntime(work)
+        return LocalRuntime(work, report_to)
     if name == "docker":
-        return DockerRuntime(work, options.get("image"))
+        return DockerRuntime(work, options.get("image"), report_to)
     if name == "kubernetes":
         return KubernetesRuntime(work, options.get("image"), options.get("namespace") or "default",
-                                 options.get("claim") or "procfuzz-findings")
+                                 options.get("claim") or "procfuzz-findings", report_to=report_to,
+                                 with_service=bool(options.get("with_service")))
     raise ValueError(f"unknown runtime {name!r}: one of {', '.join(RUNTIMES)}")
 
 
 RUNTIME_START_SLACK = 600.0     # image start, kernel boot and seed replay come on top of the budget
 
 
-def run_on_runtime(name: str, jobs: list[Job], out: Path, log, **options) -> tuple[int, dict]:
+def run_on_runtime(name: str, jobs: list[Job], out: Path, log, report_to: ReportTo | None = None,
+                   **options) -> tuple[int, dict]:
     """`run --runtime docker|kubernetes`: start one job (one worker) per shard, wait for them
     (Ctrl-C stops them and keeps what they found), merge their outputs into ``out``; returns
     (the combined exit code, the merged summary)."""
-    runtime = make_runtime(name, out, **options)
+    runtime = make_runtime(name, out, report_to, **options)
     try:
         runtime.prepare()
         handles = runtime.submit(jobs)

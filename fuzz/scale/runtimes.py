@@ -13,8 +13,10 @@ Shards are 0-based (``0/2`` and ``1/2``), like Kubernetes' completion index.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -29,6 +31,36 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_IMAGE = "procfuzz-worker:latest"
 WORKER_UID = 10001                 # the image's procfuzz user (ci/Dockerfile)
 STOP_GRACE_SECONDS = 60            # after SIGTERM a run stops its VMs and writes its summary
+
+
+@dataclass(frozen=True)
+class ReportTo:
+    """Where the workers report as they go (`run --report-to`): the service's URL and its write
+    token (the text, read on this host; each runtime hands it to its workers as a file)."""
+    url: str
+    token: str | None = None
+
+    def args(self, token_file: str | None) -> list[str]:
+        """The worker's `procfuzz run` options, the token at ``token_file`` as the worker sees it."""
+        return ["--report-to", self.url] + (["--token-file", token_file] if token_file else [])
+
+
+def private_token_file(token: str, owner: int | None = None) -> Path:
+    """The token in a file only its reader (``owner``, default us) may read, in a directory of
+    its own; remove it with forget_token_file when the workers are done."""
+    directory = Path(tempfile.mkdtemp(prefix="procfuzz-token-"))
+    path = directory / "token"
+    path.write_text(token)
+    os.chmod(path, 0o400)
+    if owner is not None:
+        os.chown(directory, owner, owner)
+        os.chown(path, owner, owner)
+    return path
+
+
+def forget_token_file(path: Path | None) -> None:
+    if path is not None:
+        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 class RuntimeUnavailable(Exception):
@@ -67,8 +99,9 @@ def combined_exit(codes: list[int | None]) -> int:
 class Runtime(ABC):
     """Runs jobs whose outputs land in ``work/shard-I-of-N/``."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, report_to: ReportTo | None = None):
         self.work = Path(work)
+        self.report_to = report_to
 
     @abstractmethod
     def prepare(self) -> None: ...
@@ -101,14 +134,20 @@ class LocalRuntime(Runtime):
     def prepare(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
 
+    token_file: Path | None = None
+
     def submit(self, jobs: list[Job]) -> list[LocalHandle]:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        reporting = []
+        if self.report_to:
+            self.token_file = private_token_file(self.report_to.token) if self.report_to.token else None
+            reporting = self.report_to.args(str(self.token_file) if self.token_file else None)
         handles = []
         for job in jobs:
             directory = self.work / job.shard.dirname
             directory.mkdir(parents=True, exist_ok=True)
             with open(directory / "run.log", "wb") as log:
-                process = subprocess.Popen([sys.executable, "-m", "fuzz.cli", *job.run_args(str(self.work))],
+                process = subprocess.Popen([sys.executable, "-m", "fuzz.cli", *job.run_args(str(self.work)), *reporting],
                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                            env=env)
             handles.append(LocalHandle(job, process))
@@ -126,4 +165,5 @@ class LocalRuntime(Runtime):
             except subprocess.TimeoutExpired:
                 handle.process.kill()
                 handle.process.wait()
+        forget_token_file(self.token_file)
         return [h.process.returncode if h.process.returncode >= 0 else EXIT_TOOL for h in handles]
