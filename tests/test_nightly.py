@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from test_report_to import TOKEN, service  # noqa: F401 - a fixture
+
 CI = Path(__file__).resolve().parent.parent / "ci"
 KERNEL = "6.1-cloud"
 
@@ -35,8 +37,9 @@ def test_worker_script_rejects_bad_usage(tmp_path):
 
 
 @pytest.mark.kernel
-def test_two_shards_then_triage_give_the_ci_reports(tmp_path):
-    env = {**os.environ, "NIGHTLY_SEED": "20261125", "NIGHTLY_RUN_ARGS": "--max-programs 6 --leak-every 0"}
+def test_two_shards_then_triage_give_the_ci_reports(tmp_path, service):
+    env = {**os.environ, "NIGHTLY_SEED": "20261125", "NIGHTLY_RUN_ARGS": "--max-programs 6 --leak-every 0",
+           "PROCFUZZ_URL": service.url, "PROCFUZZ_TOKEN": TOKEN}
     workers = [subprocess.Popen(["bash", str(CI / "nightly-worker.sh"), KERNEL, f"{shard}/2", "10m",
                                  str(tmp_path / "in")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                for shard in (0, 1)]
@@ -46,6 +49,9 @@ def test_two_shards_then_triage_give_the_ci_reports(tmp_path):
     for shard in (0, 1):
         summary = json.loads((tmp_path / "in" / KERNEL / f"shard-{shard}-of-2" / "summary.json").read_text())
         assert (summary["shard"], summary["seed"], summary["programs"]) == (f"{shard}/2", 20261125, 6)
+    # the shards reported live to the service (PROCFUZZ_URL), by name
+    assert [(w["name"], w["programs"]) for w in service.get("/api/workers")] == \
+        [(f"nightly-{KERNEL}-shard-{shard}-of-2", 6) for shard in (0, 1)]
 
     triage = subprocess.run(["bash", str(CI / "nightly-triage.sh"), str(tmp_path / "in"), str(tmp_path / "report")],
                             capture_output=True, text=True, timeout=1800)
