@@ -64,7 +64,8 @@ class FindingCache:
 
 def import_findings(db: Database, sources: dict[Path, str], known: KnownIssues, now: int, refresh: bool = False,
                     warn: Callable[[str], None] = lambda text: None, cache: FindingCache | None = None) -> Imported:
-    """Import every finding below ``sources`` (directory -> the source its findings name); with
+    """Import every finding below ``sources`` (directory -> the source its findings name; a "{}"
+    in the name is the directory's first path component below the root, e.g. an upload id); with
     nothing new on disk, nothing is read unless ``refresh`` (follow-up artifacts changed).  With a
     ``cache`` kept between calls, only the findings it has not read yet are read."""
     roots = [root for root in sources if root.is_dir()]
@@ -111,7 +112,11 @@ def reconcile(db: Database) -> int:
 
 
 def _source(directory: Path, sources: dict[Path, str]) -> str:
-    return next((name for root, name in sources.items() if directory.is_relative_to(root.resolve())), "")
+    for root, name in sources.items():
+        root = root.resolve()
+        if directory.is_relative_to(root):
+            return name.format(directory.relative_to(root).parts[0]) if "{}" in name else name
+    return ""
 
 
 def _recorded(directory: Path) -> int:

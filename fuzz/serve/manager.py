@@ -237,10 +237,7 @@ class Manager:
     def sources(self) -> dict[Path, str]:
         """Where findings come from, and the source name their rows carry."""
         found = {self.state / "campaigns" / k.name: f"campaign {k.name}" for k in self.config.kernels}
-        imports = self.state / "imports"
-        if imports.is_dir():
-            found.update({path: f"import {path.name}" for path in sorted(imports.iterdir())
-                          if path.is_dir() and not path.name.startswith(".")})
+        found[self.state / "imports"] = "import {}"      # one root for every upload: named by its id
         return found
 
     def import_now(self, refresh: bool = False) -> Imported:

@@ -91,9 +91,9 @@ def finding_dirs(dirs: list[Path], warn: Callable[[str], None] = _stderr) -> lis
     for top in dirs:
         top = Path(top).resolve()        # below it only linked finding directories need resolving
         for root, subdirs, _ in os.walk(top, onerror=lambda err: warn(f"skipped {err.filename}: {err.strerror}")):
-            subdirs.sort()
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))   # work in progress
             if Path(root).name == "findings":
-                found.update((_resolved(Path(root, d)), None) for d in subdirs if not d.startswith("."))
+                found.update((_resolved(Path(root, d)), None) for d in subdirs)
                 subdirs.clear()          # a finding directory holds no further runs
     return list(found)
 
