@@ -86,8 +86,8 @@ class Stats:
         return {"programs": self.programs, "ops": self.ops, "findings": dict(self.findings),
                 "duplicates": self.duplicates, "unconfirmed_leaks": self.unconfirmed,
                 "leak_suspects": self.leak_suspects, "corpus_added": self.corpus_added,
-                "programs_from_others": self.from_others, "model_features": self.features, "kernel_functions": self.kernel_functions,
-                "vm_restarts": self.restarts,
+                "programs_from_others": self.from_others, "model_features": self.features,
+                "kernel_functions": self.kernel_functions, "vm_restarts": self.restarts,
                 "host_faults": self.host_faults, "guest_seconds": round(self.guest_us / 1e6, 3), "errors": self.errors,
                 "stopped_workers": self.stopped, "breakdown": self.time.to_json()}
 

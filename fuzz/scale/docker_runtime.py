@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import subprocess
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 from fuzz.record.programs import atomic_write
 
 from .runtimes import DEFAULT_IMAGE, WORKER_UID, REPO, STOP_GRACE_SECONDS, Job, ReportTo, Runtime, RuntimeUnavailable, \
-    forget_token_file, private_token_file
+    forget_token_file, is_loopback, private_token_file
 
 DOCKERFILE = REPO / "ci" / "Dockerfile"
 TOKEN_IN_WORKER = "/run/procfuzz/token"
@@ -64,11 +63,7 @@ def build_image(client, tag: str, base_script: Path = BASE_IMAGE_SCRIPT) -> None
 
 def on_loopback(url: str) -> bool:
     """Whether the URL names this host's loopback (a container reaches it on the host's network)."""
-    host = urllib.parse.urlsplit(url).hostname or ""
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urllib.parse.urlsplit(url).hostname or "")
 
 
 class DockerRuntime(Runtime):
@@ -83,7 +78,6 @@ class DockerRuntime(Runtime):
         self.build = image is None          # our own tag: (re)build it from this checkout
         self.client = None
         self.devices: list[str] = []
-        self.token_file: Path | None = None  # the token, readable by the workers alone, while they run
 
     def prepare(self) -> None:
         import docker

@@ -217,8 +217,6 @@ class KubernetesRuntime(Runtime):
             f"`procfuzz merge {out} <copied directory>`")
 
 
-
-
 def _token_volume() -> dict:
     return {"name": "token", "secret": {"secretName": TOKEN_SECRET, "defaultMode": 0o400}}
 

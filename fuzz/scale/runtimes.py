@@ -12,6 +12,7 @@ Shards are 0-based (``0/2`` and ``1/2``), like Kubernetes' completion index.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -43,6 +44,14 @@ class ReportTo:
     def args(self, token_file: str | None) -> list[str]:
         """The worker's `procfuzz run` options, the token at ``token_file`` as the worker sees it."""
         return ["--report-to", self.url] + (["--token-file", token_file] if token_file else [])
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is this machine's loopback."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def private_token_file(token: str, owner: int | None = None) -> Path:
@@ -102,6 +111,7 @@ class Runtime(ABC):
     def __init__(self, work: Path, report_to: ReportTo | None = None):
         self.work = Path(work)
         self.report_to = report_to
+        self.token_file: Path | None = None      # the token handed to the workers, while they run
 
     @abstractmethod
     def prepare(self) -> None: ...
@@ -134,8 +144,6 @@ class LocalRuntime(Runtime):
     def prepare(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
 
-    token_file: Path | None = None
-
     def submit(self, jobs: list[Job]) -> list[LocalHandle]:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         reporting = []
@@ -147,7 +155,8 @@ class LocalRuntime(Runtime):
             directory = self.work / job.shard.dirname
             directory.mkdir(parents=True, exist_ok=True)
             with open(directory / "run.log", "wb") as log:
-                process = subprocess.Popen([sys.executable, "-m", "fuzz.cli", *job.run_args(str(self.work)), *reporting],
+                argv = [sys.executable, "-m", "fuzz.cli", *job.run_args(str(self.work)), *reporting]
+                process = subprocess.Popen(argv,
                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                            env=env)
             handles.append(LocalHandle(job, process))

@@ -10,7 +10,6 @@ and nothing else: finding data is untrusted (kernel console output above all).
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -23,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 from reference.program import ProgramError
 
 from fuzz.record import store
+from fuzz.scale.runtimes import is_loopback
 
 from . import pages, records
 from .manager import Manager
@@ -51,13 +51,6 @@ class Service(ThreadingHTTPServer):
         thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
         thread.start()
         return thread
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class HttpError(Exception):
