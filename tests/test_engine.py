@@ -195,6 +195,15 @@ def test_campaign_finds_stores_and_grows_corpus(tmp_path):
     assert stats.corpus_added > 5 and len(load_directory(corpus)[0]) == 1 + stats.corpus_added
 
 
+def test_seed_programs_are_replayed_but_never_copied_into_the_working_corpus(tmp_path):
+    corpus = tmp_path / "corpus"
+    config = WorkerConfig(0, 3, PROFILE, "k", tmp_path / "out", corpus, float("inf"), max_programs=30)
+    stats = run_worker(config, ModelTarget(PROFILE), lambda s: None, lambda: False, start=StartCorpus((ZOMBIE,), ()))
+    saved = {program.id for _, program in load_directory(corpus)[0]}
+    assert ZOMBIE.id not in saved and with_state_check(ZOMBIE).id not in saved
+    assert stats.corpus_added == len(saved) > 0
+
+
 def test_next_campaign_starts_from_the_saved_corpus(tmp_path):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     corpus.mkdir()

@@ -39,7 +39,7 @@ class CoveredKernel(ModelTarget):
 
 def _stats(tmp_path, target):
     config = WorkerConfig(0, 1, PROFILE, "k", tmp_path / "out", tmp_path / "corpus", float("inf"), max_programs=2)
-    return run_worker(config, target, lambda s: None, lambda: False, start=StartCorpus((ZOMBIE, ZOMBIE), ()))
+    return run_worker(config, target, lambda s: None, lambda: False, start=StartCorpus((), (ZOMBIE, ZOMBIE)))
 
 
 def test_new_kernel_coverage_keeps_a_program_the_model_has_seen(tmp_path):

@@ -57,7 +57,9 @@ def _programs(directories) -> list[Program]:
 
 class StartSource(ProgramSource):
     """A ProgramSource that replays a StartCorpus within its limits, then generates.
-    ``seen_features`` holds the features of the corpus programs it did not replay."""
+    ``seen_features`` holds the features of the corpus programs it did not replay; ``seed_ids``
+    names the seed directories' programs (never copied into the working corpus: every
+    campaign replays them from where they are)."""
 
     def __init__(self, profile: KernelProfile, start: StartCorpus | list[Program], rng: random.Random, max_ops: int):
         if not isinstance(start, StartCorpus):
@@ -65,6 +67,7 @@ class StartSource(ProgramSource):
         limit = max(0, start.limits.programs)
         super().__init__(profile, [*start.always, *start.working[:limit]], rng, max_ops)
         self.corpus = start.programs
+        self.seed_ids = frozenset(program.id for program in start.always)
         self._model = ModelTarget(profile)
         self.seen_features: set = set()
         self._skip(start.working[limit:])

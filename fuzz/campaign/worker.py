@@ -83,9 +83,10 @@ def run_worker(config: WorkerConfig, target: Target, report: Callable[[Stats], N
                 source.take(others.new_programs())
             program = source.next()
             loop.stats.from_others = source.from_others
-        if loop.run(program):
+        if loop.run(program) and program.id not in source.seed_ids:
             with clock("record"):
                 saved = save_program(config.corpus, program)
+            loop.stats.corpus_added += 1
             if others is not None:
                 others.known.add(saved.name)
             source.corpus.append(program)
@@ -178,7 +179,6 @@ class _Loop:
         self.seen_features |= fresh
         stats.features = len(self.seen_features)
         stats.kernel_functions += sum(1 for feature in fresh if feature[0] == "kernel" and len(feature) == 2)
-        stats.corpus_added += bool(fresh)
         return bool(fresh)
 
     def snapshot(self) -> Stats:
