@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from fuzz.errors import ToolError  # noqa: E402
 from fuzz.record.summary import PHASES, read_summary  # noqa: E402
+from targets.kernels import resolve  # noqa: E402
 
 
 def campaign(tree: Path, args, out: Path, extra: tuple = ()) -> dict:
@@ -119,8 +120,9 @@ def result_document(rows: dict[str, list[dict]], args) -> dict:
     return {"title": "Throughput of the main job and where a program's time goes",
             "command": f"procfuzz bench throughput --programs {args.programs} --workers {args.workers} "
                        f"--seed {args.seed} --rounds {args.rounds}{compare}",
-            "date": time.strftime("%Y-%m-%d"), "kernel": args.kernel or "default pin",
-            "machine": f"{platform.system()} {platform.release()}, {os.cpu_count()} cores, TCG",
+            "date": time.strftime("%Y-%m-%d"), "kernel": resolve(args.kernel).label,
+            "machine": f"{platform.system()} {platform.release()}, {os.cpu_count()} cores (load average "
+                       f"{os.getloadavg()[0]:.1f} at the end), TCG",
             "columns": ["figure (median of rounds; ms are per program)"] + names,
             "rows": table,
             "notes": [f"{args.rounds} rounds, alternating; each worker ran {args.programs} programs.",
@@ -146,7 +148,7 @@ def main() -> None:
     for row in doc["rows"]:
         print("  ".join(str(v).ljust(24) for v in row))
     if args.save:
-        kind = "-state-check" if args.state_checks else ""
+        kind = f"-state-check-{args.state_checks.replace(',', '-')}" if args.state_checks else ""
         path = ROOT / "bench" / "results" / f"throughput{kind}-{doc['date']}.json"
         path.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"saved {path}")

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from corpus import KNOWN_ISSUES, SEED_DIRS  # noqa: E402
 from fuzz.campaign.parallel import run_campaign  # noqa: E402
-from fuzz.campaign.run import parse_duration  # noqa: E402
+from fuzz.campaign.run import parse_duration, parse_state_check  # noqa: E402
 from fuzz.campaign.worker import WorkerConfig  # noqa: E402
 from fuzz.compare.oracle import STATE_CHECK  # noqa: E402
 from fuzz.errors import ToolError  # noqa: E402
@@ -193,7 +193,6 @@ def render(results: list[PassResult], control: PassResult | None) -> None:
 # The state check's comparison (--state-check-compare): the bugs a stale or wrong dentry makes,
 # generated programs only, each bug with several seeds and with the check off and on.
 CHECK_BUGS = ("stale_pid", "stale_tid", "stale_sysctl", "sysctl_wrong_netns", "hidepid_wrong_mount")
-CHECK_SETTINGS = {"off": 0, "every": 1}
 FOUND_WITHIN = 60.0
 
 
@@ -212,7 +211,7 @@ def compare_state_check(args, common: dict, bugs: list[str], budget: float, out:
                     continue
                 result = run_pass(PassResult(bug, False), out=out / bug / f"check-{check}-seed-{seed}",
                                   budget=budget, expected=EXPECTED_CLASSES[bug], leak_every=args.leak_every,
-                                  state_check=CHECK_SETTINGS[check], **{**common, "seed": seed})
+                                  state_check=parse_state_check(check), **{**common, "seed": seed})
                 by_check = bool(result.finding) and store.load(Path(result.finding)).divergence.detail == STATE_CHECK
                 runs.append({"bug": bug, "seed": seed, "check": check, "budget_s": budget, "by_check": by_check,
                              **asdict(result)})
@@ -258,8 +257,7 @@ def check_table(runs: list[dict], bugs: list[str], checks: list[str], budget: fl
                    f"--workers {workers} --bugs {','.join(bugs)} --checks {','.join(checks)} --json FILE",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "kernel": label,
-        "machine": f"{os.cpu_count()} cores shared with other engineers' QEMU guests (load average "
-                   f"{os.getloadavg()[0]:.1f} at the end), QEMU TCG",
+        "machine": f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the end), QEMU TCG",
         "columns": columns, "rows": rows, "runs": runs,
         "notes": [f"Each cell: campaigns of one bug with seeds {sorted({r['seed'] for r in runs})}, no seed corpus "
                   f"(generated and mutated programs only), {budget:.0f} s each, {workers} worker(s), stopped at the "
@@ -267,8 +265,8 @@ def check_table(runs: list[dict], bugs: list[str], checks: list[str], budget: fl
                   "campaign that found nothing counts as never. programs/s: all programs of the cell's campaigns "
                   "over their time (boot included, so short campaigns show less).",
                   "check every: the end-of-program state check (reference/state_check.py) after every program; "
-                  "check off: none.",
-                  f"The slower half of the bugs without the check ({', '.join(slower)}): the median of their "
+                  "check N: after every Nth; check off: none.",
+                  f"The slower half of the bugs with check {checks[0]} ({', '.join(slower)}): the median of their "
                   f"medians is {halves}.",
                   f"First findings made by an op of the state check: {by_check or 'none'}; the others by a generated "
                   "op (the check's ops also change which programs join the corpus)."],
@@ -304,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: generated programs only, each bug with every --seeds and --checks "
                              "(default bugs: those of a stale or wrong dentry); resumes from --json FILE")
     parser.add_argument("--seeds", default="1,2,3", help="with --state-check-compare: the seeds of each cell")
-    parser.add_argument("--checks", default="off,every", help="with --state-check-compare: off, every or both")
+    parser.add_argument("--checks", default="off,every",
+                        help="with --state-check-compare: the settings to compare, each off, every or N")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--out", default=None, help="findings of every campaign (default: a new temporary directory)")
     args = parser.parse_args(argv)
