@@ -139,6 +139,7 @@ def leak_check(run: Callable[[], dict[str, int] | None], runs: int = RERUNS) -> 
 
 CONFIRM_ROUNDS = 8
 CONFIRM_QUORUM = 6          # rounds that must show a cache: a real leak's count may dip once under load
+SETTLING_CONTROLS = 2       # empty programs after the window: what a late teardown gives back
 
 
 def confirm_leak(leak: Leak, run_program: Callable[[], dict[str, int] | None],
@@ -151,8 +152,10 @@ def confirm_leak(leak: Leak, run_program: Callable[[], dict[str, int] | None],
     round.  A cache is confirmed when CONFIRM_QUORUM rounds show it and it grew by at least one
     a round over the whole window, past its tolerance: a slow asynchronous teardown (a network
     namespace freed during the next control) shows in rounds but gives nothing back over the
-    window.  Returns ``rounds`` when some cache of the leak is confirmed, else the most rounds
-    any cache showed, below ``rounds``.
+    window.  The window ends at the lowest count of its last control and SETTLING_CONTROLS more:
+    a teardown still pending at the last reading (cleanup_net is a workqueue, and under load it
+    runs late) comes back down, a leak does not.  Returns ``rounds`` when some cache of the leak
+    is confirmed, else the most rounds any cache showed, below ``rounds``.
 
     Measured: zoo leak_dentry confirms; on stock 6.1.176 no seed program confirms any cache
     (bench leak_noise --confirm), and a 30-minute campaign's net_namespace suspect, shown in 7 of
@@ -169,8 +172,13 @@ def confirm_leak(leak: Leak, run_program: Callable[[], dict[str, int] | None],
             control = after_control.get(cache, 0) - after_program.get(cache, 0)
             shown[cache] += program >= 1 and program > control
         before = after_control
+    end = {cache: before.get(cache, 0) for cache in leak.caches}
+    for _ in range(SETTLING_CONTROLS):
+        if not (settled := run_control()):
+            break
+        end = {cache: min(count, settled.get(cache, 0)) for cache, count in end.items()}
     for cache in leak.caches:
-        net = before.get(cache, 0) - first.get(cache, 0)
+        net = end[cache] - first.get(cache, 0)
         if shown[cache] >= CONFIRM_QUORUM and net >= rounds and net > tolerance(cache):
             return rounds
     return min(max(shown.values(), default=0), rounds - 1)
