@@ -299,6 +299,31 @@ def test_ctrl_c_while_workers_still_start_up_reaches_the_parent_alone(tmp_path):
     check_clean_stop(out, proc)
 
 
+def _deaf_to_abort(ready) -> None:
+    """A worker that hangs on its way out: the abort signal does not end it."""
+    from fuzz.campaign.parallel import ABORT_SIGNAL
+    signal.signal(ABORT_SIGNAL, signal.SIG_IGN)
+    ready.set()
+    time.sleep(120)
+
+
+def test_a_worker_stuck_after_the_stop_aborted_it_is_killed_and_the_campaign_ends():
+    import multiprocessing
+    from fuzz.campaign.parallel import _Campaign
+    context = multiprocessing.get_context("spawn")
+    ready, stop = context.Event(), context.Event()
+    worker = context.Process(target=_deaf_to_abort, args=(ready,), daemon=True)
+    worker.start()
+    assert ready.wait(60)
+    stop.set()                                           # while it has not booted: it is aborted
+    campaign = _Campaign({0: worker}, context.Queue(), lambda stats: None, stuck_after=0.5)
+    started = time.monotonic()
+    campaign.follow(stop, lambda: False)
+    worker.join(10)
+    assert worker.exitcode == -signal.SIGKILL and campaign.ended == {0}
+    assert time.monotonic() - started < 30
+
+
 def _unbootable(spec):
     """A TargetOpener whose kernel never boots (what open_qemu raises after BootFailed)."""
     from fuzz.errors import ToolError

@@ -34,6 +34,7 @@ from .worker import WorkerConfig, run_worker, starting_programs
 
 ABORT_SIGNAL = signal.SIGUSR1
 KILL_GRACE = 3.0               # seconds aborted workers get to unwind before SIGKILL
+STUCK_AFTER = 10.0             # seconds after which a worker aborted by the stop counts as stuck
 BOOTED = "booted"              # a worker's message: its target is up
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
@@ -87,6 +88,17 @@ def _born_deaf() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
+def _send(queue, message) -> None:
+    """queue.put with the abort held off until it returns.  A queue's first put starts its
+    feeder thread, then registers the finalizers that stop and join it: an Abort between the
+    two would leave the worker's exit joining a feeder that is never told to stop."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {ABORT_SIGNAL})
+    try:
+        queue.put(message)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {ABORT_SIGNAL})
+
+
 def _worker_main(config: WorkerConfig, kernel: KernelSpec, open_target: TargetOpener, start: StartCorpus,
                  queue, stop_event):
     _detach()
@@ -96,24 +108,24 @@ def _worker_main(config: WorkerConfig, kernel: KernelSpec, open_target: TargetOp
             return
         with open_target(kernel) as target:
             booted = True
-            queue.put((config.index, BOOTED))
-            run_worker(config, target, lambda s: queue.put((config.index, s)), stop_event.is_set, start)
+            _send(queue, (config.index, BOOTED))
+            run_worker(config, target, lambda s: _send(queue, (config.index, s)), stop_event.is_set, start)
     except Abort:
         _end_now(queue, config.index)
     except ToolError as err:
         # The kernel would not boot (BootFailed after its retries): this worker stops and says
         # why; the campaign goes on with the others.  After the boot it is a failure like any.
         if booted:
-            queue.put((config.index, Stats(errors=[f"worker {config.index}: {err}"])))
+            _send(queue, (config.index, Stats(errors=[f"worker {config.index}: {err}"])))
         elif not stop_event.is_set():
-            queue.put((config.index, Stats(stopped=[f"worker {config.index}: {err}"])))
+            _send(queue, (config.index, Stats(stopped=[f"worker {config.index}: {err}"])))
     except Exception as err:  # noqa: BLE001 - reported to the parent
         if is_disk_full(err):
-            queue.put((config.index, NoSpace(_space_detail(err))))
+            _send(queue, (config.index, NoSpace(_space_detail(err))))
         elif booted or not stop_event.is_set():     # a boot cut short by the stop is no failure
-            queue.put((config.index, Stats(errors=[f"worker {config.index}: {traceback.format_exc(limit=6)}"])))
+            _send(queue, (config.index, Stats(errors=[f"worker {config.index}: {traceback.format_exc(limit=6)}"])))
     finally:
-        queue.put((config.index, None))
+        _send(queue, (config.index, None))
 
 
 def _end_now(queue, index: int) -> None:
@@ -121,7 +133,7 @@ def _end_now(queue, index: int) -> None:
     have run (staging removed, VM closed or, mid-boot, left to die with us), and leaving before
     the half-built objects of an interrupted boot are collected keeps their complaints off the
     operator's terminal (asyncio's "Task was destroyed but it is pending")."""
-    queue.put((index, None))
+    _send(queue, (index, None))
     queue.close()
     queue.join_thread()
     os._exit(0)
@@ -160,8 +172,9 @@ class _Campaign:
     latest: dict = field(default_factory=dict)
     booted: set = field(default_factory=set)
     ended: set = field(default_factory=set)
-    aborted: set = field(default_factory=set)
+    aborted: dict = field(default_factory=dict)     # index -> when it was sent ABORT_SIGNAL
     outcome: Outcome = field(default_factory=lambda: Outcome(Stats()))
+    stuck_after: float = STUCK_AFTER
 
     def follow(self, stop_event, kill_now: Callable[[], bool]) -> None:
         while len(self.ended) < len(self.workers):
@@ -170,6 +183,7 @@ class _Campaign:
                 return
             if stop_event.is_set():     # booting workers just end
                 self.abort([i for i in self.workers if i not in self.booted])
+            self.kill_stuck()
             try:
                 index, message = self.queue.get(timeout=0.5)
             except queues.Empty:
@@ -197,16 +211,27 @@ class _Campaign:
         for index in indices:
             worker = self.workers[index]
             if index not in self.aborted and worker.pid and worker.is_alive():
-                self.aborted.add(index)
+                self.aborted[index] = time.monotonic()
                 try:
                     os.kill(worker.pid, ABORT_SIGNAL)
                 except ProcessLookupError:
                     pass
 
+    def kill_stuck(self) -> None:
+        """SIGKILL the aborted workers still alive stuck_after their abort.  A worker cut
+        short while it started can hang in its exit, its queue's feeder waiting for a lock that
+        never comes (seen about once in 15 Ctrl-Cs during start-up): it has nothing left to send,
+        and the campaign must end."""
+        for index, when in self.aborted.items():
+            worker = self.workers[index]
+            if index not in self.ended and time.monotonic() - when > self.stuck_after and worker.is_alive():
+                worker.kill()
+                self.ended.add(index)
+
     def kill(self) -> None:
         """Abort every worker; SIGKILL those that have not unwound within KILL_GRACE."""
         self.outcome.killed = True
-        self.aborted.clear()
+        self.aborted = {}
         self.abort(list(self.workers))
         deadline = time.monotonic() + KILL_GRACE
         for worker in self.workers.values():
