@@ -231,7 +231,7 @@ class _Campaign:
     def kill(self) -> None:
         """Abort every worker; SIGKILL those that have not unwound within KILL_GRACE."""
         self.outcome.killed = True
-        self.aborted = {}
+        self.aborted.clear()
         self.abort(list(self.workers))
         deadline = time.monotonic() + KILL_GRACE
         for worker in self.workers.values():
